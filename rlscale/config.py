@@ -1,0 +1,276 @@
+"""Pydantic schemas for scenario and training files.
+
+Every user mistake in a YAML file is caught here and turned into a one-line
+``ConfigError`` that names the file and the field, so the CLI can print it
+and exit 2 instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_ROOT.parent
+ENVS_DIR = Path(os.environ.get("RLSCALE_ENVS", PROJECT_ROOT / "envs"))
+TRAIN_DIR = PROJECT_ROOT / "train"
+MODELS_DIR = PROJECT_ROOT / "models"
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error: one line, names file and field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PoolSpec(Strict):
+    name: str = Field(min_length=1)
+    vcpu: float = Field(gt=0, description="allocatable vCPU per node")
+    memory_gib: float = Field(gt=0)
+    gpus: int = Field(default=0, ge=0)
+    price_per_hour: float = Field(ge=0, description="USD per node-hour, paid while provisioning too")
+    provision_delay_s: float = Field(default=120.0, ge=0)
+    min_nodes: int = Field(default=0, ge=0)
+    max_nodes: int = Field(gt=0, le=256)
+    speed: float = Field(default=1.0, gt=0, description="relative CPU speed of this node type")
+    spot_interruptions_per_hour: float = Field(default=0.0, ge=0, le=1)
+    idle_release_s: float = Field(default=300.0, ge=0, description="empty nodes are released after this")
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> "PoolSpec":
+        if self.min_nodes > self.max_nodes:
+            raise ValueError(f"min_nodes ({self.min_nodes}) exceeds max_nodes ({self.max_nodes})")
+        return self
+
+
+class ReplicaSpec(Strict):
+    cpu: float = Field(gt=0)
+    memory_gib: float = Field(gt=0)
+    gpus: int = Field(default=0, ge=0)
+
+
+class SloSpec(Strict):
+    p95_latency_s: float | None = Field(default=None, gt=0, description="online services")
+    max_backlog_age_s: float | None = Field(default=None, gt=0, description="batch services")
+
+
+class FlashCrowdSpec(Strict):
+    per_day: float = Field(default=0.0, ge=0, description="expected flash crowds per simulated day")
+    magnitude: tuple[float, float] = (3.0, 10.0)
+    ramp_s: float = Field(default=120.0, ge=0)
+    decay_s: float = Field(default=900.0, gt=0)
+
+
+class BatchArrivalSpec(Strict):
+    """On/off arrivals: bursts of submitted work separated by quiet gaps."""
+
+    on_fraction: float = Field(default=0.0, ge=0, le=1, description="0 disables on/off arrivals")
+    mean_on_s: float = Field(default=1800.0, gt=0)
+    off_level: float = Field(default=0.1, ge=0, le=1, description="load during 'off' as a fraction of 'on'")
+
+
+class WorkloadSpec(Strict):
+    """Arrival rate of one service (requests or work units per second)."""
+
+    peak_rps: float = Field(gt=0, description="the generated trace is scaled so its seasonal peak is this")
+    trough_fraction: float = Field(default=0.25, gt=0, le=1, description="night level / day peak")
+    peak_hour: float = Field(default=14.0, ge=0, lt=24)
+    weekend_factor: float = Field(default=0.8, gt=0, le=2)
+    trend_per_day: float = Field(default=0.0, ge=-0.5, le=0.5)
+    noise: float = Field(default=0.05, ge=0, le=1, description="sigma of multiplicative AR(1) noise")
+    flash_crowds: FlashCrowdSpec = FlashCrowdSpec()
+    batch: BatchArrivalSpec = BatchArrivalSpec()
+    trace: str | None = Field(default=None, description="a timestamp,value CSV; replaces the generator's shape")
+    trace_column: str = "value"
+
+
+class ServiceSpec(Strict):
+    name: str = Field(min_length=1)
+    kind: Literal["online", "batch"] = "online"
+    work_s: float = Field(gt=0, description="CPU-seconds (GPU-seconds when the replica asks for GPUs) per request at speed 1")
+    replica: ReplicaSpec
+    cold_start_s: float = Field(default=30.0, ge=0)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(gt=0, le=512)
+    initial_replicas: int | None = Field(default=None, ge=0)
+    queue_limit: float = Field(default=10_000.0, gt=0, description="requests held in the queue before drops")
+    slo: SloSpec
+    pools: list[str] = Field(min_length=1, description="pool preference order")
+    workload: WorkloadSpec
+
+    @model_validator(mode="after")
+    def _check(self) -> "ServiceSpec":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        if self.kind == "online" and self.slo.p95_latency_s is None:
+            raise ValueError("online services need slo.p95_latency_s")
+        if self.kind == "batch" and self.slo.max_backlog_age_s is None:
+            raise ValueError("batch services need slo.max_backlog_age_s")
+        return self
+
+    @property
+    def slo_target_s(self) -> float:
+        value = self.slo.p95_latency_s if self.kind == "online" else self.slo.max_backlog_age_s
+        assert value is not None
+        return value
+
+    @property
+    def servers_per_replica(self) -> float:
+        """Parallel servers inside a replica: its GPUs if it asks for any, else its vCPUs."""
+        return float(self.replica.gpus) if self.replica.gpus > 0 else self.replica.cpu
+
+    @property
+    def replica_rps(self) -> float:
+        """Requests per second one replica serves at 100% utilisation on a speed-1 node."""
+        return self.servers_per_replica / self.work_s
+
+
+class ActionSpec(Strict):
+    max_step: int = Field(default=3, ge=1, le=50, description="k: per-service scale delta in {-k..k}")
+
+
+class RewardSpec(Strict):
+    cost_scale: float = Field(gt=0, description="USD per decision interval that counts as 1 unit of cost")
+    w_slo: float = Field(default=1.0, ge=0)
+    w_drop: float = Field(default=5.0, ge=0)
+    w_churn: float = Field(default=0.01, ge=0)
+
+
+class ImbalanceSpec(Strict):
+    drift_sigma: float = Field(default=0.02, ge=0, le=1, description="per-step sigma of node speed log-drift")
+    drift_reversion: float = Field(default=0.02, ge=0, le=1)
+    contention: float = Field(default=0.25, ge=0, lt=1, description="slowdown of a fully packed node")
+
+
+class RandomisationSpec(Strict):
+    """Workload randomisation applied at each training reset (evaluation uses none)."""
+
+    scale: tuple[float, float] = (0.8, 1.2)
+    phase_h: tuple[float, float] = (-2.0, 2.0)
+    flash_per_day: tuple[float, float] | None = None
+    noise: tuple[float, float] | None = None
+    random_start_day: bool = True
+
+
+class Scenario(Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    step_s: float = Field(default=60.0, gt=0, le=3600)
+    substeps: int = Field(default=6, ge=1, le=60)
+    episode_steps: int = Field(default=1440, ge=1)
+    pools: list[PoolSpec] = Field(min_length=1)
+    services: list[ServiceSpec] = Field(min_length=1)
+    actions: ActionSpec = ActionSpec()
+    reward: RewardSpec
+    imbalance: ImbalanceSpec = ImbalanceSpec()
+    randomisation: RandomisationSpec = RandomisationSpec()
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> "Scenario":
+        pool_names = [p.name for p in self.pools]
+        if len(set(pool_names)) != len(pool_names):
+            raise ValueError(f"pool names must be unique, got {pool_names}")
+        svc_names = [s.name for s in self.services]
+        if len(set(svc_names)) != len(svc_names):
+            raise ValueError(f"service names must be unique, got {svc_names}")
+        for i, svc in enumerate(self.services):
+            for name in svc.pools:
+                if name not in pool_names:
+                    raise ValueError(f"services[{i}].pools: unknown pool {name!r} (pools are {pool_names})")
+            fits = [
+                p.name
+                for p in self.pools
+                if p.name in svc.pools
+                and svc.replica.cpu <= p.vcpu
+                and svc.replica.memory_gib <= p.memory_gib
+                and svc.replica.gpus <= p.gpus
+            ]
+            if not fits:
+                raise ValueError(f"services[{i}].replica: does not fit on a node of any of its pools {svc.pools}")
+        return self
+
+    def pool_index(self, name: str) -> int:
+        return [p.name for p in self.pools].index(name)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(
+        f"[{part}]" if isinstance(part, int) else str(part) for part in first["loc"]
+    ).replace(".[", "[")
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    where = f"{loc}: " if loc else ""
+    return f"{source}: {where}{msg}"
+
+
+def parse_model(model: type[BaseModel], data: Any, source: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(source, err)) from None
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+
+
+def scenario_names() -> list[str]:
+    return sorted(p.stem for p in ENVS_DIR.glob("*.yaml"))
+
+
+def resolve_scenario_path(name_or_path: str | os.PathLike[str]) -> Path:
+    text = str(name_or_path)
+    candidate = Path(text)
+    if candidate.suffix in (".yaml", ".yml") or os.sep in text:
+        if not candidate.exists():
+            raise ConfigError(f"{candidate}: scenario file not found")
+        return candidate
+    named = ENVS_DIR / f"{text}.yaml"
+    if not named.exists():
+        raise ConfigError(f"scenario {text!r}: not a file and not one of {scenario_names()}")
+    return named
+
+
+def load_scenario(name_or_path: str | os.PathLike[str] | Scenario) -> Scenario:
+    """Load a scenario by name (from ``envs/``) or path; raises ConfigError with one line."""
+    if isinstance(name_or_path, Scenario):
+        return name_or_path
+    path = resolve_scenario_path(name_or_path)
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of scenario fields")
+    scenario = parse_model(Scenario, data, str(path))
+    return _resolve_trace_paths(scenario, path.parent)
+
+
+def _resolve_trace_paths(scenario: Scenario, base: Path) -> Scenario:
+    services = []
+    for svc in scenario.services:
+        trace = svc.workload.trace
+        if trace is not None and not Path(trace).is_absolute():
+            resolved = (base / trace).resolve()
+            svc = svc.model_copy(update={"workload": svc.workload.model_copy(update={"trace": str(resolved)})})
+        services.append(svc)
+    return scenario.model_copy(update={"services": services})
