@@ -98,6 +98,67 @@ def simulate(
     console.print(metrics_table(f"{sc.name}, seed {seed}, {steps or sc.episode_steps} steps", {policy: values}))
 
 
+@app.command()
+@user_errors
+def train(
+    config: str = typer.Option(..., "--config", help="training file, e.g. train/ppo-web-diurnal.yaml"),
+    timesteps: int | None = typer.Option(None, min=1, help="override n_timesteps"),
+    seed: int | None = typer.Option(None, min=0, max=999, help="override the training seed"),
+    n_envs: int | None = typer.Option(None, min=1, help="override the number of parallel simulated clusters"),
+    logdir: str = typer.Option("runs", help="parent directory of the run (TensorBoard, checkpoints)"),
+    out: str | None = typer.Option(None, help="export the best policy here when done, e.g. models/web-diurnal"),
+    resume: str | None = typer.Option(None, help="a run directory or checkpoint to continue from"),
+    name: str | None = typer.Option(None, help="run name (default: ppo-<scenario>-s<seed>)"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Train a PPO autoscaler; Ctrl-C saves a checkpoint you can --resume."""
+    import shlex
+    from pathlib import Path
+
+    from rlscale.config import load_train_config
+
+    cfg = load_train_config(config)
+    updates = {k: v for k, v in {"n_timesteps": timesteps, "seed": seed, "n_envs": n_envs}.items() if v is not None}
+    cfg = cfg.model_copy(update=updates)
+    from rlscale.config import load_scenario
+
+    load_scenario(cfg.scenario)
+    run_dir = Path(resume) if resume and Path(resume, "config.json").exists() else Path(logdir) / (name or f"ppo-{cfg.scenario}-s{cfg.seed}")
+    from rlscale.train import train as run_training
+
+    command = "rlscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    outcome = run_training(cfg, run_dir, resume=Path(resume) if resume else None, progress_bar=progress, command=command)
+    state = "interrupted; checkpoint saved" if outcome.interrupted else "done"
+    console.print(f"{state}: {outcome.timesteps} steps in {outcome.wall_s:.0f} s, best score {outcome.best_score:.3f}")
+    console.print(f"resume with: rlscale train --config {config} --resume {run_dir}")
+    console.print(f"watch with:  tensorboard --logdir {run_dir / 'tb'}")
+    if out and not outcome.interrupted:
+        from rlscale.export import export_run
+
+        card = export_run(run_dir, Path(out))
+        ev = card["evaluation"]
+        console.print(f"exported to {out}: cost vs HPA {ev['cost_vs_hpa']:.3f} on held-out seeds {ev['held_out_seeds'][0]}..{ev['held_out_seeds'][-1]}")
+
+
+@app.command()
+@user_errors
+def export(
+    run: str = typer.Argument(..., help="a run directory, checkpoint directory or model.zip"),
+    out: str = typer.Option(..., help="output directory, e.g. models/web-diurnal"),
+    seeds: int = typer.Option(10, min=1, help="held-out seeds for the card's evaluation against HPA"),
+) -> None:
+    """Write policy.npz + card.json from a training run (loadable without torch or pickle)."""
+    from pathlib import Path
+
+    from rlscale.export import export_run
+
+    card = export_run(Path(run), Path(out), seeds=seeds)
+    ev = card["evaluation"]
+    console.print(metrics_table(f"{card['scenario']}: held-out seeds {ev['held_out_seeds'][0]}..{ev['held_out_seeds'][-1]}",
+                                {"ppo": ev["ppo"], "hpa": ev["hpa"]}))
+    console.print(f"cost vs HPA: {ev['cost_vs_hpa']:.3f}; wrote {out}/policy.npz and {out}/card.json")
+
+
 def main() -> None:
     app(prog_name="rlscale")
 

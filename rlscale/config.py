@@ -274,3 +274,76 @@ def _resolve_trace_paths(scenario: Scenario, base: Path) -> Scenario:
             svc = svc.model_copy(update={"workload": svc.workload.model_copy(update={"trace": str(resolved)})})
         services.append(svc)
     return scenario.model_copy(update={"services": services})
+
+
+# --------------------------------------------------------------------------- training files
+
+
+class NormalizeSpec(Strict):
+    norm_obs: bool = True
+    norm_reward: bool = True
+    clip_obs: float = Field(default=10.0, gt=0)
+    gamma: float | None = None
+
+
+class EvalSpec(Strict):
+    """Held-out evaluation during training: seeds from seed_base up, never used for training."""
+
+    freq: int = Field(default=50_000, gt=0, description="environment steps between evaluations")
+    seeds: int = Field(default=5, ge=1, le=100)
+    seed_base: int = Field(default=10_000, ge=1000)
+    episode_steps: int | None = Field(default=None, ge=1)
+
+
+class PolicyKwargs(Strict):
+    net_arch: list[int] = Field(default=[64, 64], min_length=1)
+    activation_fn: Literal["tanh", "relu"] = "tanh"
+
+
+class TrainConfig(Strict):
+    """One rl-zoo3-style training file (``train/ppo-<scenario>.yaml``)."""
+
+    scenario: str
+    algo: Literal["ppo"] = "ppo"
+    seed: int = Field(default=0, ge=0, lt=1000, description="training seeds stay below the evaluation seeds")
+    n_envs: int = Field(default=16, ge=1, le=4096)
+    n_timesteps: int = Field(default=1_000_000, gt=0)
+    episode_steps: int | None = Field(default=None, ge=1)
+    policy: Literal["MlpPolicy"] = "MlpPolicy"
+    policy_kwargs: PolicyKwargs = PolicyKwargs()
+    n_steps: int = Field(default=256, ge=8)
+    batch_size: int = Field(default=1024, ge=8)
+    n_epochs: int = Field(default=10, ge=1)
+    gamma: float = Field(default=0.99, gt=0, le=1)
+    gae_lambda: float = Field(default=0.95, gt=0, le=1)
+    ent_coef: float = Field(default=0.0, ge=0)
+    vf_coef: float = Field(default=0.5, ge=0)
+    clip_range: float = Field(default=0.2, gt=0)
+    max_grad_norm: float = Field(default=0.5, gt=0)
+    learning_rate: float | str = Field(default=3e-4, description="a float, or 'lin_<float>' for a linear decay to 0")
+    normalize: NormalizeSpec = NormalizeSpec()
+    randomise: bool = True
+    randomisation: RandomisationSpec | None = Field(default=None, description="overrides the scenario's")
+    eval: EvalSpec = EvalSpec()
+
+    @model_validator(mode="after")
+    def _check_lr(self) -> "TrainConfig":
+        lr = self.learning_rate
+        if isinstance(lr, str):
+            if not lr.startswith("lin_"):
+                raise ValueError("learning_rate: expected a float or 'lin_<float>'")
+            try:
+                float(lr[4:])
+            except ValueError:
+                raise ValueError("learning_rate: expected a float or 'lin_<float>'") from None
+        return self
+
+
+def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
+    p = Path(path)
+    if not p.exists() and not p.is_absolute() and (TRAIN_DIR / p.name).exists():
+        p = TRAIN_DIR / p.name
+    data = read_yaml(p)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of training settings")
+    return parse_model(TrainConfig, data, str(p))

@@ -21,6 +21,8 @@ class SB3ClusterVecEnv(VecEnv):
     resumable from the generators' state.
     """
 
+    render_mode = None
+
     def __init__(
         self,
         scenario: str | Scenario,

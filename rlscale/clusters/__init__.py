@@ -1,0 +1,1 @@
+"""Cluster backends the controller drives: simulated, local (processes + HAProxy + Prometheus)."""

@@ -1,0 +1,175 @@
+"""One worker of the local cluster: an HTTP service whose requests cost real CPU time.
+
+Run as a script (``python worker.py --port 8101 ...``) by the local backend.
+It imports only the standard library, so a cold start is the interpreter's
+start-up plus ``--warmup-s`` (the stand-in for loading a model or warming a
+cache), not the import time of rlscale.
+
+Why a request is partly CPU and partly waiting: a 2-core machine cannot give
+ten CPU-bound workers a core each. Each worker serves ``--concurrency``
+requests at a time (HAProxy's ``maxconn`` holds the rest in one shared
+queue), and a request occupies its slot for ``cpu_s`` of real CPU work
+(a busy loop on the thread's CPU clock) plus ``wait_s`` of waiting (I/O,
+a downstream call). A worker's capacity is then ``concurrency / (cpu_s +
+wait_s)`` requests/s and it uses at most ``concurrency * cpu_s / (cpu_s +
+wait_s)`` cores, so capacity grows linearly with workers while the CPU they
+use stays well under the machine's cores (DESIGN.md section 9).
+
+Endpoints:
+
+* ``GET /work``: one request. HAProxy stamps ``X-Request-Start: <epoch µs>``
+  when the request arrives, so the latency recorded here includes the time it
+  queued in HAProxy, which is what a client sees.
+* ``GET /healthz``: 200 once warm.
+* ``GET /metrics``: Prometheus text format (see ``_metrics``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import os
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
+           0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class Stats:
+    """Counters for ``/metrics``; one lock, since requests run on many threads."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.lock = threading.Lock()
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.latency_sum = 0.0
+        self.requests = 0
+        self.busy_s = 0.0
+        self.in_flight = 0
+
+    def start(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+
+    def finish(self, latency_s: float, busy_s: float) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            self.requests += 1
+            self.busy_s += busy_s
+            self.latency_sum += latency_s
+            self.counts[bisect.bisect_left(self.buckets, latency_s)] += 1
+
+
+def burn_cpu(seconds: float) -> None:
+    """Spin until this thread has used ``seconds`` of CPU (not wall) time."""
+    end = time.thread_time() + seconds
+    x = 0
+    while time.thread_time() < end:
+        for _ in range(200):
+            x += 1
+
+
+def make_handler(args: argparse.Namespace, stats: Stats, started: float) -> type[BaseHTTPRequestHandler]:
+    labels = f'service="{args.service}",worker="{args.name}"'
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *a: object) -> None:  # noqa: A002 - stdlib signature
+            return
+
+        def _reply(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 - stdlib name
+            path = self.path.split("?", 1)[0]
+            if path == "/work":
+                self._work()
+            elif path == "/healthz":
+                self._reply(200, b"ok\n")
+            elif path == "/metrics":
+                self._reply(200, _metrics(stats, labels, started).encode(), "text/plain; version=0.0.4")
+            else:
+                self._reply(404, b"not found\n")
+
+        def _work(self) -> None:
+            begin = time.time()
+            stamp = self.headers.get("X-Request-Start", "")
+            arrived = int(stamp) / 1e6 if stamp.isdigit() else begin
+            stats.start()
+            burn_cpu(args.cpu_s)
+            if args.wait_s > 0:
+                time.sleep(args.wait_s)
+            end = time.time()
+            stats.finish(max(0.0, end - min(arrived, begin)), end - begin)
+            self._reply(200, b"done\n")
+
+    return Handler
+
+
+def _metrics(stats: Stats, labels: str, started: float) -> str:
+    """Prometheus text exposition, written by hand to keep the worker import-free."""
+    with stats.lock:
+        counts = list(stats.counts)
+        total, lat_sum, busy, in_flight = stats.requests, stats.latency_sum, stats.busy_s, stats.in_flight
+    cpu = time.process_time()
+    lines = [
+        "# TYPE rlscale_worker_request_duration_seconds histogram",
+    ]
+    cum = 0
+    for le, count in zip(stats.buckets, counts):
+        cum += count
+        lines.append(f'rlscale_worker_request_duration_seconds_bucket{{{labels},le="{le}"}} {cum}')
+    lines.append(f'rlscale_worker_request_duration_seconds_bucket{{{labels},le="+Inf"}} {total}')
+    lines.append(f"rlscale_worker_request_duration_seconds_sum{{{labels}}} {lat_sum}")
+    lines.append(f"rlscale_worker_request_duration_seconds_count{{{labels}}} {total}")
+    lines += [
+        "# TYPE rlscale_worker_requests_total counter",
+        f"rlscale_worker_requests_total{{{labels}}} {total}",
+        "# TYPE rlscale_worker_busy_seconds_total counter",
+        f"rlscale_worker_busy_seconds_total{{{labels}}} {busy}",
+        "# TYPE rlscale_worker_cpu_seconds_total counter",
+        f"rlscale_worker_cpu_seconds_total{{{labels}}} {cpu}",
+        "# TYPE rlscale_worker_in_flight gauge",
+        f"rlscale_worker_in_flight{{{labels}}} {in_flight}",
+        "# TYPE rlscale_worker_start_time_seconds gauge",
+        f"rlscale_worker_start_time_seconds{{{labels}}} {started}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="rlscale local-cluster worker")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--service", default="api")
+    p.add_argument("--name", default="w0")
+    p.add_argument("--cpu-s", type=float, default=0.005, help="real CPU seconds per request")
+    p.add_argument("--wait-s", type=float, default=0.035, help="non-CPU seconds per request")
+    p.add_argument("--warmup-s", type=float, default=0.0, help="delay before listening (cold start)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    started = time.time()
+    if args.warmup_s > 0:
+        time.sleep(args.warmup_s)
+    stats = Stats(BUCKETS)
+    server = ThreadingHTTPServer((args.host, args.port), make_handler(args, stats, started))
+    server.daemon_threads = True
+    server.serve_forever(poll_interval=0.5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""HTTP API: ``POST /v1/decide`` for external controllers, ``GET /healthz``, ``GET /metrics`` (Prometheus).
+
+``/v1/decide`` is stateless with respect to the control loop: it has its own
+``Decider`` and every request starts a fresh history, like the first interval
+of an episode (the request's arrivals fill the load history), unless the
+request brings ``history_rps``, the arrivals of the preceding intervals.
+Guard rails that need a history of our own actions (per-minute limit,
+scale-down cooldown) are the caller's business: it owns that history. Every
+request's decision is written to the audit log with ``source: "api"``.
+
+In front of the app, ``RequestGate`` checks the bearer token (every path but
+``/healthz``) and the body size (413 beyond ``max_body``) before any parsing.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rlscale.controller.audit import AuditLog
+from rlscale.controller.decision import Decider
+from rlscale.controller.guards import GuardState
+from rlscale.controller.telemetry import Telemetry
+from rlscale.spaces import HISTORY_LEN, Metrics
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_ITEMS = 256
+
+Values = list[float | None]
+
+
+class DecideRequest(BaseModel):
+    """One cluster's metrics for one interval. Only ``desired`` is required; a missing field means "not measured"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    services: list[str] | None = Field(None, max_length=MAX_ITEMS, description="service names, checked against the policy's")
+    desired: list[float] = Field(..., max_length=MAX_ITEMS, description="current replicas per service (spec.replicas)")
+    ready: Values | None = Field(None, max_length=MAX_ITEMS)
+    arrivals_rps: Values | None = Field(None, max_length=MAX_ITEMS)
+    utilisation: Values | None = Field(None, max_length=MAX_ITEMS)
+    latency_p95_s: Values | None = Field(None, max_length=MAX_ITEMS)
+    backlog: Values | None = Field(None, max_length=MAX_ITEMS)
+    dropped: Values | None = Field(None, max_length=MAX_ITEMS)
+    nodes_ready: Values | None = Field(None, max_length=MAX_ITEMS)
+    nodes_provisioning: Values | None = Field(None, max_length=MAX_ITEMS)
+    packing: Values | None = Field(None, max_length=MAX_ITEMS)
+    time_s: float | None = Field(None, description="seconds since Monday 00:00 (or any time with that phase)")
+    cost_rate_usd_h: float | None = None
+    hot_spot: float | None = None
+    rebalancing: float | None = None
+    age_s: float = Field(0.0, description="how old the metrics are, in seconds")
+    history_rps: list[Values] | None = Field(
+        None, max_length=HISTORY_LEN - 1, description="arrivals of the preceding intervals, oldest first"
+    )
+
+
+def _array(values: list[float | None] | None, width: int, name: str) -> np.ndarray | None:
+    if values is None:
+        return None
+    if len(values) != width:
+        raise HTTPException(422, f"{name}: expected {width} values, got {len(values)}")
+    return np.array([[np.nan if v is None else v for v in values]], dtype=np.float64)
+
+
+def _scalar(value: float | None) -> np.ndarray | None:
+    return None if value is None else np.array([value], dtype=np.float64)
+
+
+def request_metrics(body: DecideRequest, services: tuple[str, ...], n_pools: int) -> tuple[Metrics, np.ndarray | None]:
+    """The request as batched ``Metrics`` (N = 1; missing fields stay None) and its history ``[H, S]``."""
+    if body.services is not None and tuple(body.services) != services:
+        raise HTTPException(422, f"services: expected {list(services)} (the served policy's), got {body.services[:16]}")
+    S = len(services)
+    per_service = {k: _array(getattr(body, k), S, k) for k in ("arrivals_rps", "ready", "desired", "utilisation", "latency_p95_s", "backlog", "dropped")}
+    per_pool = {k: _array(getattr(body, k), n_pools, k) for k in ("nodes_ready", "nodes_provisioning", "packing")}
+    cluster = {k: _scalar(getattr(body, k)) for k in ("time_s", "cost_rate_usd_h", "hot_spot", "rebalancing")}
+    history = None
+    if body.history_rps:
+        rows = [_array(row, S, "history_rps[]") for row in body.history_rps]
+        history = np.concatenate([r for r in rows if r is not None])
+        if not np.isfinite(history).all() or (history < 0).any():
+            raise HTTPException(422, "history_rps: expected finite, non-negative arrival rates")
+    return Metrics(**per_service, **per_pool, **cluster), history  # type: ignore[arg-type]
+
+
+class RequestGate:
+    """ASGI middleware: bearer token and body-size limit, checked before the app parses anything."""
+
+    def __init__(self, app: ASGIApp, token: str | None, max_body: int = MAX_BODY_BYTES, open_paths: tuple[str, ...] = ("/healthz",)) -> None:
+        self.app = app
+        self.expected = None if token is None else f"Bearer {token}".encode()
+        self.max_body = max_body
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if self.expected is not None and scope.get("path") not in self.open_paths:
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                await self._reject(scope, receive, send, 401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
+                return
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await self._reject(scope, receive, send, 400, "invalid Content-Length")
+                return
+            if declared > self.max_body:
+                await self._reject(scope, receive, send, 413, f"request body over {self.max_body} bytes")
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                await self._reject(scope, receive, send, 413, f"request body over {self.max_body} bytes")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _reject(scope: Scope, receive: Receive, send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
+
+
+def create_app(
+    decider: Decider,
+    telemetry: Telemetry,
+    audit: AuditLog | None = None,
+    *,
+    token: str | None = None,
+    max_body: int = MAX_BODY_BYTES,
+    status: Callable[[], dict[str, Any]] | None = None,
+    policy_name: str = "",
+) -> ASGIApp:
+    """The ASGI app: FastAPI routes behind ``RequestGate``."""
+    app = FastAPI(title="rlscale controller", docs_url=None, redoc_url=None)
+    services = decider.services
+    n_pools = len(decider.config.max_nodes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
+        return JSONResponse({"detail": errors[:20]}, status_code=422)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", **(status() if status is not None else {})}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(telemetry.exposition(), media_type=telemetry.content_type)
+
+    @app.post("/v1/decide")
+    async def decide(body: DecideRequest) -> dict[str, Any]:
+        m, history = request_metrics(body, services, n_pools)
+        t = float(body.time_s) if body.time_s is not None and np.isfinite(body.time_s) else 0.0
+        decision = decider.decide(m, float(body.age_s), t, GuardState(), source="api", fresh=True, history_rps=history)
+        if audit is not None:
+            audit.write(decision.audit())
+        telemetry.record("api", decision.latency_s, decision.fallback_reason, [a.guard for a in decision.adjustments])
+        return {"policy": policy_name, **decision.response()}
+
+    return RequestGate(app, token, max_body)

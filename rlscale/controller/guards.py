@@ -1,0 +1,400 @@
+"""Guard rails: pure functions between a policy's recommendation and the cluster.
+
+Kubernetes' HPA controller computes a recommendation and then, as a separate
+step, applies its behaviour (stabilisation, rate policies, min/max) and records
+why. We do the same: a policy recommends replicas, and the functions here
+(numpy arrays in, numpy arrays out, no clocks, no I/O) check the metrics the
+recommendation came from and bound the change, each bound reporting what it
+did so that every decision can explain itself in the audit log.
+
+Defaults are chosen so that any action a PPO policy can emit on a healthy
+cluster (a delta of at most ``k = actions.max_step`` per service per step,
+within min/max) passes unchanged: serving then equals evaluation. The
+scale-down cooldown is therefore off by default (a policy trained without it
+would be served differently with it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from rlscale.config import ConfigError, Scenario
+from rlscale.spaces import REBALANCE_NAMES, Metrics, ObsSpec
+
+RATE_WINDOW_S = 60.0
+"""The window of the per-minute limit: changes applied strictly after ``now - 60 s`` count."""
+
+STALE_INTERVALS = 2.0
+"""Metrics older than this many decision intervals are stale."""
+
+# Fallback reasons: the Prometheus label values and the audit log's fallback.reason.
+METRICS_MISSING = "metrics_missing"
+METRICS_STALE = "metrics_stale"
+METRICS_INVALID = "metrics_invalid"
+MODEL_MISMATCH = "model_mismatch"
+POLICY_ERROR = "policy_error"
+FALLBACK_REASONS = (METRICS_MISSING, METRICS_STALE, METRICS_INVALID, MODEL_MISMATCH, POLICY_ERROR)
+
+# Guard names: the Prometheus label values and the audit log's adjustments[].guard.
+CLAMP = "clamp"
+COOLDOWN = "scale_down_cooldown"
+STEP_LIMIT = "max_step_change"
+MINUTE_LIMIT = "max_change_per_minute"
+REBALANCE_BUSY = "rebalance_in_progress"
+REBALANCE_INVALID = "rebalance_invalid"
+GUARD_NAMES = (CLAMP, COOLDOWN, STEP_LIMIT, MINUTE_LIMIT, REBALANCE_BUSY, REBALANCE_INVALID)
+
+PER_SERVICE = ("arrivals_rps", "ready", "desired", "utilisation", "latency_p95_s", "backlog", "dropped")
+PER_POOL = ("nodes_ready", "nodes_provisioning", "packing")
+CLUSTER_WIDE = ("time_s", "cost_rate_usd_h", "hot_spot", "rebalancing")
+METRIC_FIELDS = tuple(f.name for f in fields(Metrics))
+
+FIXED_LIMITS = {
+    "arrivals_rps": 1e9,
+    "utilisation": 10.0,
+    "latency_p95_s": 1e7,
+    "backlog": 1e12,
+    "dropped": 1e12,
+    "packing": 10.0,
+    "time_s": 1e11,
+    "cost_rate_usd_h": 1e7,
+    "hot_spot": 1e3,
+    "rebalancing": 1.0,
+}
+"""Upper bounds beyond which a reading is garbage, not a busy cluster (replicas and nodes use the scenario's maxima)."""
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """The guard rails of one cluster; ``from_scenario`` gives the defaults.
+
+    ``max_step_change`` and ``max_change_per_minute`` are per service, in
+    replicas, measured from the replicas the cluster reports as desired.
+    ``scale_down_cooldown_s`` forbids a scale-down of a service within that
+    many seconds of its last scale-up (0 = off).
+    """
+
+    services: tuple[str, ...]
+    min_replicas: np.ndarray
+    max_replicas: np.ndarray
+    max_nodes: np.ndarray
+    interval_s: float
+    max_step_change: int
+    max_change_per_minute: int
+    scale_down_cooldown_s: float = 0.0
+    stale_after_s: float = 0.0
+
+    @classmethod
+    def from_scenario(
+        cls,
+        scenario: Scenario,
+        interval_s: float | None = None,
+        max_step_change: int | None = None,
+        max_change_per_minute: int | None = None,
+        scale_down_cooldown_s: float = 0.0,
+        stale_after_s: float | None = None,
+    ) -> "GuardConfig":
+        interval = float(interval_s if interval_s is not None else scenario.step_s)
+        k = scenario.actions.max_step
+        step = int(max_step_change if max_step_change is not None else k)
+        per_minute = max_change_per_minute
+        if per_minute is None:
+            per_minute = step * decisions_per_window(interval)
+        config = cls(
+            services=tuple(s.name for s in scenario.services),
+            min_replicas=np.array([s.min_replicas for s in scenario.services], dtype=np.int64),
+            max_replicas=np.array([s.max_replicas for s in scenario.services], dtype=np.int64),
+            max_nodes=np.asarray(ObsSpec.from_scenario(scenario).max_nodes, dtype=np.float64),
+            interval_s=interval,
+            max_step_change=step,
+            max_change_per_minute=int(per_minute),
+            scale_down_cooldown_s=float(scale_down_cooldown_s),
+            stale_after_s=float(stale_after_s if stale_after_s is not None else STALE_INTERVALS * interval),
+        )
+        config.check()
+        return config
+
+    def __post_init__(self) -> None:
+        uppers = [np.broadcast_to(self._upper(name), self._shape(name)).ravel() for name in METRIC_FIELDS]
+        object.__setattr__(self, "_upper_flat", np.concatenate(uppers).astype(np.float64))
+        start = sum(int(np.prod(self._shape(n))) for n in METRIC_FIELDS[: METRIC_FIELDS.index("desired")])
+        object.__setattr__(self, "_desired_slice", slice(start, start + len(self.services)))
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        return (1, len(self.services)) if name in PER_SERVICE else (1, len(self.max_nodes)) if name in PER_POOL else (1,)
+
+    def _upper(self, name: str) -> np.ndarray:
+        if name in ("ready", "desired"):
+            return self.max_replicas.astype(np.float64)[None]
+        if name in ("nodes_ready", "nodes_provisioning"):
+            return np.asarray(self.max_nodes, dtype=np.float64)[None]
+        return np.float64(FIXED_LIMITS[name])
+
+    def check(self) -> None:
+        if not self.interval_s > 0:
+            raise ConfigError(f"--interval {self.interval_s}: expected a number of seconds > 0")
+        if self.max_step_change < 0:
+            raise ConfigError(f"--max-step-change {self.max_step_change}: expected >= 0 replicas")
+        if self.max_change_per_minute < 0:
+            raise ConfigError(f"--max-change-per-minute {self.max_change_per_minute}: expected >= 0 replicas")
+        if not self.scale_down_cooldown_s >= 0:
+            raise ConfigError(f"--scale-down-cooldown {self.scale_down_cooldown_s}: expected >= 0 seconds")
+        if not self.stale_after_s > 0:
+            raise ConfigError(f"--stale-after {self.stale_after_s}: expected a number of seconds > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "min_replicas": self.min_replicas.tolist(),
+            "max_replicas": self.max_replicas.tolist(),
+            "interval_s": self.interval_s,
+            "max_step_change": self.max_step_change,
+            "max_change_per_minute": self.max_change_per_minute,
+            "scale_down_cooldown_s": self.scale_down_cooldown_s,
+            "stale_after_s": self.stale_after_s,
+        }
+
+
+def decisions_per_window(interval_s: float) -> int:
+    """How many decisions ``interval_s`` apart fall strictly inside one rate window (the current one included)."""
+    return max(1, math.ceil(RATE_WINDOW_S / interval_s - 1e-9))
+
+
+@dataclass
+class GuardState:
+    """What the stateful guard rails remember between decisions of one cluster.
+
+    ``last_replicas`` is the last replicas the controller applied (None before
+    the first), ``changes`` the (time, |change| per service) of applied
+    decisions inside the rate window, ``last_scale_up_s`` per service.
+    """
+
+    last_replicas: np.ndarray | None = None
+    changes: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    last_scale_up_s: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Whether a metrics sample can be trusted; ``reason`` is None when it can."""
+
+    reason: str | None
+    detail: str = ""
+    bad_services: np.ndarray | None = None
+
+
+def assess(metrics: Metrics | None, age_s: float | None, config: GuardConfig) -> Assessment:
+    """Check one cluster's metrics (N = 1): present, fresh, finite, non-negative and in range.
+
+    Missing fields (None) or no sample at all: ``metrics_missing``; an age
+    beyond ``stale_after_s``, unknown or negative: ``metrics_stale``; NaN,
+    infinite, negative, out of range or misshapen values: ``metrics_invalid``.
+    ``bad_services`` marks the services whose own readings are unusable.
+    """
+    if metrics is None:
+        return Assessment(METRICS_MISSING, "no metrics sample")
+    missing = [name for name in METRIC_FIELDS if getattr(metrics, name) is None]
+    if missing:
+        return Assessment(METRICS_MISSING, f"missing fields: {', '.join(missing)}")
+    if age_s is None or not math.isfinite(age_s) or age_s < 0:
+        return Assessment(METRICS_STALE, f"metrics age {age_s!r} s is unknown or in the future")
+    if age_s > config.stale_after_s:
+        return Assessment(METRICS_STALE, f"metrics are {age_s:g} s old (limit {config.stale_after_s:g} s)")
+    if _all_in_range(metrics, config):
+        return Assessment(None)
+    problems: list[str] = []
+    bad = np.zeros(len(config.services), dtype=bool)
+    for name in METRIC_FIELDS:
+        raw = getattr(metrics, name)
+        value = np.asarray(raw, dtype=np.float64) if _numeric(raw) else None
+        shape = config._shape(name)
+        if value is None or value.shape != shape:
+            problems.append(f"{name} has shape {None if value is None else value.shape}, expected {shape}")
+            if name in PER_SERVICE:
+                bad[:] = True
+            continue
+        with np.errstate(invalid="ignore"):
+            wrong = ~np.isfinite(value) | (value < 0) | (value > config._upper(name))
+            if name == "desired":
+                wrong |= np.abs(value - np.rint(value)) > 1e-6
+        if wrong.any():
+            problems.append(f"{name}={_fmt_values(value)} is not finite, negative or out of range")
+            if name in PER_SERVICE:
+                bad |= wrong[0]
+    if problems:
+        return Assessment(METRICS_INVALID, "; ".join(problems), bad)
+    return Assessment(None)
+
+
+def _all_in_range(metrics: Metrics, config: GuardConfig) -> bool:
+    """The fast path of ``assess``: every value numeric, well shaped, finite and within its bounds."""
+    try:
+        values = [np.asarray(getattr(metrics, name), dtype=np.float64) for name in METRIC_FIELDS]
+    except (TypeError, ValueError):
+        return False
+    if any(v.shape != config._shape(name) for v, name in zip(values, METRIC_FIELDS)):
+        return False
+    flat = np.concatenate([v.ravel() for v in values])
+    upper: np.ndarray = config._upper_flat  # type: ignore[attr-defined]
+    if not ((flat >= 0.0) & (flat <= upper)).all():
+        return False
+    desired = flat[config._desired_slice]  # type: ignore[attr-defined]
+    return bool((np.abs(desired - np.rint(desired)) <= 1e-6).all())
+
+
+def _numeric(value: Any) -> bool:
+    try:
+        np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _fmt_values(value: np.ndarray) -> str:
+    flat = value.ravel().tolist()
+    return "[" + ", ".join(f"{v:g}" for v in flat[:8]) + (", ..." if len(flat) > 8 else "") + "]"
+
+
+def current_replicas(metrics: Metrics | None, assessment: Assessment, state: GuardState) -> np.ndarray | None:
+    """The replicas to measure changes from: the cluster's own report when it is trusted, else our last action."""
+    if assessment.reason is None and metrics is not None:
+        return np.rint(np.asarray(metrics.desired, dtype=np.float64)[0]).astype(np.int64)
+    if state.last_replicas is not None:
+        return state.last_replicas.copy()
+    return None
+
+
+def fallback_metrics(metrics: Metrics | None, assessment: Assessment, current: np.ndarray, config: GuardConfig) -> Metrics:
+    """Metrics the HPA rule can act on safely: untrusted services read as "no utilisation" so HPA holds them.
+
+    HPA skips a service whose utilisation is NaN (Kubernetes skips a cycle
+    without metrics), so a service with any unusable reading, or every service
+    when the whole sample is missing or stale, is held at ``current``.
+    """
+    S, P = len(config.services), len(config.max_nodes)
+
+    def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        raw = None if metrics is None else getattr(metrics, name)
+        if raw is None or not _numeric(raw) or np.asarray(raw).shape != shape:
+            return np.full(shape, np.nan)
+        return np.asarray(raw, dtype=np.float64).copy()
+
+    out = Metrics(**{
+        name: take(name, (1, S) if name in PER_SERVICE else (1, P) if name in PER_POOL else (1,))
+        for name in METRIC_FIELDS
+    })
+    held = np.ones(S, dtype=bool) if assessment.reason in (METRICS_MISSING, METRICS_STALE) else np.zeros(S, dtype=bool)
+    if assessment.bad_services is not None:
+        held |= assessment.bad_services
+    out.desired[0] = current
+    out.ready[0] = np.where(held, current, out.ready[0])
+    with np.errstate(invalid="ignore"):
+        unusable = ~np.isfinite(out.utilisation[0]) | (out.utilisation[0] < 0) | ~np.isfinite(out.ready[0]) | (out.ready[0] < 0)
+    out.utilisation[0] = np.where(held | unusable, np.nan, out.utilisation[0])
+    out.ready[0] = np.where(unusable, current, out.ready[0])
+    return out
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """One guard rail changing one value: which guard, which service (or "cluster"), from what, to what."""
+
+    guard: str
+    target: str
+    before: int
+    after: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"guard": self.guard, "target": self.target, "from": self.before, "to": self.after}
+
+
+def _record(adjustments: list[Adjustment], guard: str, services: tuple[str, ...], before: np.ndarray, after: np.ndarray) -> None:
+    for s in np.flatnonzero(before != after):
+        adjustments.append(Adjustment(guard, services[s], int(before[s]), int(after[s])))
+
+
+def clamp(replicas: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Each service within [min_replicas, max_replicas]."""
+    return np.clip(replicas, lo, hi)
+
+
+def hold_scale_down(replicas: np.ndarray, current: np.ndarray, last_scale_up_s: np.ndarray | None, now: float, cooldown_s: float) -> np.ndarray:
+    """No scale-down of a service within ``cooldown_s`` of its last scale-up (stops up/down flapping)."""
+    if cooldown_s <= 0 or last_scale_up_s is None:
+        return replicas
+    cooling = (now - last_scale_up_s) < cooldown_s
+    return np.where(cooling & (replicas < current), current, replicas)
+
+
+def limit_change(replicas: np.ndarray, current: np.ndarray, limit: np.ndarray | int) -> np.ndarray:
+    """Move at most ``limit`` replicas (per service) away from ``current``, towards the recommendation."""
+    limit = np.maximum(np.asarray(limit, dtype=np.int64), 0)
+    return current + np.clip(replicas - current, -limit, limit)
+
+
+def window_budget(changes: list[tuple[float, np.ndarray]], now: float, per_window: int, n_services: int) -> np.ndarray:
+    """Replicas each service may still change: ``per_window`` minus the changes applied in ``(now - 60 s, now]``."""
+    used = np.zeros(n_services, dtype=np.int64)
+    for t, delta in changes:
+        if t > now - RATE_WINDOW_S:
+            used += delta
+    return np.maximum(per_window - used, 0)
+
+
+def check_rebalance(verb: int, rebalancing: float | None) -> tuple[int, str | None]:
+    """The rebalance verb to run: none while one is in progress (or unknown), none for a verb we do not know."""
+    if verb == 0:
+        return 0, None
+    if not 0 <= verb < len(REBALANCE_NAMES):
+        return 0, REBALANCE_INVALID
+    if rebalancing is None or not math.isfinite(rebalancing) or rebalancing > 0:
+        return 0, REBALANCE_BUSY
+    return verb, None
+
+
+def apply_guards(
+    replicas: np.ndarray,
+    rebalance: int,
+    current: np.ndarray,
+    rebalancing: float | None,
+    now: float,
+    state: GuardState,
+    config: GuardConfig,
+) -> tuple[np.ndarray, int, list[Adjustment]]:
+    """The final replicas ``[S]`` and rebalance verb, and every adjustment made on the way.
+
+    Order: clamp to [min, max], scale-down cooldown, per-step limit, per-minute
+    limit. The limits are measured from ``current``, so a cluster that is
+    outside its bounds (scaled by hand) is brought back at the permitted rate,
+    never in one jump.
+    """
+    adjustments: list[Adjustment] = []
+    names = config.services
+    proposed = np.asarray(replicas, dtype=np.int64).reshape(-1)
+    current = np.asarray(current, dtype=np.int64).reshape(-1)
+    out = clamp(proposed, config.min_replicas, config.max_replicas)
+    _record(adjustments, CLAMP, names, proposed, out)
+    step = hold_scale_down(out, current, state.last_scale_up_s, now, config.scale_down_cooldown_s)
+    _record(adjustments, COOLDOWN, names, out, step)
+    out = limit_change(step, current, config.max_step_change)
+    _record(adjustments, STEP_LIMIT, names, step, out)
+    budget = window_budget(state.changes, now, config.max_change_per_minute, len(names))
+    step = limit_change(out, current, budget)
+    _record(adjustments, MINUTE_LIMIT, names, out, step)
+    verb, refused = check_rebalance(int(rebalance), rebalancing)
+    if refused:
+        adjustments.append(Adjustment(refused, "cluster", int(rebalance), verb))
+    return step, verb, adjustments
+
+
+def record_applied(state: GuardState, now: float, current: np.ndarray, applied: np.ndarray) -> GuardState:
+    """The guard state after ``applied`` replicas were set on a cluster that had ``current``."""
+    applied = np.asarray(applied, dtype=np.int64).copy()
+    changes = [(t, d) for t, d in state.changes if t > now - RATE_WINDOW_S]
+    changes.append((now, np.abs(applied - current)))
+    last_up = state.last_scale_up_s if state.last_scale_up_s is not None else np.full(applied.shape, -np.inf)
+    last_up = np.where(applied > current, now, last_up)
+    return GuardState(last_replicas=applied, changes=changes, last_scale_up_s=last_up)

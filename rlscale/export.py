@@ -1,0 +1,82 @@
+"""Export a training run's best checkpoint to ``policy.npz`` + ``card.json`` (no pickle at load time).
+
+The card describes the artefact completely: what it observes and emits, the
+scenario and training config it came from, the exact command, library
+versions, and how it did against HPA on held-out seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from rlscale import __version__
+from rlscale.config import ConfigError, TrainConfig, parse_model
+from rlscale.policies.ppo import write_exported
+from rlscale.spaces import ActionSpec, ObsSpec
+
+EXPORT_SEEDS = 10
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A run directory (its best, else last checkpoint), a checkpoint directory, or a model.zip in one."""
+    path = Path(path)
+    if path.is_file() and path.name.endswith(".zip"):
+        path = path.parent
+    for candidate in (path / "best", path / "last", path):
+        if (candidate / "model.zip").is_file() and (candidate / "state.json").is_file():
+            return candidate
+    raise ConfigError(f"{path}: not a training run or checkpoint (expected best/ or last/ with model.zip and state.json)")
+
+
+def versions() -> dict[str, str]:
+    import gymnasium
+    import numpy
+    import stable_baselines3
+    import torch
+
+    return {
+        "rlscale": __version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+        "gymnasium": gymnasium.__version__,
+    }
+
+
+def export_run(run: Path, out: Path, *, seeds: int = EXPORT_SEEDS) -> dict[str, Any]:
+    """Export and evaluate against HPA on ``seeds`` held-out seeds; returns the card."""
+    from rlscale.train import evaluate_weights, eval_seeds, load_checkpoint, training_scenario, weights_from_sb3
+
+    ckpt = find_checkpoint(run)
+    state = json.loads((ckpt / "state.json").read_text())
+    if "config" not in state:
+        raise ConfigError(f"{ckpt / 'state.json'}: missing field config")
+    cfg = parse_model(TrainConfig, state["config"], str(ckpt / "state.json"))
+    scenario = training_scenario(cfg)
+    model, env, _ = load_checkpoint(ckpt, cfg, scenario)
+    weights = weights_from_sb3(model, env)
+    held_out = eval_seeds(cfg, seeds)
+    result = evaluate_weights(weights, scenario, held_out, cfg.eval.episode_steps)
+    card = {
+        "name": out.name,
+        "scenario": scenario.name,
+        "scenario_config": json.loads(scenario.model_dump_json()),
+        "obs_spec": ObsSpec.from_scenario(scenario).to_dict(),
+        "obs_features": ObsSpec.from_scenario(scenario).feature_names(),
+        "action_spec": ActionSpec.from_scenario(scenario).to_dict(),
+        "training": {
+            "config": cfg.model_dump(),
+            "seed": cfg.seed,
+            "timesteps": int(state["num_timesteps"]),
+            "command": state.get("command", ""),
+            "checkpoint": ckpt.name,
+        },
+        "versions": versions(),
+        "evaluation": {"held_out_seeds": held_out, **result.summary()},
+    }
+    write_exported(out, weights, card)
+    return card

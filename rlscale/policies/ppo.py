@@ -1,0 +1,233 @@
+"""A trained PPO policy, run with numpy from its exported ``policy.npz`` + ``card.json``.
+
+Serving must not unpickle anything (a model file from elsewhere must not be
+able to run code) and must not need torch, so an exported policy is plain
+arrays plus a JSON card, and the forward pass below reproduces SB3's
+deterministic ``predict`` for an ``MlpPolicy`` over a ``MultiDiscrete`` action.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlscale.config import MODELS_DIR, ConfigError, Scenario
+from rlscale.spaces import Action, ActionDecoder, ActionSpec, Metrics, ObservationBuilder, ObsSpec
+
+CARD_FORMAT = "rlscale-policy/1"
+ACTIVATIONS = {
+    "tanh": np.tanh,
+    "relu": lambda x: np.maximum(x, 0.0),
+}
+
+
+@dataclass(frozen=True)
+class PolicyWeights:
+    """The arrays of a policy network and the observation normalisation it was trained with."""
+
+    layers: tuple[tuple[np.ndarray, np.ndarray], ...]
+    action_w: np.ndarray
+    action_b: np.ndarray
+    obs_mean: np.ndarray
+    obs_var: np.ndarray
+    obs_clip: float
+    obs_eps: float
+    activation: str
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {
+            "action_w": self.action_w,
+            "action_b": self.action_b,
+            "obs_mean": self.obs_mean,
+            "obs_var": self.obs_var,
+            "obs_clip": np.array(self.obs_clip),
+            "obs_eps": np.array(self.obs_eps),
+        }
+        for i, (w, b) in enumerate(self.layers):
+            arrays[f"pi_{i}_w"] = w
+            arrays[f"pi_{i}_b"] = b
+        return arrays
+
+
+def logits(weights: PolicyWeights, obs: np.ndarray) -> np.ndarray:
+    """Action logits for raw (unnormalised) observations ``[N, D]``."""
+    x = np.clip((obs - weights.obs_mean) / np.sqrt(weights.obs_var + weights.obs_eps), -weights.obs_clip, weights.obs_clip)
+    act = ACTIVATIONS[weights.activation]
+    x = x.astype(np.float32)
+    for w, b in weights.layers:
+        x = act(x @ w.T + b)
+    return x @ weights.action_w.T + weights.action_b
+
+
+def deterministic_actions(weights: PolicyWeights, nvec: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """Argmax of each MultiDiscrete segment: SB3's ``predict(obs, deterministic=True)``."""
+    out = logits(weights, obs)
+    split = np.cumsum(nvec)[:-1]
+    return np.stack([seg.argmax(axis=1) for seg in np.split(out, split, axis=1)], axis=1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ExportedPolicy:
+    weights: PolicyWeights
+    card: dict[str, Any]
+    obs_spec: ObsSpec
+    action_spec: ActionSpec
+
+
+def _fail(path: Path, what: str) -> ConfigError:
+    return ConfigError(f"{path}: {what}")
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A model directory by path, or by name under ``models/``."""
+    p = Path(path)
+    if not p.exists() and not p.is_absolute() and (MODELS_DIR / p).exists():
+        p = MODELS_DIR / p
+    if not p.is_dir():
+        raise ConfigError(f"{path}: model not found (expected a directory with policy.npz and card.json)")
+    return p
+
+
+def load_exported(path: str | Path) -> ExportedPolicy:
+    """Read and check an exported policy; every problem is a one-line ConfigError."""
+    root = resolve_model_dir(path)
+    card_path, npz_path = root / "card.json", root / "policy.npz"
+    for f in (card_path, npz_path):
+        if not f.is_file():
+            raise _fail(f, "missing (an exported policy has policy.npz and card.json)")
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _fail(card_path, f"not valid JSON ({err.__class__.__name__})") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise _fail(card_path, f"field format: expected {CARD_FORMAT!r}")
+    digest = hashlib.sha256(npz_path.read_bytes()).hexdigest()
+    if card.get("policy_sha256") not in (None, digest):
+        raise _fail(npz_path, "does not match card.json's policy_sha256 (corrupted or from another export)")
+    try:
+        obs_spec = ObsSpec.from_dict(card["obs_spec"])
+        action_spec = ActionSpec.from_dict(card["action_spec"])
+        activation = str(card["network"]["activation"])
+        n_layers = int(card["network"]["layers"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise _fail(card_path, f"missing or malformed field {err}") from None
+    if activation not in ACTIVATIONS:
+        raise _fail(card_path, f"network.activation: expected one of {sorted(ACTIVATIONS)}")
+    try:
+        with np.load(npz_path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as err:
+        raise _fail(npz_path, f"not a readable npz archive ({err.__class__.__name__})") from None
+    needed = ["action_w", "action_b", "obs_mean", "obs_var", "obs_clip", "obs_eps"]
+    needed += [f"pi_{i}_{k}" for i in range(n_layers) for k in ("w", "b")]
+    missing = [k for k in needed if k not in arrays]
+    if missing:
+        raise _fail(npz_path, f"missing arrays {missing}")
+    layers = tuple((arrays[f"pi_{i}_w"].astype(np.float32), arrays[f"pi_{i}_b"].astype(np.float32)) for i in range(n_layers))
+    weights = PolicyWeights(
+        layers=layers,
+        action_w=arrays["action_w"].astype(np.float32),
+        action_b=arrays["action_b"].astype(np.float32),
+        obs_mean=arrays["obs_mean"].astype(np.float64),
+        obs_var=arrays["obs_var"].astype(np.float64),
+        obs_clip=float(arrays["obs_clip"]),
+        obs_eps=float(arrays["obs_eps"]),
+        activation=activation,
+    )
+    _check_shapes(npz_path, weights, obs_spec.size, int(action_spec.nvec.sum()))
+    return ExportedPolicy(weights, card, obs_spec, action_spec)
+
+
+def _check_shapes(path: Path, w: PolicyWeights, obs_size: int, n_logits: int) -> None:
+    if w.obs_mean.shape != (obs_size,) or w.obs_var.shape != (obs_size,):
+        raise _fail(path, f"normalisation statistics have shape {w.obs_mean.shape}, the card's observation has {obs_size}")
+    width = obs_size
+    for i, (weight, bias) in enumerate(w.layers):
+        if weight.ndim != 2 or weight.shape[1] != width or bias.shape != (weight.shape[0],):
+            raise _fail(path, f"layer pi_{i} has shape {weight.shape}, expected (*, {width})")
+        width = weight.shape[0]
+    if w.action_w.shape != (n_logits, width) or w.action_b.shape != (n_logits,):
+        raise _fail(path, f"action layer has shape {w.action_w.shape}, expected ({n_logits}, {width})")
+    if not all(np.isfinite(a).all() for a in w.to_arrays().values()):
+        raise _fail(path, "contains NaN or infinite weights")
+
+
+class PPOPolicy:
+    """The exported network behind the ``Policy`` protocol, with the same observation builder as training."""
+
+    def __init__(self, exported: ExportedPolicy, name: str = "ppo") -> None:
+        self.exported = exported
+        self.name = name
+        self.obs_spec = exported.obs_spec
+        self.action_spec = exported.action_spec
+        self.decoder = ActionDecoder(exported.action_spec)
+        self._nvec = exported.action_spec.nvec
+        self.builder = ObservationBuilder(self.obs_spec, 1)
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        return self.obs_spec.services
+
+    def reset(self, n: int = 1) -> None:
+        self.builder = ObservationBuilder(self.obs_spec, n)
+
+    def raw_action(self, obs: np.ndarray) -> np.ndarray:
+        return deterministic_actions(self.exported.weights, self._nvec, obs)
+
+    def act(self, metrics: Metrics) -> Action:
+        obs = self.builder.build(metrics)
+        return self.decoder.decode(self.raw_action(obs), metrics.desired)
+
+
+def check_matches(exported: ExportedPolicy, scenario: Scenario, source: str) -> None:
+    """A policy is only valid on a cluster with the services and pools it was trained on."""
+    spec = ObsSpec.from_scenario(scenario)
+    if spec.services != exported.obs_spec.services or spec.pools != exported.obs_spec.pools:
+        raise ConfigError(
+            f"{source}: trained for services {list(exported.obs_spec.services)} and pools "
+            f"{list(exported.obs_spec.pools)}, but scenario {scenario.name!r} has {list(spec.services)} and {list(spec.pools)}"
+        )
+
+
+def make_policy(path: str, scenario: Scenario) -> PPOPolicy:
+    exported = load_exported(path)
+    check_matches(exported, scenario, path)
+    return PPOPolicy(exported, name=f"ppo:{path}")
+
+
+def write_exported(out: str | Path, weights: PolicyWeights, card: dict[str, Any]) -> Path:
+    """Write ``policy.npz`` + ``card.json`` into ``out`` atomically (a temp sibling renamed into place)."""
+    import io
+    import os
+    import shutil
+    import tempfile
+
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, **weights.to_arrays())
+    data = buf.getvalue()
+    card = {
+        **card,
+        "format": CARD_FORMAT,
+        "network": {"activation": weights.activation, "layers": len(weights.layers)},
+        "policy_sha256": hashlib.sha256(data).hexdigest(),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        (tmp / "policy.npz").write_bytes(data)
+        (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        old = target.with_name(f".{target.name}.old")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,353 @@
+"""PPO training with stable-baselines3 on the batched simulator.
+
+A run directory holds everything a run needs to be watched, resumed and
+exported: TensorBoard events (``tb/``), the latest checkpoint (``last/``), the
+best checkpoint by held-out evaluation (``best/``), and ``run.json``. Held-out
+evaluation runs the exported numpy policy (``rlscale.policies.ppo``) through
+``rlscale.rollout``, so the number that picks the best model is the number a
+served policy would reach.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import HParam, configure
+from stable_baselines3.common.vec_env import VecNormalize
+
+from rlscale.config import ConfigError, Scenario, TrainConfig, load_scenario
+from rlscale.policies.hpa import HPAPolicy
+from rlscale.policies.ppo import ExportedPolicy, PolicyWeights, PPOPolicy
+from rlscale.rollout import Rollout, run_policy
+from rlscale.sb3_env import SB3ClusterVecEnv
+from rlscale.spaces import ActionSpec, ObsSpec
+
+CHECKPOINT_FILES = ("model.zip", "vecnormalize.pkl", "state.json")
+
+
+def training_scenario(cfg: TrainConfig) -> Scenario:
+    sc = load_scenario(cfg.scenario)
+    if cfg.randomisation is not None:
+        sc = sc.model_copy(update={"randomisation": cfg.randomisation})
+    return sc
+
+
+def learning_rate(value: float | str) -> float | Callable[[float], float]:
+    if isinstance(value, str):
+        start = float(value[4:])
+        return lambda progress_remaining: progress_remaining * start
+    return float(value)
+
+
+def make_env(cfg: TrainConfig, scenario: Scenario) -> VecNormalize:
+    env = SB3ClusterVecEnv(
+        scenario, cfg.n_envs, episode_steps=cfg.episode_steps, randomise=cfg.randomise, seed=cfg.seed * 1000
+    )
+    n = cfg.normalize
+    return VecNormalize(
+        env, norm_obs=n.norm_obs, norm_reward=n.norm_reward, clip_obs=n.clip_obs, gamma=n.gamma or cfg.gamma
+    )
+
+
+def make_model(cfg: TrainConfig, env: VecNormalize) -> PPO:
+    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[cfg.policy_kwargs.activation_fn]
+    return PPO(
+        cfg.policy,
+        env,
+        learning_rate=learning_rate(cfg.learning_rate),
+        n_steps=cfg.n_steps,
+        batch_size=cfg.batch_size,
+        n_epochs=cfg.n_epochs,
+        gamma=cfg.gamma,
+        gae_lambda=cfg.gae_lambda,
+        ent_coef=cfg.ent_coef,
+        vf_coef=cfg.vf_coef,
+        clip_range=cfg.clip_range,
+        max_grad_norm=cfg.max_grad_norm,
+        policy_kwargs={"net_arch": list(cfg.policy_kwargs.net_arch), "activation_fn": activation},
+        seed=cfg.seed,
+        device="cpu",
+        verbose=0,
+    )
+
+
+def weights_from_sb3(model: PPO, env: VecNormalize) -> PolicyWeights:
+    """The policy half of an SB3 MlpPolicy and its VecNormalize statistics, as plain arrays."""
+    linear = [m for m in model.policy.mlp_extractor.policy_net if isinstance(m, torch.nn.Linear)]
+    acts = {type(m) for m in model.policy.mlp_extractor.policy_net if not isinstance(m, torch.nn.Linear)}
+    activation = "relu" if torch.nn.ReLU in acts else "tanh"
+    size = model.observation_space.shape[0]
+    if env.norm_obs:
+        mean, var = env.obs_rms.mean.astype(np.float64), env.obs_rms.var.astype(np.float64)
+    else:
+        mean, var = np.zeros(size), np.ones(size)
+    return PolicyWeights(
+        layers=tuple((m.weight.detach().cpu().numpy().copy(), m.bias.detach().cpu().numpy().copy()) for m in linear),
+        action_w=model.policy.action_net.weight.detach().cpu().numpy().copy(),
+        action_b=model.policy.action_net.bias.detach().cpu().numpy().copy(),
+        obs_mean=mean,
+        obs_var=var,
+        obs_clip=float(env.clip_obs) if env.norm_obs else float("inf"),
+        obs_eps=float(env.epsilon) if env.norm_obs else 0.0,
+        activation=activation,
+    )
+
+
+def exported_from(weights: PolicyWeights, scenario: Scenario, card: dict[str, Any]) -> ExportedPolicy:
+    return ExportedPolicy(weights, card, ObsSpec.from_scenario(scenario), ActionSpec.from_scenario(scenario))
+
+
+def eval_seeds(cfg: TrainConfig, count: int | None = None) -> list[int]:
+    return [cfg.eval.seed_base + i for i in range(count or cfg.eval.seeds)]
+
+
+@dataclass
+class EvalResult:
+    """Held-out evaluation of one policy against HPA on the same seeds."""
+
+    policy: Rollout
+    hpa: Rollout
+
+    @property
+    def cost_vs_hpa(self) -> float:
+        return float(self.policy.episodes["cost_usd"].mean() / self.hpa.episodes["cost_usd"].mean())
+
+    @property
+    def score(self) -> float:
+        """Lower is better: cost relative to HPA, with any SLO loss against HPA priced heavily."""
+        extra_slo = self.policy.episodes["slo_violation_rate"].mean() - self.hpa.episodes["slo_violation_rate"].mean()
+        extra_drop = self.policy.episodes["dropped_fraction"].mean() - self.hpa.episodes["dropped_fraction"].mean()
+        return self.cost_vs_hpa + 20.0 * max(0.0, extra_slo) + 20.0 * max(0.0, extra_drop)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "seeds": self.policy.seeds,
+            "ppo": self.policy.mean(),
+            "hpa": self.hpa.mean(),
+            "cost_vs_hpa": self.cost_vs_hpa,
+        }
+
+
+def evaluate_weights(
+    weights: PolicyWeights, scenario: Scenario, seeds: list[int], steps: int | None, hpa: Rollout | None = None
+) -> EvalResult:
+    policy = PPOPolicy(exported_from(weights, scenario, {}), name="ppo")
+    ppo_run = run_policy(scenario, policy, seeds, steps=steps)
+    hpa_run = hpa if hpa is not None else run_policy(scenario, HPAPolicy(scenario), seeds, steps=steps)
+    return EvalResult(ppo_run, hpa_run)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a directory's files into a temporary sibling, then swap it in: never half-written."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        old = target.with_name(f".{target.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_checkpoint(target: Path, model: PPO, env: VecNormalize, extra: dict[str, Any]) -> None:
+    engine = env.venv.engine  # type: ignore[attr-defined]
+
+    def write(tmp: Path) -> None:
+        model.save(tmp / "model.zip")
+        env.save(str(tmp / "vecnormalize.pkl"))
+        state = {
+            "num_timesteps": int(model.num_timesteps),
+            "rng_states": [rng.bit_generator.state for rng in engine.rngs],
+            **extra,
+        }
+        (tmp / "state.json").write_text(json.dumps(state, default=_json_default))
+
+    _atomic_dir(target, write)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(type(obj))
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig, scenario: Scenario) -> tuple[PPO, VecNormalize, dict[str, Any]]:
+    path = Path(path)
+    if path.is_dir() and (path / "last").is_dir():
+        path = path / "last"
+    for f in CHECKPOINT_FILES:
+        if not (path / f).is_file():
+            raise ConfigError(f"{path}: not a checkpoint (missing {f})")
+    base = make_env(cfg, scenario)
+    env = VecNormalize.load(str(path / "vecnormalize.pkl"), base.venv)
+    state = json.loads((path / "state.json").read_text())
+    model = PPO.load(path / "model.zip", env=env, device="cpu")
+    engine = env.venv.engine  # type: ignore[attr-defined]
+    for rng, s in zip(engine.rngs, state["rng_states"]):
+        rng.bit_generator.state = s
+    return model, env, state
+
+
+# --------------------------------------------------------------------------- callback
+
+
+class HeldOutEvalCallback(BaseCallback):
+    """Evaluates on held-out seeds, logs ``eval/*`` to TensorBoard, keeps the best model by score."""
+
+    def __init__(self, cfg: TrainConfig, scenario: Scenario, run_dir: Path, run_meta: dict[str, Any],
+                 best_score: float = float("inf"), last_eval: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.scenario = scenario
+        self.run_dir = run_dir
+        self.run_meta = run_meta
+        self.seeds = eval_seeds(cfg)
+        self.steps = cfg.eval.episode_steps
+        self.best_score = best_score
+        self.last_eval = last_eval
+        self.hpa: Rollout | None = None
+        self.history: list[dict[str, Any]] = []
+        self.first_below_0_8: float | None = None
+        self.started = time.monotonic()
+
+    def _on_training_start(self) -> None:
+        hparams = {k: v for k, v in self.cfg.model_dump().items() if isinstance(v, (int, float, str, bool))}
+        hparams["net_arch"] = str(self.cfg.policy_kwargs.net_arch)
+        metrics = {"eval/cost_vs_hpa": 0.0, "eval/slo_violation_rate": 0.0, "eval/cost_usd": 0.0}
+        self.logger.record("hparams", HParam(hparams, metrics), exclude=("stdout", "log", "json", "csv"))
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps - self.last_eval >= self.cfg.eval.freq:
+            self.last_eval = self.num_timesteps
+            self.evaluate()
+        return True
+
+    def evaluate(self) -> EvalResult:
+        env = self.model.get_env()
+        assert isinstance(env, VecNormalize)
+        weights = weights_from_sb3(self.model, env)  # type: ignore[arg-type]
+        result = evaluate_weights(weights, self.scenario, self.seeds, self.steps, self.hpa)
+        self.hpa = result.hpa
+        mean = result.policy.mean()
+        for key in ("cost_usd", "slo_violation_rate", "dropped_fraction", "utilisation", "episode_reward"):
+            self.logger.record(f"eval/{key}", mean[key])
+        self.logger.record("eval/cost_vs_hpa", result.cost_vs_hpa)
+        self.logger.record("eval/hpa_cost_usd", result.hpa.mean()["cost_usd"])
+        self.logger.record("eval/hpa_slo_violation_rate", result.hpa.mean()["slo_violation_rate"])
+        self.logger.record("eval/score", result.score)
+        elapsed = time.monotonic() - self.started
+        if self.first_below_0_8 is None and result.cost_vs_hpa < 0.8 and result.score < 0.8:
+            self.first_below_0_8 = elapsed
+        self.logger.dump(self.num_timesteps)
+        entry = {"timesteps": int(self.num_timesteps), "wall_s": elapsed, "score": result.score, **result.summary()}
+        self.history.append(entry)
+        if result.score < self.best_score:
+            self.best_score = result.score
+            save_checkpoint(self.run_dir / "best", self.model, env, {"evaluation": entry, **self.run_meta})
+        return result
+
+
+def write_custom_scalars(tb_dir: Path) -> None:
+    """A TensorBoard layout that puts cost and SLO side by side."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tb_dir)) as w:
+        w.add_custom_scalars(
+            {
+                "rlscale": {
+                    "cost vs SLO": ["Multiline", ["eval/cost_usd", "eval/hpa_cost_usd"]],
+                    "SLO violations": ["Multiline", ["eval/slo_violation_rate", "eval/hpa_slo_violation_rate"]],
+                    "cost / HPA cost": ["Multiline", ["eval/cost_vs_hpa"]],
+                    "dropped and utilisation": ["Multiline", ["eval/dropped_fraction", "eval/utilisation"]],
+                }
+            }
+        )
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+@dataclass
+class TrainOutcome:
+    run_dir: Path
+    interrupted: bool
+    timesteps: int
+    best_score: float
+    history: list[dict[str, Any]]
+    first_below_0_8_s: float | None
+    wall_s: float
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    resume: Path | None = None,
+    progress_bar: bool = True,
+    command: str = "",
+) -> TrainOutcome:
+    """Train (or resume) one run; Ctrl-C saves a consistent ``last/`` checkpoint and returns normally."""
+    torch.set_num_threads(1)
+    scenario = training_scenario(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"config": cfg.model_dump(), "command": command, "scenario": scenario.name}
+    (run_dir / "config.json").write_text(json.dumps(meta, indent=2))
+    if resume is not None:
+        model, env, state = load_checkpoint(resume, cfg, scenario)
+        best, last_eval = float(state.get("best_score", float("inf"))), int(state.get("last_eval", 0))
+    else:
+        env = make_env(cfg, scenario)
+        model = make_model(cfg, env)
+        best, last_eval = float("inf"), 0
+    tb_dir = run_dir / "tb"
+    model.set_logger(configure(str(tb_dir), ["tensorboard", "csv"]))
+    write_custom_scalars(tb_dir)
+    callback = HeldOutEvalCallback(cfg, scenario, run_dir, meta, best, last_eval)
+    remaining = max(0, cfg.n_timesteps - model.num_timesteps)
+    started = time.monotonic()
+    interrupted = False
+    try:
+        model.learn(remaining, callback=callback, progress_bar=progress_bar, reset_num_timesteps=resume is None)
+    except KeyboardInterrupt:
+        interrupted = True
+    if not interrupted and (callback.last_eval < model.num_timesteps or not (run_dir / "best").exists()):
+        callback.evaluate()
+    save_checkpoint(
+        run_dir / "last", model, env,
+        {"best_score": callback.best_score, "last_eval": callback.last_eval, **meta},
+    )
+    history_path = run_dir / "evaluations.jsonl"
+    with history_path.open("a") as f:
+        for entry in callback.history:
+            f.write(json.dumps(entry, default=_json_default) + "\n")
+    env.close()
+    return TrainOutcome(
+        run_dir, interrupted, int(model.num_timesteps), callback.best_score, callback.history,
+        callback.first_below_0_8, time.monotonic() - started,
+    )

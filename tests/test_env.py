@@ -1,0 +1,194 @@
+"""The Gymnasium env, the vector env and the SB3 adapter: seeding, batching, API conformance, reward terms."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rlscale  # noqa: F401  (registers rlscale/Cluster-v0)
+from rlscale.config import ENVS_DIR, load_scenario
+from rlscale.env import ClusterEnv, ClusterVectorEnv
+from rlscale.sb3_env import SB3ClusterVecEnv
+
+SCENARIOS = sorted(p.stem for p in ENVS_DIR.glob("*.yaml"))
+EPISODE = 40
+REWARD_TERMS = ("cost_usd", "slo_violation", "dropped_fraction", "replicas_changed")
+
+
+def random_actions(space: gym.spaces.MultiDiscrete, steps: int, seed: int, n: int | None = None) -> np.ndarray:
+    """Uniform raw actions, rebalance verbs included: [steps, len(nvec)] or [steps, n, len(nvec)]."""
+    rng = np.random.default_rng(seed)
+    shape = (steps, len(space.nvec)) if n is None else (steps, n, len(space.nvec))
+    return rng.integers(0, np.broadcast_to(space.nvec, shape))
+
+
+def rollout(env: gym.Env, seed: int, actions: np.ndarray) -> list[tuple[Any, ...]]:
+    """(obs, reward, terminated, truncated, info) per step, resetting (unseeded) after each episode end."""
+    obs, info = env.reset(seed=seed)
+    trajectory: list[tuple[Any, ...]] = [(obs, info)]
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(action)
+        trajectory.append((obs, reward, terminated, truncated, info))
+        if terminated or truncated:
+            obs, info = env.reset()
+            trajectory.append((obs, info))
+    return trajectory
+
+
+def assert_identical(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert len(x) == len(y)
+        assert x[0].dtype == y[0].dtype and x[0].tobytes() == y[0].tobytes()
+        assert x[1:] == y[1:]
+
+
+# --------------------------------------------------------------------------- seeding
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), randomise=st.booleans())
+def test_the_same_seed_gives_the_same_trajectory_bit_for_bit(seed: int, randomise: bool) -> None:
+    kwargs = dict(episode_steps=EPISODE, randomise=randomise)
+    first, second = gym.make("rlscale/Cluster-v0", **kwargs), gym.make("rlscale/Cluster-v0", **kwargs)
+    actions = random_actions(first.action_space, 2 * EPISODE + 10, seed)
+    assert_identical(rollout(first, seed, actions), rollout(second, seed, actions))
+
+
+def test_different_seeds_give_different_trajectories() -> None:
+    env = gym.make("rlscale/Cluster-v0", episode_steps=EPISODE)
+    actions = random_actions(env.action_space, EPISODE, 0)
+    a, b = rollout(env, 1, actions), rollout(env, 2, actions)
+    assert not np.array_equal(np.stack([t[0] for t in a]), np.stack([t[0] for t in b]))
+    assert [t[1] for t in a[1:]] != [t[1] for t in b[1:]]
+
+
+def test_reset_with_a_seed_replays_the_episode_whatever_came_before() -> None:
+    env = gym.make("rlscale/Cluster-v0", episode_steps=EPISODE, randomise=True)
+    actions = random_actions(env.action_space, EPISODE, 5)
+    fresh = rollout(env, 9, actions)
+    rollout(env, 3, actions)
+    assert_identical(fresh, rollout(env, 9, actions))
+
+
+# --------------------------------------------------------------------------- batched = single
+
+
+@pytest.mark.parametrize("randomise", [False, True])
+def test_the_vector_env_matches_single_envs_seeded_seed_plus_i(randomise: bool) -> None:
+    n, seed, steps = 4, 11, 2 * EPISODE + 5
+    vec = ClusterVectorEnv(num_envs=n, episode_steps=EPISODE, randomise=randomise)
+    singles = [ClusterEnv(episode_steps=EPISODE, randomise=randomise) for _ in range(n)]
+    actions = random_actions(vec.single_action_space, steps, seed, n)
+    obs, _ = vec.reset(seed=seed)
+    single_obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(singles)]
+    np.testing.assert_array_equal(obs, np.stack(single_obs))
+    needs_reset = [False] * n
+    resets = 0
+    for action in actions:
+        obs, rewards, terminated, truncated, infos = vec.step(action)
+        assert not terminated.any()
+        for i, env in enumerate(singles):
+            if needs_reset[i]:  # next-step autoreset: this step only starts the new episode
+                o, _ = env.reset()
+                assert rewards[i] == 0.0 and not truncated[i] and not infos["_cost_usd"][i]
+                needs_reset[i] = False
+                resets += 1
+            else:
+                o, r, _, tr, info = env.step(action[i])
+                assert rewards[i] == r and truncated[i] == tr
+                for key in REWARD_TERMS:
+                    assert infos[key][i] == info[key]
+                needs_reset[i] = tr
+            assert o.tobytes() == obs[i].tobytes()
+    assert resets == 2 * n
+
+
+@pytest.mark.parametrize("randomise", [False, True])
+def test_the_sb3_vec_env_matches_single_envs_seeded_seed_plus_i(randomise: bool) -> None:
+    n, seed, steps = 4, 23, 2 * EPISODE + 5
+    vec = SB3ClusterVecEnv("web-diurnal", n, episode_steps=EPISODE, randomise=randomise, seed=seed)
+    singles = [ClusterEnv(episode_steps=EPISODE, randomise=randomise) for _ in range(n)]
+    actions = random_actions(vec.action_space, steps, seed, n)
+    obs = vec.reset()
+    np.testing.assert_array_equal(obs, np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(singles)]))
+    episodes = 0
+    for action in actions:
+        obs, rewards, dones, infos = vec.step(action)
+        for i, env in enumerate(singles):
+            o, r, _, tr, info = env.step(action[i])
+            assert rewards[i] == np.float32(r) and dones[i] == tr
+            assert {k: infos[i][k] for k in info} == info
+            if tr:  # same-step autoreset: the final observation travels in info
+                assert infos[i]["terminal_observation"].tobytes() == o.tobytes()
+                assert infos[i]["TimeLimit.truncated"] and infos[i]["episode"]["l"] == EPISODE
+                o, _ = env.reset()
+                episodes += 1
+            assert o.tobytes() == obs[i].tobytes()
+    assert episodes == 2 * n
+
+
+# --------------------------------------------------------------------------- API conformance
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_gymnasium_env_checker_passes(scenario: str) -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(ClusterEnv(scenario=scenario, episode_steps=EPISODE), skip_render_check=True)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_stable_baselines3_env_checker_passes(scenario: str) -> None:
+    from stable_baselines3.common.env_checker import check_env
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(ClusterEnv(scenario=scenario, episode_steps=EPISODE), warn=True)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_observations_stay_inside_the_declared_box(scenario: str) -> None:
+    env = ClusterEnv(scenario=scenario, episode_steps=EPISODE, randomise=True)
+    for obs in (t[0] for t in rollout(env, 0, random_actions(env.action_space, EPISODE + 5, 0))):
+        assert env.observation_space.contains(obs)
+
+
+def test_an_action_outside_the_space_is_rejected() -> None:
+    env = ClusterEnv(episode_steps=EPISODE)
+    env.reset(seed=0)
+    too_big = env.action_space.nvec.copy()
+    with pytest.raises(ValueError, match="not in"):
+        env.step(too_big)
+    with pytest.raises(ValueError, match="not in"):
+        env.step(np.zeros(len(too_big) + 1, dtype=np.int64))
+
+
+# --------------------------------------------------------------------------- reward
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_info_carries_every_reward_term_and_they_recombine_into_the_reward(scenario: str) -> None:
+    env = ClusterEnv(scenario=scenario, episode_steps=EPISODE, randomise=True)
+    w = load_scenario(scenario).reward
+    seen_nonzero = set()
+    for step in rollout(env, 4, random_actions(env.action_space, EPISODE - 1, 4))[1:]:
+        _, reward, _, _, info = step
+        for key in REWARD_TERMS:
+            assert np.isfinite(info[key]) and info[key] >= 0
+            if info[key] > 0:
+                seen_nonzero.add(key)
+        recombined = -(
+            info["cost_usd"] / w.cost_scale + w.w_slo * info["slo_violation"]
+            + w.w_drop * info["dropped_fraction"] + w.w_churn * info["replicas_changed"]
+        )
+        assert reward == pytest.approx(recombined, rel=1e-12, abs=1e-12) and info["reward"] == reward
+    assert {"cost_usd", "replicas_changed"} <= seen_nonzero
