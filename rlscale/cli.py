@@ -159,6 +159,99 @@ def export(
     console.print(f"cost vs HPA: {ev['cost_vs_hpa']:.3f}; wrote {out}/policy.npz and {out}/card.json")
 
 
+@app.command()
+@user_errors
+def serve(
+    model: str | None = typer.Option(None, help="exported policy: models/NAME or a directory with policy.npz + card.json"),
+    policy: str | None = typer.Option(None, help="instead of --model: hpa | static | target_tracking | predictive | ppo:DIR"),
+    cluster: str = typer.Option("sim", help="sim (the simulator on an accelerated clock) | none (HTTP API only)"),
+    scenario: str = typer.Option("web-diurnal", help="scenario name in envs/ or a YAML path (the cluster's services and bounds)"),
+    speedup: float = typer.Option(60.0, help="simulated seconds per wall second (sim only; 60 = one interval per second)"),
+    interval: float | None = typer.Option(None, help="decision interval in cluster seconds (default: the scenario's step_s)"),
+    seed: int = typer.Option(0, help="episode seed of the simulated cluster"),
+    steps: int | None = typer.Option(None, min=1, help="decisions to make (sim default: the scenario's episode)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="decide and log, never act"),
+    audit_log: str = typer.Option("audit.jsonl", help="JSONL audit log (appended; a torn last line is repaired)"),
+    host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback needs --token"),
+    port: int = typer.Option(8080, min=0, max=65535, help="port to bind (0: any free port, printed at start)"),
+    token: str | None = typer.Option(None, envvar="RLSCALE_TOKEN", help="bearer token required by every endpoint but /healthz"),
+    summary: str | None = typer.Option(None, help="write a JSON summary (decisions, fallbacks, episode metrics) here at exit"),
+    keep_serving: bool = typer.Option(False, "--keep-serving", help="after the last decision keep the HTTP API up until SIGTERM"),
+    max_step_change: int | None = typer.Option(None, min=0, help="replicas per service per decision (default: the scenario's max_step)"),
+    max_change_per_minute: int | None = typer.Option(None, min=0, help="replicas per service per minute (default: max_step_change x decisions per minute)"),
+    scale_down_cooldown: float = typer.Option(0.0, min=0.0, help="seconds after a scale-up before a scale-down (0: off)"),
+    stale_after: float | None = typer.Option(None, help="metrics older than this (s) are stale (default: 2 intervals)"),
+) -> None:
+    """Serve a policy: control loop over a cluster + HTTP API (/v1/decide, /healthz, /metrics), with guard rails and an audit log."""
+    from rlscale.controller.serve import ServeOptions
+    from rlscale.controller.serve import serve as run_serve
+
+    code = run_serve(ServeOptions(
+        model=model, policy=policy, cluster=cluster, scenario=scenario, speedup=speedup, interval=interval, seed=seed,
+        steps=steps, dry_run=dry_run, audit_log=audit_log, host=host, port=port, token=token, summary=summary,
+        keep_serving=keep_serving, max_step_change=max_step_change, max_change_per_minute=max_change_per_minute,
+        scale_down_cooldown=scale_down_cooldown, stale_after=stale_after,
+    ))
+    raise typer.Exit(code)
+
+
+@app.command()
+@user_errors
+def loadgen(
+    trace: str = typer.Option("web-diurnal", help="a scenario (its first service's workload) or a timestamp,value CSV"),
+    target: str = typer.Option(..., help="URL on loopback, e.g. http://127.0.0.1:PORT/work"),
+    speedup: float = typer.Option(480.0, help="trace seconds per real second (480: a day in 3 minutes)"),
+    duration: float = typer.Option(60.0, min=0.1, max=3600.0, help="real seconds to replay"),
+    peak_rps: float | None = typer.Option(None, help="scale the replayed part so its highest rate is this"),
+    start_hour: float = typer.Option(0.0, min=0.0, help="trace time to start at (hours since Monday 00:00)"),
+    seed: int = typer.Option(0, help="seed of the trace and of the Poisson arrivals"),
+    max_requests: int = typer.Option(200_000, min=1, help="hard cap on requests sent"),
+    timeout: float = typer.Option(10.0, min=0.1, help="per-request timeout (s)"),
+    out: str | None = typer.Option(None, help="write per-request latencies and per-interval results here (JSON)"),
+) -> None:
+    """Replay a trace as open-loop Poisson arrivals against a local URL and report latency."""
+    from rlscale.loadgen import run
+
+    result = run(trace, target, speedup, duration, peak_rps=peak_rps, seed=seed, start_s=start_hour * 3600.0,
+                 max_requests=max_requests, timeout_s=timeout, out=out)
+    s = result.summary()
+    console.print(
+        f"{s['requests']} requests in {s['wall_s']:.1f} s: {s['ok']} ok, {s['failed']} failed; "
+        f"latency p50 {s['latency_p50_s'] * 1000:.1f} ms, p95 {s['latency_p95_s'] * 1000:.1f} ms, p99 {s['latency_p99_s'] * 1000:.1f} ms"
+        + (f"; wrote {out}" if out else "")
+    )
+
+
+@app.command()
+@user_errors
+def calibrate(
+    cluster: str = typer.Option("local", help="the cluster to measure (local)"),
+    out: str = typer.Option("envs/local.yaml", help="scenario file to write"),
+    workers: int = typer.Option(2, min=1, help="workers to saturate when measuring capacity"),
+    interval: float = typer.Option(5.0, min=2.0, help="decision interval of the local cluster (the scenario's step_s)"),
+    speedup: float = typer.Option(720.0, help="compression of the scenario's diurnal day (as loadgen --speedup)"),
+    price: float = typer.Option(0.05, min=0.0, help="nominal USD per worker-hour"),
+    slo: float = typer.Option(0.2, help="p95 latency SLO (s) written into the scenario"),
+    level_seconds: float = typer.Option(6.0, min=3.0, help="seconds per measured load level"),
+) -> None:
+    """Measure the real cluster (CPU per request, cold start, capacity, latency) and write a scenario for the simulator."""
+    if cluster != "local":
+        from rlscale.config import ConfigError
+
+        raise ConfigError(f"--cluster {cluster!r}: only 'local' can be calibrated")
+    from rlscale.clusters.local import LocalSettings
+    from rlscale.clusters.local.calibrate import calibrate as run_calibration
+
+    sc, m = run_calibration(out, LocalSettings(interval_s=interval), workers=workers, level_s=level_seconds,
+                            speedup=speedup, price_per_worker_hour=price, slo_s=slo)
+    levels = ", ".join(f"{lv['utilisation']:.0%} -> p95 {lv['p95_s'] * 1000:.0f} ms" for lv in m["latency_under_load"])
+    console.print(
+        f"capacity {m['capacity_rps_per_worker']:.1f} req/s per worker, CPU {m['cpu_s_per_request'] * 1000:.2f} ms/request, "
+        f"cold start {m['cold_start_s']:.2f} s; latency {levels}"
+    )
+    console.print(f"wrote {out} (scenario {sc.name!r}) and its trace and calibration JSON")
+
+
 def main() -> None:
     app(prog_name="rlscale")
 

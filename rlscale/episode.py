@@ -110,6 +110,7 @@ class ClusterEpisodes:
         initial = np.ceil(self.arrivals[index, 0] / (self._replica_rps * INITIAL_UTILISATION))
         initial = np.clip(initial, self._min, self._max).astype(np.int64)
         self.sim.reset(index, key, initial, start_s)
+        self.sim.out_s[index, :, K.O_UTIL] = np.minimum(1.0, self.arrivals[index, 0] / (initial * self._replica_rps))
         self.step_index[index] = 0
         self.builder.reset(np.arange(self.n) == index)
 

@@ -68,6 +68,10 @@ def run_policy(
         engine.reset(i)
     policy.reset(len(seeds))
     n, T = len(seeds), engine.episode_steps
+    prepare = getattr(policy, "prepare", None)
+    if callable(prepare):
+        # a policy with foresight (the oracle) sees the episodes' arrivals [n, T, S] and their simulator before acting
+        prepare(engine.arrivals[:, :T].copy(), engine.sim)
     totals = {name: np.zeros(n) for name in METRIC_NAMES}
     useful = np.zeros(n)
     paid = np.zeros(n)

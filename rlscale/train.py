@@ -129,7 +129,7 @@ class EvalResult:
         """Lower is better: cost relative to HPA, with any SLO loss against HPA priced heavily."""
         extra_slo = self.policy.episodes["slo_violation_rate"].mean() - self.hpa.episodes["slo_violation_rate"].mean()
         extra_drop = self.policy.episodes["dropped_fraction"].mean() - self.hpa.episodes["dropped_fraction"].mean()
-        return self.cost_vs_hpa + 20.0 * max(0.0, extra_slo) + 20.0 * max(0.0, extra_drop)
+        return self.cost_vs_hpa + 100.0 * max(0.0, extra_slo) + 100.0 * max(0.0, extra_drop)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -291,7 +291,7 @@ def test_every_policy_stays_within_min_and_max_for_any_load(name, sequence):
     for metrics in sequence:
         action = policy.act(metrics)
         assert action.replicas.dtype == np.int64 and action.replicas.shape == (3, 2)
-        assert action.rebalance.dtype == np.int64 and action.rebalance.tolist() == [0, 0, 0]
+        assert action.rebalance.dtype == np.int64 and set(action.rebalance.tolist()) <= {0, 1}
         assert (action.replicas >= 2).all() and (action.replicas <= 30).all()
 
 

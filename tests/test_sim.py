@@ -287,14 +287,11 @@ def max_node_packing(sim: Simulator) -> float:
 
 
 def fragmented_cluster() -> Simulator:
-    """Four replicas spread one per node over four nodes, all warm again."""
+    """Four replicas left one per node on four nodes by a ReplicaSet-style scale-down from 16."""
     sim = Simulator(fragmentable(), 1)
     sim.reset(0, 1, np.array([16]))
     assert nodes_alive(sim) == 4
-    result = act(sim, 4, REBALANCE_SPREAD)
-    assert result.rebalanced[0] == 1.0
-    for _ in range(3):
-        act(sim, 4)
+    act(sim, 4)
     assert nodes_alive(sim) == 4 and (sim.rep[0, 0] > 0).sum() == 4
     assert sim.warming.sum() == 0 and sim.rebalance_left[0] == 0.0
     return sim

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from rlscale.spaces import Action, Metrics
@@ -14,10 +14,20 @@ class MetricsSample:
 
     ``observed_at`` is in the backend's clock (seconds); the controller compares
     it with ``Cluster.now()`` to decide whether the sample is stale.
+
+    ``source`` names where the numbers came from (``"prometheus"``, or
+    ``"haproxy-stats"`` when the local backend falls back to its load
+    balancer's counters). ``degraded`` is True when the sample came from such a
+    fallback: some fields may be NaN (the local fallback has no p95 latency)
+    and the controller should use the HPA rule on ``utilisation``. ``extra``
+    carries backend-specific raw numbers for the audit log.
     """
 
     metrics: Metrics
     observed_at: float
+    source: str = "backend"
+    degraded: bool = False
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -5,7 +5,9 @@
 of an episode (the request's arrivals fill the load history), unless the
 request brings ``history_rps``, the arrivals of the preceding intervals.
 Guard rails that need a history of our own actions (per-minute limit,
-scale-down cooldown) are the caller's business: it owns that history. Every
+scale-down cooldown) are the caller's business: it owns that history. The
+request's ``desired`` (when valid) stands for "the replicas last set", so a
+fallback on stale or missing metrics answers "hold at ``desired``". Every
 request's decision is written to the audit log with ``source: "api"``.
 
 In front of the app, ``RequestGate`` checks the bearer token (every path but
@@ -15,6 +17,8 @@ In front of the app, ``RequestGate`` checks the bearer token (every path but
 from __future__ import annotations
 
 import hmac
+import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,12 +26,12 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rlscale.controller.audit import AuditLog
 from rlscale.controller.decision import Decider
-from rlscale.controller.guards import GuardState
+from rlscale.controller.guards import GuardState, valid_desired
 from rlscale.controller.telemetry import Telemetry
 from rlscale.spaces import HISTORY_LEN, Metrics
 
@@ -40,7 +44,7 @@ Values = list[float | None]
 class DecideRequest(BaseModel):
     """One cluster's metrics for one interval. Only ``desired`` is required; a missing field means "not measured"."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     services: list[str] | None = Field(None, max_length=MAX_ITEMS, description="service names, checked against the policy's")
     desired: list[float] = Field(..., max_length=MAX_ITEMS, description="current replicas per service (spec.replicas)")
@@ -63,11 +67,21 @@ class DecideRequest(BaseModel):
     )
 
 
+REQUEST_SCHEMA = DecideRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+
+
+def _errors(errors: list[Any]) -> list[dict[str, Any]]:
+    """Validation errors without the offending input (it may be huge, or NaN, which JSON cannot carry)."""
+    return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in errors[:20]]
+
+
 def _array(values: list[float | None] | None, width: int, name: str) -> np.ndarray | None:
     if values is None:
         return None
     if len(values) != width:
         raise HTTPException(422, f"{name}: expected {width} values, got {len(values)}")
+    if None not in values:
+        return np.array([values], dtype=np.float64)
     return np.array([[np.nan if v is None else v for v in values]], dtype=np.float64)
 
 
@@ -169,8 +183,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
-        return JSONResponse({"detail": errors[:20]}, status_code=422)
+        return JSONResponse({"detail": _errors(exc.errors())}, status_code=422)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -180,14 +193,21 @@ def create_app(
     async def metrics() -> Response:
         return Response(telemetry.exposition(), media_type=telemetry.content_type)
 
-    @app.post("/v1/decide")
-    async def decide(body: DecideRequest) -> dict[str, Any]:
+    @app.post("/v1/decide", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": REQUEST_SCHEMA}}}})
+    async def decide(request: Request) -> Response:
+        # The body is parsed and validated by pydantic-core straight from bytes (no FastAPI body machinery): cheaper per request.
+        try:
+            body = DecideRequest.model_validate_json(await request.body())
+        except ValidationError as err:
+            return JSONResponse({"detail": _errors(err.errors())}, status_code=422)
         m, history = request_metrics(body, services, n_pools)
-        t = float(body.time_s) if body.time_s is not None and np.isfinite(body.time_s) else 0.0
-        decision = decider.decide(m, float(body.age_s), t, GuardState(), source="api", fresh=True, history_rps=history)
+        t = float(body.time_s) if body.time_s is not None and math.isfinite(body.time_s) else 0.0
+        state = GuardState(last_replicas=valid_desired(m.desired, decider.config))
+        decision = decider.decide(m, float(body.age_s), t, state, source="api", fresh=True, history_rps=history)
         if audit is not None:
             audit.write(decision.audit())
         telemetry.record("api", decision.latency_s, decision.fallback_reason, [a.guard for a in decision.adjustments])
-        return {"policy": policy_name, **decision.response()}
+        payload = {"policy": policy_name, **decision.response()}
+        return Response(json.dumps(payload, allow_nan=False, separators=(",", ":")), media_type="application/json")
 
     return RequestGate(app, token, max_body)

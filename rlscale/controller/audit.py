@@ -69,8 +69,9 @@ def repair_torn_tail(path: Path) -> int:
 class AuditLog:
     """Append-only JSONL, shared by the control loop and the HTTP API (thread-safe)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, run: str | None = None) -> None:
         self.path = Path(path)
+        self.run = run
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.repaired_bytes = repair_torn_tail(self.path)
@@ -82,12 +83,15 @@ class AuditLog:
         self.lines = 0
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one record, stamped with the wall-clock time and a sequence number of this run."""
+        """Append one record, stamped with a sequence number, the wall-clock time and the run id."""
         with self._lock:
             if self._fd is None:
                 return
             self._seq += 1
-            stamped = {"seq": self._seq, "wall_time": round(time.time(), 6), **record}
+            head: dict[str, Any] = {"seq": self._seq, "wall_time": round(time.time(), 6)}
+            if self.run is not None:
+                head["run"] = self.run
+            stamped = {**head, **record}
             os.write(self._fd, (dumps(stamped) + "\n").encode())
             self.lines += 1
 

@@ -130,7 +130,8 @@ def metrics_json(metrics: Metrics | None) -> dict[str, Any] | None:
             out[name] = None
             continue
         try:
-            flat = np.asarray(value, dtype=np.float64).reshape(-1).tolist()
+            array = value if type(value) is np.ndarray else np.asarray(value, dtype=np.float64)
+            flat = array.ravel().tolist()
         except (TypeError, ValueError):
             out[name] = repr(value)[:200]
             continue
@@ -193,7 +194,7 @@ class Decider:
         assessment = assess(metrics, age_s, self.config)
         if assessment.reason is None and self.mismatch is not None:
             assessment = Assessment(MODEL_MISMATCH, self.mismatch)
-        current = current_replicas(metrics, assessment, state)
+        current = current_replicas(metrics, assessment, state, self.config)
         raw: Action | None = None
         acted_by = NOBODY_ACTED
         if assessment.reason is None:

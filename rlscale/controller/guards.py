@@ -123,9 +123,12 @@ class GuardConfig:
         object.__setattr__(self, "_upper_flat", np.concatenate(uppers).astype(np.float64))
         start = sum(int(np.prod(self._shape(n))) for n in METRIC_FIELDS[: METRIC_FIELDS.index("desired")])
         object.__setattr__(self, "_desired_slice", slice(start, start + len(self.services)))
+        object.__setattr__(self, "_shapes", {name: self._shape(name) for name in METRIC_FIELDS})
 
     def _shape(self, name: str) -> tuple[int, ...]:
-        return (1, len(self.services)) if name in PER_SERVICE else (1, len(self.max_nodes)) if name in PER_POOL else (1,)
+        if name in PER_SERVICE:
+            return (1, len(self.services))
+        return (1, len(self.max_nodes)) if name in PER_POOL else (1,)
 
     def _upper(self, name: str) -> np.ndarray:
         if name in ("ready", "desired"):
@@ -230,19 +233,23 @@ def assess(metrics: Metrics | None, age_s: float | None, config: GuardConfig) ->
 
 
 def _all_in_range(metrics: Metrics, config: GuardConfig) -> bool:
-    """The fast path of ``assess``: every value numeric, well shaped, finite and within its bounds."""
+    """The fast path of ``assess``: every value an array of the right shape, finite and within its bounds."""
+    shapes = config._shapes  # type: ignore[attr-defined]
+    values = []
+    for name in METRIC_FIELDS:
+        value = getattr(metrics, name)
+        if type(value) is not np.ndarray or value.shape != shapes[name]:
+            return False
+        values.append(value)
     try:
-        values = [np.asarray(getattr(metrics, name), dtype=np.float64) for name in METRIC_FIELDS]
+        flat = np.concatenate(values, axis=None, dtype=np.float64)
     except (TypeError, ValueError):
         return False
-    if any(v.shape != config._shape(name) for v, name in zip(values, METRIC_FIELDS)):
-        return False
-    flat = np.concatenate([v.ravel() for v in values])
     upper: np.ndarray = config._upper_flat  # type: ignore[attr-defined]
-    if not ((flat >= 0.0) & (flat <= upper)).all():
+    if np.count_nonzero((flat >= 0.0) & (flat <= upper)) != flat.size:
         return False
-    desired = flat[config._desired_slice]  # type: ignore[attr-defined]
-    return bool((np.abs(desired - np.rint(desired)) <= 1e-6).all())
+    desired = flat[config._desired_slice].tolist()  # type: ignore[attr-defined]
+    return all(abs(d - round(d)) <= 1e-6 for d in desired)
 
 
 def _numeric(value: Any) -> bool:
@@ -258,13 +265,32 @@ def _fmt_values(value: np.ndarray) -> str:
     return "[" + ", ".join(f"{v:g}" for v in flat[:8]) + (", ..." if len(flat) > 8 else "") + "]"
 
 
-def current_replicas(metrics: Metrics | None, assessment: Assessment, state: GuardState) -> np.ndarray | None:
-    """The replicas to measure changes from: the cluster's own report when it is trusted, else our last action."""
-    if assessment.reason is None and metrics is not None:
-        return np.rint(np.asarray(metrics.desired, dtype=np.float64)[0]).astype(np.int64)
+def current_replicas(metrics: Metrics | None, assessment: Assessment, state: GuardState, config: GuardConfig) -> np.ndarray | None:
+    """The replicas to measure changes from: the cluster's own report when it is fresh and valid, else our last action."""
+    if metrics is not None and assessment.reason is None:
+        return np.rint(metrics.desired[0]).astype(np.int64)
+    if metrics is not None and assessment.reason not in (METRICS_MISSING, METRICS_STALE):
+        reported = valid_desired(metrics.desired, config)
+        if reported is not None:
+            return reported
     if state.last_replicas is not None:
         return state.last_replicas.copy()
     return None
+
+
+def valid_desired(desired: Any, config: GuardConfig) -> np.ndarray | None:
+    """The reported desired replicas ``[S]`` as int64 if they are whole numbers within [0, max_replicas], else None."""
+    if type(desired) is not np.ndarray:
+        if desired is None or not _numeric(desired):
+            return None
+        desired = np.asarray(desired, dtype=np.float64)
+    if desired.shape != (1, len(config.services)):
+        return None
+    row = desired[0].tolist()
+    for value, upper in zip(row, config.max_replicas.tolist()):
+        if not (0.0 <= value <= upper) or abs(value - round(value)) > 1e-6:
+            return None
+    return np.array([round(v) for v in row], dtype=np.int64)
 
 
 def fallback_metrics(metrics: Metrics | None, assessment: Assessment, current: np.ndarray, config: GuardConfig) -> Metrics:
@@ -312,13 +338,14 @@ class Adjustment:
 
 
 def _record(adjustments: list[Adjustment], guard: str, services: tuple[str, ...], before: np.ndarray, after: np.ndarray) -> None:
-    for s in np.flatnonzero(before != after):
-        adjustments.append(Adjustment(guard, services[s], int(before[s]), int(after[s])))
+    b, a = before.tolist(), after.tolist()
+    if b != a:
+        adjustments.extend(Adjustment(guard, services[s], b[s], a[s]) for s in range(len(b)) if b[s] != a[s])
 
 
 def clamp(replicas: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Each service within [min_replicas, max_replicas]."""
-    return np.clip(replicas, lo, hi)
+    return np.minimum(np.maximum(replicas, lo), hi)
 
 
 def hold_scale_down(replicas: np.ndarray, current: np.ndarray, last_scale_up_s: np.ndarray | None, now: float, cooldown_s: float) -> np.ndarray:
@@ -331,17 +358,16 @@ def hold_scale_down(replicas: np.ndarray, current: np.ndarray, last_scale_up_s: 
 
 def limit_change(replicas: np.ndarray, current: np.ndarray, limit: np.ndarray | int) -> np.ndarray:
     """Move at most ``limit`` replicas (per service) away from ``current``, towards the recommendation."""
-    limit = np.maximum(np.asarray(limit, dtype=np.int64), 0)
-    return current + np.clip(replicas - current, -limit, limit)
+    limit = np.maximum(limit, 0)
+    return current + np.minimum(np.maximum(replicas - current, -limit), limit)
 
 
 def window_budget(changes: list[tuple[float, np.ndarray]], now: float, per_window: int, n_services: int) -> np.ndarray:
     """Replicas each service may still change: ``per_window`` minus the changes applied in ``(now - 60 s, now]``."""
-    used = np.zeros(n_services, dtype=np.int64)
-    for t, delta in changes:
-        if t > now - RATE_WINDOW_S:
-            used += delta
-    return np.maximum(per_window - used, 0)
+    recent = [delta for t, delta in changes if t > now - RATE_WINDOW_S]
+    if not recent:
+        return np.full(n_services, max(per_window, 0), dtype=np.int64)
+    return np.maximum(per_window - np.sum(recent, axis=0), 0)
 
 
 def check_rebalance(verb: int, rebalancing: float | None) -> tuple[int, str | None]:
@@ -375,19 +401,19 @@ def apply_guards(
     names = config.services
     proposed = np.asarray(replicas, dtype=np.int64).reshape(-1)
     current = np.asarray(current, dtype=np.int64).reshape(-1)
-    out = clamp(proposed, config.min_replicas, config.max_replicas)
-    _record(adjustments, CLAMP, names, proposed, out)
-    step = hold_scale_down(out, current, state.last_scale_up_s, now, config.scale_down_cooldown_s)
-    _record(adjustments, COOLDOWN, names, out, step)
-    out = limit_change(step, current, config.max_step_change)
-    _record(adjustments, STEP_LIMIT, names, step, out)
+    clamped = clamp(proposed, config.min_replicas, config.max_replicas)
+    _record(adjustments, CLAMP, names, proposed, clamped)
+    cooled = hold_scale_down(clamped, current, state.last_scale_up_s, now, config.scale_down_cooldown_s)
+    _record(adjustments, COOLDOWN, names, clamped, cooled)
+    stepped = limit_change(cooled, current, config.max_step_change)
+    _record(adjustments, STEP_LIMIT, names, cooled, stepped)
     budget = window_budget(state.changes, now, config.max_change_per_minute, len(names))
-    step = limit_change(out, current, budget)
-    _record(adjustments, MINUTE_LIMIT, names, out, step)
+    final = limit_change(stepped, current, budget)
+    _record(adjustments, MINUTE_LIMIT, names, stepped, final)
     verb, refused = check_rebalance(int(rebalance), rebalancing)
     if refused:
         adjustments.append(Adjustment(refused, "cluster", int(rebalance), verb))
-    return step, verb, adjustments
+    return final, verb, adjustments
 
 
 def record_applied(state: GuardState, now: float, current: np.ndarray, applied: np.ndarray) -> GuardState:

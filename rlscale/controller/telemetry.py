@@ -8,9 +8,20 @@ audit log uses (``source``: loop | api; ``reason``: a fallback reason;
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from rlscale.controller.guards import FALLBACK_REASONS, GUARD_NAMES
+
+disable_created_metrics()  # the *_created series double the exposition and no dashboard here uses them
 
 LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3, 1.0)
 

@@ -76,6 +76,38 @@ def step_down_limit(current: np.ndarray, fraction: float) -> np.ndarray:
     return np.maximum(1, np.floor(current * fraction).astype(np.int64))
 
 
+class ClusterAutoscaler:
+    """The node half of a Kubernetes autoscaling stack, shared by every baseline.
+
+    The simulator already adds a node for pending replicas and removes empty
+    ones. What the cluster autoscaler adds on top is scale-down of
+    *underutilised* nodes: a pool whose ready nodes stay below
+    ``threshold`` of requested CPU for ``unneeded_s`` (its defaults: 0.5 and
+    10 minutes) gets its replicas drained onto fewer nodes, which is the
+    'consolidate' rebalance. Without this, a baseline would keep the
+    half-empty nodes a ReplicaSet scale-down leaves behind forever, which no
+    real cluster does.
+    """
+
+    def __init__(self, scenario: Scenario, threshold: float = 0.5, unneeded_s: float = 600.0) -> None:
+        self.step_s = scenario.step_s
+        self.threshold = threshold
+        self.unneeded_s = unneeded_s
+        self.n_pools = len(scenario.pools)
+        self.reset(1)
+
+    def reset(self, n: int = 1) -> None:
+        self.under_s = np.zeros((n, self.n_pools))
+
+    def rebalance(self, metrics: Metrics) -> np.ndarray:
+        """``[N]`` int64: 1 (consolidate) where some pool has been underutilised long enough, else 0."""
+        low = (np.nan_to_num(metrics.packing, nan=1.0) < self.threshold) & (metrics.nodes_ready > 1)
+        self.under_s = np.where(low, self.under_s + self.step_s, 0.0)
+        fire = (self.under_s >= self.unneeded_s).any(axis=1) & ~(metrics.rebalancing > 0)
+        self.under_s[fire] = 0.0
+        return fire.astype(np.int64)
+
+
 def no_rebalance(n: int) -> np.ndarray:
     """The baselines never rebalance: ``[N]`` zeros."""
     return np.zeros(n, dtype=np.int64)

@@ -38,7 +38,7 @@ from typing import Literal
 import numpy as np
 
 from rlscale.config import ConfigError, Scenario
-from rlscale.policies.base import ceil_count, check_batch, no_rebalance, replica_bounds
+from rlscale.policies.base import ClusterAutoscaler, ceil_count, check_batch, replica_bounds
 from rlscale.spaces import Action, Metrics
 
 
@@ -192,6 +192,7 @@ class HPAPolicy:
         if target_utilisation <= 0 or tolerance < 0 or sync_period_s <= 0:
             raise ConfigError("hpa: target_utilisation and sync_period_s must be > 0 and tolerance >= 0")
         self.scenario = scenario
+        self.nodes = ClusterAutoscaler(scenario)
         self.target, self.tolerance = target_utilisation, tolerance
         self.scale_up, self.scale_down = scale_up, scale_down
         self.lo, self.hi = replica_bounds(scenario)
@@ -206,6 +207,7 @@ class HPAPolicy:
         self.reset(1)
 
     def reset(self, n: int = 1) -> None:
+        self.nodes.reset(n)
         s = len(self.scenario.services)
         self.n = n
         self._recs = np.full((n, self._w, s), np.nan)
@@ -246,4 +248,4 @@ class HPAPolicy:
             self._events[:, self._ev_head] = new - cur
             self._ev_head = (self._ev_head + 1) % self._e
             cur = new
-        return Action(replicas=np.clip(cur, self.lo, self.hi), rebalance=no_rebalance(metrics.n))
+        return Action(replicas=np.clip(cur, self.lo, self.hi), rebalance=self.nodes.rebalance(metrics))

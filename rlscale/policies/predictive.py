@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from rlscale.config import ConfigError, Scenario
-from rlscale.policies.base import ceil_count, check_batch, no_rebalance, replica_bounds, service_rps, step_down_limit
+from rlscale.policies.base import ClusterAutoscaler, ceil_count, check_batch, replica_bounds, service_rps, step_down_limit
 from rlscale.spaces import SECONDS_PER_DAY, Action, Metrics
 
 RATIO_CLIP = (0.5, 2.0)
@@ -54,6 +54,7 @@ class PredictivePolicy:
                 "predictive: target_utilisation and headroom must be > 0, max_scale_down in (0, 1], level_window >= 1"
             )
         self.scenario = scenario
+        self.nodes = ClusterAutoscaler(scenario)
         self.target, self.headroom, self.max_scale_down = target_utilisation, headroom, max_scale_down
         self.alpha, self.beta, self.level_window = alpha, beta, level_window
         self.season = max(1, round(SECONDS_PER_DAY / scenario.step_s))
@@ -62,6 +63,7 @@ class PredictivePolicy:
         self.reset(1)
 
     def reset(self, n: int = 1) -> None:
+        self.nodes.reset(n)
         s = len(self.scenario.services)
         self.n = n
         self._hist = np.zeros((n, self.season + self.level_window, s))
@@ -105,4 +107,4 @@ class PredictivePolicy:
         wanted = ceil_count(forecast * self.headroom / (self.rps * self.target))
         wanted = np.maximum(wanted, current - step_down_limit(current, self.max_scale_down))
         wanted = np.where(np.isnan(arrivals), current, wanted)
-        return Action(replicas=np.clip(wanted, self.lo, self.hi), rebalance=no_rebalance(metrics.n))
+        return Action(replicas=np.clip(wanted, self.lo, self.hi), rebalance=self.nodes.rebalance(metrics))

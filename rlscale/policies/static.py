@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from rlscale.config import ConfigError, Scenario
-from rlscale.policies.base import ceil_count, clamp_replicas, no_rebalance, service_rps
+from rlscale.policies.base import ClusterAutoscaler, ceil_count, clamp_replicas, service_rps
 from rlscale.spaces import Action, Metrics
 
 PEAK_TARGET_UTILISATION = 0.7
@@ -24,6 +24,7 @@ class StaticPolicy:
 
     def __init__(self, scenario: Scenario, replicas: list[int] | None = None) -> None:
         self.scenario = scenario
+        self.nodes = ClusterAutoscaler(scenario)
         if replicas is None:
             peak = np.array([s.workload.peak_rps for s in scenario.services], dtype=np.float64)
             wanted = ceil_count(peak / (service_rps(scenario) * PEAK_TARGET_UTILISATION))
@@ -36,8 +37,9 @@ class StaticPolicy:
         self.replicas = clamp_replicas(wanted[None, :], scenario)[0]
 
     def reset(self, n: int = 1) -> None:
-        """Nothing to forget: a static policy has no history."""
+        """Replicas are fixed; only the node scale-down keeps history."""
+        self.nodes.reset(n)
 
     def act(self, metrics: Metrics) -> Action:
         replicas = np.broadcast_to(self.replicas, (metrics.n, self.replicas.size)).copy()
-        return Action(replicas=replicas, rebalance=no_rebalance(metrics.n))
+        return Action(replicas=replicas, rebalance=self.nodes.rebalance(metrics))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from rlscale.config import ConfigError, Scenario
-from rlscale.policies.base import ceil_count, check_batch, no_rebalance, replica_bounds, step_down_limit
+from rlscale.policies.base import ClusterAutoscaler, ceil_count, check_batch, replica_bounds, step_down_limit
 from rlscale.spaces import Action, Metrics
 
 
@@ -43,6 +43,7 @@ class TargetTrackingPolicy:
         if target_utilisation <= 0 or not 0 < scale_in_fraction <= 1:
             raise ConfigError("target_tracking: target_utilisation must be > 0 and scale_in_fraction in (0, 1]")
         self.scenario = scenario
+        self.nodes = ClusterAutoscaler(scenario)
         self.target = target_utilisation
         self.out_cooldown_s, self.in_cooldown_s = scale_out_cooldown_s, scale_in_cooldown_s
         self.scale_in_fraction = scale_in_fraction
@@ -50,6 +51,7 @@ class TargetTrackingPolicy:
         self.reset(1)
 
     def reset(self, n: int = 1) -> None:
+        self.nodes.reset(n)
         s = len(self.scenario.services)
         self.n = n
         self._since_out = np.full((n, s), np.inf)
@@ -75,4 +77,4 @@ class TargetTrackingPolicy:
 
         self._since_out[new > raw] = 0.0
         self._since_any[new != raw] = 0.0
-        return Action(replicas=new, rebalance=no_rebalance(metrics.n))
+        return Action(replicas=new, rebalance=self.nodes.rebalance(metrics))

@@ -164,7 +164,13 @@ def _place(n, s, rep, warming, warm_left, node_state, node_f, svc_f, pool_f, poo
 
 @njit(cache=True)
 def _scale_to(n, s, desired, rep, warming, warm_left, node_state, node_f, svc_f, svc_i):
-    """Add unplaced replicas, or remove: unplaced first, then warming, then from the least packed node."""
+    """Add unplaced replicas, or remove them the way a Kubernetes ReplicaSet picks victims.
+
+    Unscheduled first, then not-ready (warming), then ready replicas on the node
+    that holds the most replicas of the service (newest node on ties). That
+    keeps replicas spread, and so leaves half-empty nodes behind after a
+    scale-down: the fragmentation that 'consolidate' exists to repair.
+    """
     M = rep.shape[2]
     placed = 0
     for m in range(M):
@@ -186,13 +192,11 @@ def _scale_to(n, s, desired, rep, warming, warm_left, node_state, node_f, svc_f,
             excess -= w
     while excess > 0:
         best = -1
-        best_used = 1e300
+        most = 0
         for m in range(M):
-            if rep[n, s, m] > 0:
-                used = _used(n, m, rep, svc_f, S_CPU)
-                if used < best_used:
-                    best_used = used
-                    best = m
+            if rep[n, s, m] >= most and rep[n, s, m] > 0:
+                most = rep[n, s, m]
+                best = m
         if best < 0:
             break
         _remove_from_node(n, s, best, 1, rep, warming, warm_left)
@@ -482,6 +486,8 @@ def _step_batch(
                         # the node group replaces an interrupted spot node to keep its minimum size
                         node_state[n, m] = PROVISIONING if pool_f[p, P_DELAY] > 0.0 else READY
                         node_f[n, m, N_TIMER] = pool_f[p, P_DELAY]
+                        node_f[n, m, N_IDLE] = 0.0
+                        node_f[n, m, N_DRIFT] = 0.0
                         alive += 1
                     continue
                 if _used(n, m, rep, svc_f, S_CPU) > 0.0 or _used(n, m, rep, svc_f, S_GPU) > 0.0:

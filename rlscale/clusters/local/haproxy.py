@@ -74,7 +74,7 @@ def render_config(
             f"    default_backend {service}",
             "",
             f"backend {service}",
-            "    balance leastconn",
+            "    balance roundrobin",
             "    option httpchk GET /healthz",
             f"    # workers are added at run time: add server {service}/<name> <addr> check inter {health_inter_ms}",
             "",

@@ -78,6 +78,7 @@ def make_handler(args: argparse.Namespace, stats: Stats, started: float) -> type
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes: Nagle + delayed ACK would add 40 ms
 
         def log_message(self, format: str, *a: object) -> None:  # noqa: A002 - stdlib signature
             return
@@ -155,6 +156,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cpu-s", type=float, default=0.005, help="real CPU seconds per request")
     p.add_argument("--wait-s", type=float, default=0.035, help="non-CPU seconds per request")
     p.add_argument("--warmup-s", type=float, default=0.0, help="delay before listening (cold start)")
+    p.add_argument("--tag", default="", help="ignored; names the cluster in `ps` (its run directory)")
     return p.parse_args(argv)
 
 

@@ -1,0 +1,190 @@
+"""Controller decision latency and HTTP ``/v1/decide`` throughput.
+
+1. In-process: metrics -> action through the observation builder, the policy
+   and the guard rails (``Decider.decide``), over the metrics of a simulated
+   day replayed in order, like the control loop. Target: p99 < 200 us.
+2. HTTP: ``rlscale serve --cluster none`` in its own process on 127.0.0.1,
+   a bounded load (``--requests``, default 5,000) from ``--clients``
+   keep-alive connections (default 4). The client writes pre-built
+   HTTP/1.1 requests on raw sockets so that its own cost stays small next to
+   the server's on a 2-core machine. Target: >= 1,000 requests/s. Every
+   request is validated, decided and written to the audit log.
+
+Usage: ``python benchmarks/decide_latency.py [--model models/NAME] [--append docs/BENCHMARKS.md]``.
+Without ``--model`` a random-weight policy in the export format is used
+(same network shape as a trained one: 2 x 64 tanh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+BODY = {
+    "services": ["api"], "time_s": 50_400.0, "arrivals_rps": [820.0], "ready": [14], "desired": [14], "utilisation": [0.72],
+    "latency_p95_s": [0.11], "backlog": [0.0], "dropped": [0.0], "nodes_ready": [4], "nodes_provisioning": [0],
+    "packing": [0.87], "cost_rate_usd_h": 0.768, "hot_spot": 0.05, "rebalancing": 0,
+}
+
+
+def policy_dir(model: str | None, tmp: Path) -> str:
+    if model:
+        return model
+    from helpers import export_random_policy
+
+    return str(export_random_policy(tmp / "random-policy", "web-diurnal"))
+
+
+def in_process(model: str, passes: int) -> dict[str, float]:
+    from rlscale.clusters.simulated import SimulatedCluster
+    from rlscale.config import load_scenario
+    from rlscale.controller import Decider, GuardConfig, GuardState
+    from rlscale.controller.guards import record_applied
+    from rlscale.policies.ppo import PPOPolicy, load_exported
+
+    scenario = load_scenario("web-diurnal")
+    cluster = SimulatedCluster(scenario, seed=0)
+    samples = []
+    while not cluster.done:
+        samples.append(cluster.read_metrics())
+        cluster.hold()
+    decider = Decider(scenario, PPOPolicy(load_exported(model)), GuardConfig.from_scenario(scenario))
+    latencies = []
+    for _ in range(passes):
+        decider.policy.reset(1)
+        state = GuardState()
+        for sample in samples:
+            t0 = time.perf_counter()
+            decision = decider.decide(sample.metrics, 0.0, sample.observed_at, state)
+            latencies.append(time.perf_counter() - t0)
+            state = record_applied(state, sample.observed_at, decision.current, decision.replicas)
+    us = np.array(latencies[len(samples) // 10 :]) * 1e6
+    return {"decisions": float(us.size), "p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
+            "p999_us": float(np.percentile(us, 99.9)), "mean_us": float(us.mean())}
+
+
+async def _client(host: str, port: int, request: bytes, count: int, latencies: list[float], statuses: dict[int, int]) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        for _ in range(count):
+            t0 = time.perf_counter()
+            writer.write(request)
+            status_line = await reader.readline()
+            status = int(status_line.split()[1])
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - t0)
+            statuses[status] = statuses.get(status, 0) + 1
+    finally:
+        writer.close()
+
+
+async def _load(host: str, port: int, requests: int, clients: int) -> tuple[float, list[float], dict[int, int]]:
+    body = json.dumps(BODY).encode()
+    request = (
+        f"POST /v1/decide HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    per = [requests // clients + (1 if i < requests % clients else 0) for i in range(clients)]
+    await _client(host, port, request, 50, [], {})  # warm-up
+    t0 = time.perf_counter()
+    await asyncio.gather(*[_client(host, port, request, n, latencies, statuses) for n in per])
+    return time.perf_counter() - t0, latencies, statuses
+
+
+def http(model: str, requests: int, clients: int, tmp: Path) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "rlscale.cli", "serve", "--cluster", "none", "--model", model, "--port", "0",
+           "--audit-log", str(tmp / "audit.jsonl")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"http://([\d.]+):(\d+)", line)
+        if not match:
+            raise SystemExit(f"serve did not start: {line!r} {proc.stderr.read()}")
+        host, port = match.group(1), int(match.group(2))
+        elapsed, latencies, statuses = asyncio.run(_load(host, port, requests, clients))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    ms = np.array(latencies) * 1e3
+    return {"requests": float(len(latencies)), "clients": float(clients), "seconds": elapsed, "rps": len(latencies) / elapsed,
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "non_200": float(sum(v for k, v in statuses.items() if k != 200))}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, load average {load:.1f} at start"
+
+
+def markdown(local: dict[str, float], remote: dict[str, float], where: str, command: str) -> str:
+    lat_ok = "met" if local["p99_us"] < 200 else "MISSED"
+    rps_ok = "met" if remote["rps"] >= 1000 else "MISSED"
+    return (
+        "\n## Controller decision latency\n\n"
+        f"Machine: {where}. Command: `{command}`.\n\n"
+        "| measure | value | target |\n|---|---|---|\n"
+        f"| in-process decision p50 (builder + PPO 2x64 + guard rails) | {local['p50_us']:.0f} us | |\n"
+        f"| in-process decision p99 | {local['p99_us']:.0f} us | < 200 us ({lat_ok}) |\n"
+        f"| in-process decision p99.9 | {local['p999_us']:.0f} us | |\n"
+        f"| HTTP `/v1/decide` throughput ({remote['requests']:.0f} requests, {remote['clients']:.0f} keep-alive clients) "
+        f"| {remote['rps']:.0f} req/s | >= 1,000 req/s ({rps_ok}) |\n"
+        f"| HTTP latency p50 / p99 | {remote['p50_ms']:.2f} / {remote['p99_ms']:.2f} ms | |\n"
+        f"| non-200 responses | {remote['non_200']:.0f} | 0 |\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="exported policy (default: random weights in the export format)")
+    parser.add_argument("--passes", type=int, default=5, help="replays of the simulated day for the in-process measure")
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--append", default=None, help="append a Markdown section to this file (one write)")
+    args = parser.parse_args()
+    where = machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = policy_dir(args.model, Path(tmp))
+        local = in_process(model, args.passes)
+        remote = http(model, args.requests, args.clients, Path(tmp))
+    print(json.dumps({"in_process": local, "http": remote}, indent=2))
+    command = "python benchmarks/decide_latency.py" + ("" if not args.model else f" --model {args.model}")
+    text = markdown(local, remote, where, command)
+    print(text)
+    if args.append:
+        with open(args.append, "a") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""``rlscale serve``: one process running the control loop (main thread) and the HTTP API (a uvicorn thread).
+
+The main thread owns the signals: SIGTERM/SIGINT set a stop event that the
+loop checks between decisions, so the decision in progress is finished,
+applied and logged; then the server is stopped, the audit log is flushed
+and closed, the summary is written, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlscale.config import ConfigError, Scenario, load_scenario
+from rlscale.controller.audit import AuditLog
+from rlscale.controller.decision import Decider
+from rlscale.controller.guards import GuardConfig
+from rlscale.controller.telemetry import Telemetry
+
+CLUSTERS = ("sim", "none")
+
+
+@dataclass
+class ServeOptions:
+    """Every ``rlscale serve`` flag, one field each (see ``rlscale serve --help``)."""
+
+    model: str | None = None
+    policy: str | None = None
+    cluster: str = "sim"
+    scenario: str = "web-diurnal"
+    speedup: float = 60.0
+    interval: float | None = None
+    seed: int = 0
+    steps: int | None = None
+    dry_run: bool = False
+    audit_log: str = "audit.jsonl"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    summary: str | None = None
+    keep_serving: bool = False
+    max_step_change: int | None = None
+    max_change_per_minute: int | None = None
+    scale_down_cooldown: float = 0.0
+    stale_after: float | None = None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Only loopback without a token: anything reachable from elsewhere must authenticate its callers."""
+    if not is_loopback(host) and not token:
+        raise ConfigError(f"--host {host}: binding a non-loopback address needs --token (or RLSCALE_TOKEN)")
+
+
+@dataclass
+class LoadedPolicy:
+    name: str
+    version: str
+    make: Any  # () -> a fresh Policy instance
+
+
+def load_policy(model: str | None, policy: str | None, scenario: Scenario) -> LoadedPolicy:
+    """``--model DIR`` (or ``--policy ppo:DIR``): an exported PPO policy; ``--policy NAME``: a baseline."""
+    if model and policy:
+        raise ConfigError("--model and --policy: give one of them, not both")
+    if policy and policy.startswith("ppo:"):
+        model = policy.partition(":")[2]
+        policy = None
+    if model:
+        from rlscale.policies.ppo import PPOPolicy, load_exported, resolve_model_dir
+
+        exported = load_exported(model)
+        root = resolve_model_dir(model)
+        version = str(exported.card.get("version") or exported.card.get("policy_sha256") or _sha256(root / "policy.npz"))
+        name = f"ppo:{model}"
+        return LoadedPolicy(name, version[:16], lambda: PPOPolicy(exported, name=name))
+    if policy:
+        from rlscale import __version__
+        from rlscale.policies import make_policy
+
+        spec = policy
+        make_policy(spec, scenario)
+        return LoadedPolicy(spec, __version__, lambda: make_policy(spec, scenario))
+    raise ConfigError("serve: give --model models/NAME (an exported policy) or --policy hpa|static|target_tracking|predictive")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as err:
+        raise ConfigError(f"--host {host} --port {port}: cannot listen ({err.strerror or err})") from None
+    return sock
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Server:
+    """uvicorn in a thread, on a socket we bound ourselves (so a busy port is a one-line error)."""
+
+    def __init__(self, app: Any, sock: socket.socket) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="rlscale-http", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError("serve: the HTTP server did not start (see the messages above)")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def serve(opts: ServeOptions) -> int:
+    """Run ``rlscale serve`` until done or signalled; returns the exit code."""
+    if opts.cluster not in CLUSTERS:
+        raise ConfigError(f"--cluster {opts.cluster}: expected one of {', '.join(CLUSTERS)}")
+    if opts.token is not None and not opts.token.strip():
+        raise ConfigError("--token: expected a non-empty token")
+    check_bind(opts.host, opts.token)
+    scenario = load_scenario(opts.scenario)
+    interval = float(opts.interval if opts.interval is not None else scenario.step_s)
+    if opts.cluster == "sim" and interval != scenario.step_s:
+        raise ConfigError(f"--interval {interval:g}: the simulated cluster of {scenario.name!r} steps every {scenario.step_s:g} s; expected that")
+    config = GuardConfig.from_scenario(
+        scenario, interval, opts.max_step_change, opts.max_change_per_minute, opts.scale_down_cooldown, opts.stale_after
+    )
+    loaded = load_policy(opts.model, opts.policy, scenario)
+    loop_decider = Decider(scenario, loaded.make(), config)
+    api_decider = Decider(scenario, loaded.make(), config)
+    telemetry = Telemetry(config.services, loaded.name, loaded.version, opts.dry_run)
+
+    cluster = None
+    if opts.cluster == "sim":
+        from rlscale.clusters.simulated import SimulatedCluster
+
+        cluster = SimulatedCluster(scenario, seed=opts.seed, steps=opts.steps, speedup=opts.speedup)
+    run_id = uuid.uuid4().hex[:12]
+    audit = AuditLog(opts.audit_log, run=run_id)
+    try:
+        sock = bind_socket(opts.host, opts.port)
+    except ConfigError:
+        audit.close()
+        raise
+    if audit.repaired_bytes:
+        print(f"audit log {opts.audit_log}: removed a torn last line ({audit.repaired_bytes} bytes) left by an earlier crash", file=sys.stderr)
+    if loop_decider.mismatch:
+        print(f"warning: {loaded.name}: {loop_decider.mismatch}; every decision falls back to the HPA rule", file=sys.stderr)
+
+    stop = threading.Event()
+    loop = None
+    if cluster is not None:
+        from rlscale.controller.loop import ControlLoop
+
+        loop = ControlLoop(
+            cluster, loop_decider, audit, telemetry, interval_s=interval, speedup=cluster.speedup,
+            steps=opts.steps, dry_run=opts.dry_run, stop=stop,
+        )
+
+    def status() -> dict[str, Any]:
+        if loop is None:
+            return {"policy": loaded.name, "loop": "off"}
+        state = "done" if loop.completed else "stopping" if stop.is_set() else "running"
+        return {"policy": loaded.name, "loop": state, "decisions": loop.decisions}
+
+    from rlscale.controller.api import create_app
+
+    app = create_app(api_decider, telemetry, audit, token=opts.token, status=status, policy_name=loaded.name)
+    audit.write({
+        "kind": "event", "event": "start", "policy": loaded.name, "version": loaded.version,
+        "cluster": opts.cluster, "scenario": scenario.name, "seed": opts.seed, "dry_run": opts.dry_run,
+        "guards": config.to_dict(), "model_mismatch": loop_decider.mismatch, "repaired_torn_line_bytes": audit.repaired_bytes,
+    })
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    server = _Server(app, sock)
+    try:
+        server.start()
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in str(host) else host
+        print(f"rlscale serve: {loaded.name} on cluster {opts.cluster} ({scenario.name}); listening on http://{shown}:{port}", flush=True)
+        if loop is not None:
+            loop.run()
+        if loop is None or opts.keep_serving:
+            stop.wait()
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        result: dict[str, Any] = {
+            "run": run_id, "policy": loaded.name, "version": loaded.version, "cluster": opts.cluster,
+            "scenario": scenario.name, "seed": opts.seed, "dry_run": opts.dry_run,
+        }
+        if loop is not None:
+            result.update(loop.summary())
+            result["steps"] = getattr(cluster, "steps_taken", loop.decisions)
+        totals = getattr(cluster, "totals", None)
+        if totals is not None:
+            result["metrics"] = totals()
+        audit.write({"kind": "event", "event": "stop", "summary": result})
+        audit.close()
+        if cluster is not None:
+            cluster.close()
+        if opts.summary:
+            write_json_atomic(Path(opts.summary), result)
+    return 0

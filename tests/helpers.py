@@ -1,0 +1,61 @@
+"""Test helpers: a real exported policy (random weights) in the ``policy.npz`` + ``card.json`` format.
+
+Until trained policies ship in ``models/``, this is what an export looks like:
+the same arrays and card fields ``rlscale.policies.ppo.load_exported`` reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from rlscale.config import Scenario, load_scenario
+from rlscale.policies.ppo import CARD_FORMAT
+from rlscale.spaces import ActionSpec, ObsSpec
+
+
+def export_random_policy(
+    directory: str | Path,
+    scenario: Scenario | str = "web-diurnal",
+    *,
+    seed: int = 0,
+    hidden: tuple[int, ...] = (64, 64),
+    activation: str = "tanh",
+) -> Path:
+    """Write ``policy.npz`` and ``card.json`` of an MLP policy with random weights for ``scenario``; returns the directory."""
+    sc = load_scenario(scenario)
+    obs_spec, action_spec = ObsSpec.from_scenario(sc), ActionSpec.from_scenario(sc)
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    width = obs_spec.size
+    for i, units in enumerate(hidden):
+        arrays[f"pi_{i}_w"] = (rng.standard_normal((units, width)) / np.sqrt(width)).astype(np.float32)
+        arrays[f"pi_{i}_b"] = (0.1 * rng.standard_normal(units)).astype(np.float32)
+        width = units
+    n_logits = int(action_spec.nvec.sum())
+    arrays["action_w"] = rng.standard_normal((n_logits, width)).astype(np.float32)
+    arrays["action_b"] = (0.1 * rng.standard_normal(n_logits)).astype(np.float32)
+    arrays["obs_mean"] = (0.1 * rng.standard_normal(obs_spec.size)).astype(np.float64)
+    arrays["obs_var"] = rng.uniform(0.5, 2.0, obs_spec.size)
+    arrays["obs_clip"] = np.array(10.0)
+    arrays["obs_eps"] = np.array(1e-8)
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    npz = root / "policy.npz"
+    np.savez(npz, **arrays)
+    card = {
+        "format": CARD_FORMAT,
+        "scenario": sc.name,
+        "obs_spec": obs_spec.to_dict(),
+        "action_spec": action_spec.to_dict(),
+        "network": {"activation": activation, "layers": len(hidden)},
+        "policy_sha256": hashlib.sha256(npz.read_bytes()).hexdigest(),
+        "training": {"algorithm": "none (random weights for tests)", "seed": seed, "timesteps": 0},
+        "evaluation": {},
+        "versions": {"numpy": np.__version__},
+    }
+    (root / "card.json").write_text(json.dumps(card, indent=2))
+    return root
