@@ -220,6 +220,7 @@ def write_exported(out: str | Path, weights: PolicyWeights, card: dict[str, Any]
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        tmp.chmod(0o755)
         (tmp / "policy.npz").write_bytes(data)
         (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         old = target.with_name(f".{target.name}.old")
