@@ -11,8 +11,9 @@
    request is validated, decided and written to the audit log.
 
 Usage: ``python benchmarks/decide_latency.py [--model models/NAME] [--append docs/BENCHMARKS.md]``.
-Without ``--model`` a random-weight policy in the export format is used
-(same network shape as a trained one: 2 x 64 tanh).
+Without ``--model`` the shipped ``models/web-diurnal`` is used, or, where it
+is absent, a random-weight policy in the export format (the same 2 x 64 tanh
+network, so the same cost).
 """
 
 from __future__ import annotations
@@ -42,8 +43,12 @@ BODY = {
 
 
 def policy_dir(model: str | None, tmp: Path) -> str:
+    """The policy to measure: ``--model``, else the shipped ``models/web-diurnal``, else random weights of the same shape."""
     if model:
         return model
+    shipped = ROOT / "models" / "web-diurnal"
+    if (shipped / "policy.npz").is_file():
+        return str(shipped)
     from helpers import export_random_policy
 
     return str(export_random_policy(tmp / "random-policy", "web-diurnal"))
@@ -63,18 +68,21 @@ def in_process(model: str, passes: int) -> dict[str, float]:
         samples.append(cluster.read_metrics())
         cluster.hold()
     decider = Decider(scenario, PPOPolicy(load_exported(model)), GuardConfig.from_scenario(scenario))
-    latencies = []
+    latencies, cpu = [], []
     for _ in range(passes):
         decider.policy.reset(1)
         state = GuardState()
         for sample in samples:
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             decision = decider.decide(sample.metrics, 0.0, sample.observed_at, state)
             latencies.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
             state = record_applied(state, sample.observed_at, decision.current, decision.replicas)
-    us = np.array(latencies[len(samples) // 10 :]) * 1e6
+    skip = len(samples) // 10
+    us, cpu_us = np.array(latencies[skip:]) * 1e6, np.array(cpu[skip:]) * 1e6
     return {"decisions": float(us.size), "p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
-            "p999_us": float(np.percentile(us, 99.9)), "mean_us": float(us.mean())}
+            "p999_us": float(np.percentile(us, 99.9)), "mean_us": float(us.mean()),
+            "cpu_p50_us": float(np.percentile(cpu_us, 50)), "cpu_p99_us": float(np.percentile(cpu_us, 99))}
 
 
 async def _client(host: str, port: int, request: bytes, count: int, latencies: list[float], statuses: dict[int, int]) -> None:
@@ -124,14 +132,26 @@ def http(model: str, requests: int, clients: int, tmp: Path) -> dict[str, float]
         if not match:
             raise SystemExit(f"serve did not start: {line!r} {proc.stderr.read()}")
         host, port = match.group(1), int(match.group(2))
+        cpu0 = _cpu_seconds(proc.pid)
         elapsed, latencies, statuses = asyncio.run(_load(host, port, requests, clients))
+        server_cpu = _cpu_seconds(proc.pid) - cpu0
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     ms = np.array(latencies) * 1e3
     return {"requests": float(len(latencies)), "clients": float(clients), "seconds": elapsed, "rps": len(latencies) / elapsed,
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "non_200": float(sum(v for k, v in statuses.items() if k != 200))}
+            "non_200": float(sum(v for k, v in statuses.items() if k != 200)),
+            "server_cpu_us_per_request": server_cpu / max(len(latencies), 1) * 1e6}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux), so the server's own cost shows apart from the machine's load."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def machine() -> str:
@@ -157,10 +177,16 @@ def markdown(local: dict[str, float], remote: dict[str, float], where: str, comm
         f"| in-process decision p50 (builder + PPO 2x64 + guard rails) | {local['p50_us']:.0f} us | |\n"
         f"| in-process decision p99 | {local['p99_us']:.0f} us | < 200 us ({lat_ok}) |\n"
         f"| in-process decision p99.9 | {local['p999_us']:.0f} us | |\n"
+        f"| in-process decision CPU time p50 / p99 (thread time: excludes waiting for a core) "
+        f"| {local['cpu_p50_us']:.0f} / {local['cpu_p99_us']:.0f} us | |\n"
         f"| HTTP `/v1/decide` throughput ({remote['requests']:.0f} requests, {remote['clients']:.0f} keep-alive clients) "
         f"| {remote['rps']:.0f} req/s | >= 1,000 req/s ({rps_ok}) |\n"
         f"| HTTP latency p50 / p99 | {remote['p50_ms']:.2f} / {remote['p99_ms']:.2f} ms | |\n"
+        f"| server CPU per request (parse, validate, decide, audit line, respond) | {remote['server_cpu_us_per_request']:.0f} us "
+        f"(= {1e6 / max(remote['server_cpu_us_per_request'], 1e-9):.0f} req/s on one free core) | |\n"
         f"| non-200 responses | {remote['non_200']:.0f} | 0 |\n"
+        "\nThe client shares the 2 cores with the server, and p99 and throughput fall with other load on the machine "
+        "(CPU time and server CPU per request show the code's own cost).\n"
     )
 
 

@@ -252,6 +252,44 @@ def calibrate(
     console.print(f"wrote {out} (scenario {sc.name!r}) and its trace and calibration JSON")
 
 
+@app.command()
+@user_errors
+def evaluate(
+    scenario: str = typer.Option("web-diurnal", help="scenario name in envs/ or a YAML path"),
+    policies: str | None = typer.Option(
+        None, help="comma-separated: ppo:models/NAME,hpa,target_tracking,predictive,static,oracle "
+        "(default: models/<scenario> if shipped, every baseline and the oracle)"),
+    seeds: int = typer.Option(10, min=1, help="held-out seeds (episodes) per policy"),
+    seed_base: int = typer.Option(10_000, min=0, help="first seed; training uses seeds below 10000"),
+    steps: int | None = typer.Option(None, min=1, help="decision intervals per episode (default: the scenario's)"),
+    trace: str | None = typer.Option(None, help="replay a real timestamp,value CSV instead of the generator"),
+    trace_column: str = typer.Option("value", help="the CSV column holding the load"),
+    logdir: str | None = typer.Option(None, help="TensorBoard log dir (default: runs/eval-<scenario>)"),
+    report: str | None = typer.Option(None, help="report folder (default: reports/<scenario>)"),
+    workers: int = typer.Option(2, min=1, max=2, help="processes (at most 2)"),
+) -> None:
+    """Evaluate policies on the same held-out episodes: table, TensorBoard runs, report (Markdown, JSON, PNG)."""
+    from rlscale.demo import run_evaluation
+
+    run_evaluation(console, scenario, policies, seeds=seeds, seed_base=seed_base, steps=steps, trace=trace,
+                   trace_column=trace_column, logdir=logdir, report=report, workers=workers)
+
+
+@app.command()
+@user_errors
+def demo(
+    seeds: int = typer.Option(5, min=1, help="held-out seeds"),
+    steps: int | None = typer.Option(None, min=1, help="decision intervals per episode (default: one day)"),
+    logdir: str = typer.Option("runs/demo", help="TensorBoard log dir"),
+    report: str = typer.Option("reports/demo", help="report folder"),
+    workers: int = typer.Option(2, min=1, max=2, help="processes (at most 2)"),
+) -> None:
+    """The main job: the shipped web-diurnal policy against HPA and the oracle, with TensorBoard runs and a report."""
+    from rlscale.demo import run_demo
+
+    run_demo(console, seeds=seeds, steps=steps, logdir=logdir, report=report, workers=workers)
+
+
 def main() -> None:
     app(prog_name="rlscale")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import select
 import signal
@@ -17,7 +16,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[1]
 NO_TORCH = (
     "import sys; sys.modules['torch'] = None; sys.modules['stable_baselines3'] = None; "
     "from rlscale.cli import main; sys.argv = ['rlscale'] + sys.argv[1:]; main()"
@@ -68,6 +66,23 @@ def test_binding_a_non_loopback_address_without_a_token_is_refused_in_one_line(t
     assert len(lines) == 1 and "--token" in lines[0] and "0.0.0.0" in lines[0]
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_addresses_need_no_token(host):
+    from rlscale.controller.serve import check_bind
+
+    check_bind(host, None)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "example.com"])
+def test_other_addresses_need_a_token(host):
+    from rlscale.config import ConfigError
+    from rlscale.controller.serve import check_bind
+
+    with pytest.raises(ConfigError, match="--token"):
+        check_bind(host, None)
+    check_bind(host, "t0ken")
+
+
 def test_a_busy_port_and_a_missing_model_are_one_line_errors(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -79,12 +94,13 @@ def test_a_busy_port_and_a_missing_model_are_one_line_errors(tmp_path):
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "models/nope" in result.stderr
 
 
-def test_sigterm_finishes_the_current_decision_flushes_the_log_and_exits_0(tmp_path, exported_policy):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_finishes_the_current_decision_flushes_the_log_and_exits_0(tmp_path, exported_policy, sig):
     audit, summary = tmp_path / "audit.jsonl", tmp_path / "summary.json"
     proc, _ = start(serve_cmd("--model", str(exported_policy), "--speedup", "600", "--port", "0",
                               "--audit-log", str(audit), "--summary", str(summary)), tmp_path)
     wait_for(lambda: audit.exists() and audit.read_text().count('"kind":"decision"') >= 3)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     assert proc.wait(timeout=30) == 0
     lines = read_jsonl(audit)
     decisions = [line for line in lines if line["kind"] == "decision"]

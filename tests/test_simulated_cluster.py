@@ -9,7 +9,7 @@ import pytest
 
 from rlscale.clusters.base import Cluster
 from rlscale.clusters.simulated import SimulatedCluster
-from rlscale.config import load_scenario
+from rlscale.config import MODELS_DIR, load_scenario
 from rlscale.controller import ControlLoop, Decider, GuardConfig
 from rlscale.policies import HPAPolicy
 from rlscale.policies.ppo import PPOPolicy, load_exported
@@ -44,6 +44,17 @@ def test_serving_a_ppo_policy_reproduces_run_policy_for_the_same_seed(scenario, 
     served = serve_in_process(scenario, PPOPolicy(load_exported(exported_policy)), seed=3, steps=STEPS)
     expected = run_policy(scenario, PPOPolicy(load_exported(exported_policy)), [3], steps=STEPS).mean()
     assert served.totals() == expected
+
+
+@pytest.mark.skipif(not (MODELS_DIR / "web-diurnal" / "policy.npz").is_file(), reason="no shipped model")
+def test_serving_the_shipped_model_reproduces_run_policy_with_no_guard_rail_adjustment(scenario):
+    exported = load_exported(MODELS_DIR / "web-diurnal")
+    cluster = SimulatedCluster(scenario, seed=5, steps=STEPS, speedup=1e9)
+    loop = ControlLoop(cluster, Decider(scenario, PPOPolicy(exported), GuardConfig.from_scenario(scenario)),
+                       interval_s=scenario.step_s, speedup=1e9)
+    loop.run()
+    assert loop.adjustments == {} and loop.fallbacks == {}
+    assert cluster.totals() == run_policy(scenario, PPOPolicy(exported), [5], steps=STEPS).mean()
 
 
 def test_serving_hpa_with_guard_rails_wide_open_reproduces_run_policy(scenario):

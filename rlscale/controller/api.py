@@ -111,7 +111,7 @@ class RequestGate:
 
     def __init__(self, app: ASGIApp, token: str | None, max_body: int = MAX_BODY_BYTES, open_paths: tuple[str, ...] = ("/healthz",)) -> None:
         self.app = app
-        self.expected = None if token is None else f"Bearer {token}".encode()
+        self.expected = None if token is None else token.encode()
         self.max_body = max_body
         self.open_paths = open_paths
 
@@ -121,8 +121,8 @@ class RequestGate:
             return
         headers = dict(scope.get("headers") or [])
         if self.expected is not None and scope.get("path") not in self.open_paths:
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.expected):
                 await self._reject(scope, receive, send, 401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
                 return
         length = headers.get(b"content-length")

@@ -239,6 +239,22 @@ class Decider:
             services=self.services,
         )
 
+    def warm_up(self) -> None:
+        """Run one throw-away decision so the first real one does not pay for loading compiled code; then forget it."""
+        S, P = len(self.services), len(self.config.max_nodes)
+        lo = self.config.min_replicas.astype(np.float64)[None]
+        m = Metrics(
+            time_s=np.zeros(1), arrivals_rps=np.zeros((1, S)), ready=lo.copy(), desired=lo.copy(), utilisation=np.zeros((1, S)),
+            latency_p95_s=np.zeros((1, S)), backlog=np.zeros((1, S)), dropped=np.zeros((1, S)), nodes_ready=np.zeros((1, P)),
+            nodes_provisioning=np.zeros((1, P)), packing=np.zeros((1, P)), cost_rate_usd_h=np.zeros(1), hot_spot=np.zeros(1),
+            rebalancing=np.zeros(1),
+        )
+        self.decide(m, 0.0, 0.0, GuardState(), fresh=True)
+        self.decide(None, None, 0.0, GuardState(last_replicas=self.config.min_replicas.copy()))
+        self.policy.reset(1)
+        self.fallback.reset(1)
+        self._falling_back = False
+
     def _checked(self, action: Action) -> Action:
         S = len(self.services)
         replicas = np.asarray(action.replicas)

@@ -172,6 +172,8 @@ def serve(opts: ServeOptions) -> int:
     loaded = load_policy(opts.model, opts.policy, scenario)
     loop_decider = Decider(scenario, loaded.make(), config)
     api_decider = Decider(scenario, loaded.make(), config)
+    loop_decider.warm_up()
+    api_decider.warm_up()
     telemetry = Telemetry(config.services, loaded.name, loaded.version, opts.dry_run)
 
     cluster = None
@@ -203,9 +205,9 @@ def serve(opts: ServeOptions) -> int:
 
     def status() -> dict[str, Any]:
         if loop is None:
-            return {"policy": loaded.name, "loop": "off"}
+            return {"loop": "off"}
         state = "done" if loop.completed else "stopping" if stop.is_set() else "running"
-        return {"policy": loaded.name, "loop": state, "decisions": loop.decisions}
+        return {"loop": state, "decisions": loop.decisions}
 
     from rlscale.controller.api import create_app
 

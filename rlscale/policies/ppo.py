@@ -86,8 +86,11 @@ def _fail(path: Path, what: str) -> ConfigError:
 def resolve_model_dir(path: str | Path) -> Path:
     """A model directory by path, or by name under ``models/``."""
     p = Path(path)
-    if not p.exists() and not p.is_absolute() and (MODELS_DIR / p).exists():
-        p = MODELS_DIR / p
+    if not p.exists() and not p.is_absolute():
+        for base in (MODELS_DIR, MODELS_DIR.parent):
+            if (base / p).exists():
+                p = base / p
+                break
     if not p.is_dir():
         raise ConfigError(f"{path}: model not found (expected a directory with policy.npz and card.json)")
     return p
