@@ -207,7 +207,7 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
     loc = ".".join(
         f"[{part}]" if isinstance(part, int) else str(part) for part in first["loc"]
     ).replace(".[", "[")
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     where = f"{loc}: " if loc else ""
