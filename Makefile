@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/rlscale simulate --scenario web-diurnal --policy hpa
+	$(VENV)/bin/rlscale demo
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

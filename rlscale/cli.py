@@ -229,9 +229,9 @@ def calibrate(
     out: str = typer.Option("envs/local.yaml", help="scenario file to write"),
     workers: int = typer.Option(2, min=1, help="workers to saturate when measuring capacity"),
     interval: float = typer.Option(5.0, min=2.0, help="decision interval of the local cluster (the scenario's step_s)"),
-    speedup: float = typer.Option(720.0, help="compression of the scenario's diurnal day (as loadgen --speedup)"),
+    speedup: float = typer.Option(240.0, help="compression of the scenario's diurnal day (as loadgen --speedup; 240: 6 minutes)"),
     price: float = typer.Option(0.05, min=0.0, help="nominal USD per worker-hour"),
-    slo: float = typer.Option(0.2, help="p95 latency SLO (s) written into the scenario"),
+    slo: float = typer.Option(0.25, help="p95 latency SLO (s) written into the scenario"),
     level_seconds: float = typer.Option(6.0, min=3.0, help="seconds per measured load level"),
 ) -> None:
     """Measure the real cluster (CPU per request, cold start, capacity, latency) and write a scenario for the simulator."""

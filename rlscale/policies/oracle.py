@@ -1,123 +1,149 @@
 """The perfect-foresight oracle, and the proven cost floor that brackets the optimum.
 
 What it is for
-    Every policy's ``cost_usd`` is reported as a ratio to the oracle's: the
+    Every policy's ``cost_usd`` is reported as a ratio to the oracle's. The
     oracle knows the whole episode in advance (every interval's arrivals, and
-    the simulator itself), and buys the least capacity that keeps every
-    interval within the SLO. The true optimum of an episode, the cheapest
-    sequence of actions after which no interval violates its SLO in the real
-    simulator, is bracketed by two numbers computed here::
+    the simulator itself, whose randomness is fixed by the episode's key) and
+    buys as little capacity as keeps every interval within the SLO. The true
+    optimum of an episode, the cheapest run in the real simulator
+    (``rlscale/sim/kernel.py``) with no interval over its SLO and no request
+    dropped, is bracketed by two numbers computed here::
 
         cost_floor(...)  <=  optimum  <=  cost of the oracle policy
 
-    The oracle's cost is an achieved cost (it runs through the real
-    simulator like any policy, so its SLO record is checked, not assumed);
-    the floor is a lower bound proven below for any policy. Both are exact
-    statements about the simulator in ``rlscale/sim/kernel.py``; neither relies
-    on an idealised model of it.
+    The oracle's cost is achieved: it acts through the real simulator like
+    any policy, so its SLO record is measured, not assumed. The floor is a
+    lower bound, proven below, for every policy. Computing the optimum itself
+    is a search over every action sequence through node placement, drift and
+    restarts, which no one does; the bracket says how far from it the oracle
+    can be at most (``cost_floor / oracle``, reported next to every result).
 
-The oracle policy (an upper bound on the optimum)
-    1. *Plan* in the planning model: service ``s`` runs every replica at speed
-       ``v_s = min(speed of its pools) * (1 - contention)`` (a fully packed
-       node, no drift), so ``R`` ready replicas serve ``R * servers * v_s /
-       work_s`` requests/s with the simulator's own p95 formula
-       (``kernel._queue_p95``). ``need[t]`` is the fewest replicas (within
-       [min, max]) whose p95 at interval ``t``'s arrivals is within the SLO
-       (batch services: whose capacity covers the arrivals, so no backlog
-       ages). A replica asked for at step ``t`` is ready for the whole of
-       interval ``t + L`` with ``L = ceil((provision_delay + cold_start -
-       dt) / step_s)`` (``dt`` the sub-step; the kernel counts both timers in
-       sub-steps), even if it needs a new node. The plan is
-       ``desired[t] = max(need[t], ..., need[t + L])``.
+The oracle policy
+    1. *Plan* in the planning model: service ``s`` runs every replica at
+       ``v_s = speed of its first-choice pool * (1 - contention)`` (a fully
+       packed node, no drift), so ``R`` ready replicas serve ``R * servers *
+       v_s / work_s`` requests/s, with the kernel's own p95 formula
+       (``kernel._queue_p95``). ``need[t]`` is the fewest replicas in [min,
+       max] that keep interval ``t`` within the SLO: for an online service its
+       p95 at ``t``'s arrivals; for a batch service the age of the backlog the
+       plan carries into ``t``, sub-step by sub-step as the kernel counts it
+       (greedily: serving work earlier than that only lowers later needs by a
+       fraction ``dt / (dt + slo)`` of what it costs, so it never pays in the
+       fluid model). A replica asked for at step ``t`` is ready for the whole
+       of interval ``t + L``, ``L = ceil((provision_delay + cold_start - dt) /
+       step_s)`` (the kernel counts both timers in sub-steps of ``dt``), even
+       if it needs a new node; the plan is ``desired[t] = max(need[t .. t +
+       L])``. Intervals that even ``max_replicas`` cannot serve (and, for an
+       online service, those its queue then takes to drain) are ``capped``:
+       the plan runs ``max_replicas`` there and does not count them as its
+       failures.
 
-       *Exact in the planning model.* A plan is feasible iff every replica
-       needed at ``k`` is asked for by ``k - L`` and kept until ``k``, i.e.
-       ``desired[t] >= need[k]`` for all ``t`` in ``[k - L, k]``; so the
-       feasible plans are exactly those with ``desired >= max(need[t..t+L])``
-       pointwise, and that pointwise minimum is itself feasible. Node cost is
-       non-decreasing in the replicas asked for at every step (more replicas
-       never need fewer nodes, nor release one sooner), so the pointwise
-       minimum is the cheapest feasible plan: no search or DP is needed.
-    2. *Repair* against the real simulator: the planning model cannot see
-       node speed drift, hot spots or spot interruptions, so the oracle
-       replays its plan on a copy of the episode's simulator (the episode is
-       deterministic given its seed and the actions), and wherever an
-       interval violates the SLO or drops a request it raises that interval's
-       ``need`` (by ``max(1, 3%)``) and replays the affected episodes, until
-       no interval violates or ``MAX_REPAIRS`` passes are spent (then the
-       episode is infeasible for this scheme, e.g. ``max_nodes`` too small,
-       and ``unresolved`` says how many intervals still violate). ``need``
-       only grows, so this terminates; it grows only where the real simulator
-       showed a violation, so the plan stays as close to the planning-model
-       optimum as the SLO allows.
+       *Exact in the planning model for online services.* A plan is feasible
+       iff every replica needed at ``k`` is asked for by ``k - L`` and kept
+       until ``k``, i.e. ``desired[t] >= need[k]`` for ``t`` in ``[k - L,
+       k]``: the feasible plans are exactly those above ``max(need[t..t+L])``
+       pointwise, and that pointwise minimum is feasible. Node cost does not
+       decrease when more replicas are asked for at any step, so the pointwise
+       minimum is the cheapest: no search or DP is needed.
+    2. *Replay* the plan on a copy of the episode's simulator, step by step:
+       - at a step that scales nothing up within ``L``, try on a scratch copy
+         "scale down to ``plan + f (current - plan)`` and consolidate" for
+         ``f`` in ``CONSOLIDATE_HOLD``, over the intervals the moved replicas
+         take to restart, and keep the first trial that frees a node with no
+         bad interval. (A ReplicaSet scale-down leaves holes spread over the
+         nodes; only a consolidation turns them into released nodes, and the
+         moved replicas restart, so it needs headroom.)
+       - otherwise scale down only where that empties a node, and hold the
+         replicas elsewhere: there removing them frees nothing, and holding
+         them is the headroom a later consolidation needs.
+    3. *Repair*: the planning model cannot see node drift, hot spots, slower
+       pools or spot interruptions, so wherever the replay shows a bad
+       interval (p95 over the SLO or a request dropped) that is not capped,
+       that interval's ``need`` grows (by ``max(1, 3%)``, doubling each time
+       the same interval fails again) and the affected episodes are replayed,
+       until none is bad or ``MAX_REPAIRS`` passes are spent. An interval
+       still bad at ``max_replicas`` becomes capped. ``need`` only grows, so
+       this ends, and only where the real simulator showed a violation.
 
-    The oracle never rebalances (moving a replica restarts it, which only
-    costs capacity), and acting from the repaired plan reproduces the
-    replayed episode exactly, so its SLO record in ``run_policy`` is the one
-    the repair loop checked.
+    What it does not do: steer placement. It sizes each service for its
+    first-choice pool and never uses ``spread``, so in a cluster where a
+    policy can move a service onto a cheaper pool (the API onto spot nodes
+    in ``mixed-pools``) such a policy can undercut it at some SLO cost.
+
+    The replay is deterministic, so acting from its recorded actions
+    (``replicas``, ``rebalance``) in ``run_policy`` reproduces it exactly:
+    the oracle's SLO record there is the one the repair loop checked.
+    ``unresolved`` counts the intervals still bad (0 unless capped or out of
+    repairs).
 
 The cost floor (a lower bound on the optimum, proven)
     Claim: on an episode (its arrivals and simulator key), every policy whose
-    run meets the SLO in every interval and drops no request pays at least
-    ``cost_floor``. Proof, interval by interval; write ``dt`` for the
-    sub-step, ``lam`` for the interval's arrival rate of a service and
-    ``cap`` for its ready capacity (requests/s) at some sub-step:
+    run keeps every interval within the SLO and drops no request pays at
+    least ``cost_floor``. Proof; write ``dt`` for the sub-step, ``lam`` for an
+    interval's arrival rate of a service and ``cap`` for its ready capacity
+    (requests/s) at some sub-step:
 
-    (a) *Node speeds are bounded.* A node's drift ``x`` starts at 0 when its
-        slot is opened by placement or released idle, is frozen while the
-        slot is interrupted by a spot event (and may be restored from there),
-        and otherwise follows ``x <- a x + sigma z(key, t, m)`` at the end of
-        interval ``t``, where ``z`` is the kernel's counter-based normal of
-        the episode key, the interval and the slot, and spot events are the
-        kernel's counter-based uniforms: neither depends on the policy. So
-        ``x`` at interval ``k`` is at most ``U_k(m)`` with ``U_0 = 0``,
-        ``U_{k+1} = max(0, a U_k + sigma z_k, U_k if a spot event hits m at k,
-        F_k)`` and ``F_{k+1} = max(F_k, U_k if spot at k)`` (the values a
-        frozen slot can hold), by induction over the three transitions. A
-        node's speed is ``pool_speed * exp(x) * (1 - c pack^2) <= vmax_p(k) =
-        pool_speed * max over the pool's slots of exp(U_k(m))``.
-    (b) *Needed capacity.* The kernel's p95 at a sub-step is
+    (a) *Node speeds are bounded.* A slot's drift ``x`` is 0 when the slot is
+        opened (placement, spot replacement) and follows ``x <- a x + sigma
+        z(key, k, m)`` at the end of each interval ``k`` while the node
+        exists; ``z`` is the kernel's counter-based normal of the episode key,
+        the interval and the slot, the same whatever the policy does. So the
+        drift at interval ``k`` is a discounted sum of ``sigma z`` over the
+        intervals since some opening, at most ``U_k(m)``, the largest such
+        sum over every opening time: ``U_0 = 0``, ``U_{k+1} = max(0, a U_k +
+        sigma z_k)``. A node's speed is ``pool_speed exp(x) (1 - c pack^2)
+        <= vmax_p(k) = pool_speed * max over the pool's slots of
+        exp(U_k(m))``.
+    (b) *Capacity an online service needs.* The kernel's p95 at a sub-step is
         ``f = _queue_p95(lam / cap, servers, cap, slowest)`` plus a
         non-negative backlog term. ``f`` grows with ``slowest`` and, below
-        utilisation 0.999, shrinks as ``cap`` or the server count grows. The
+        utilisation 0.999, falls as ``cap`` or the server count grows; the
         server count is at most ``max_replicas * servers_per_replica``.
         ``slowest`` is the largest ``work / speed`` among nodes holding at
-        least 5% of the capacity; it is at least ``work / vmax`` unless every
-        node holds less than 5%, which needs at least 21 nodes. So in an
-        interval that meets the SLO either (A) ``cap >= C_A``, the least
-        capacity at which ``f`` with ``slowest = work / vmax`` and the
-        largest server count is within the SLO (and if ``20 * work / vmax``
-        is within the SLO, at utilisation >= 0.999 only the backlog can
-        violate: see (B)), or (B) the service spans at least 21 nodes and
-        ``cap >= C_B = lam * min(0.95, dt / (dt + slo))``: with less, a
-        sub-step leaves a backlog ``left >= (lam - cap) dt > 0.05 lam dt``
-        (no request is dropped, so none leaves the queue otherwise), whose
-        term ``left / cap`` exceeds the SLO. Batch services have only the
-        backlog term, so ``cap >= C_B`` with ``min(1, ...)``; ``lam > 0``
-        needs a ready replica.
-    (c) *Nodes that capacity needs.* Ready replicas sit on ready nodes, and
-        a node that is ready at any sub-step of an interval exists (is paid)
-        for the whole interval: nodes are opened at its start and removed
-        only at its end. On a node of pool ``p`` holding ``r`` ready replicas
-        of a service, and nothing else, the ready capacity is at most
-        ``r (1 - c (r cpu / vcpu)^2) servers vmax_p / work``, at most
-        ``h_p`` (its maximum over the ``r`` that fit). So a single-service
-        cluster pays at least the cheapest (LP relaxation over pools, integer
-        for one pool) set of nodes with ``sum n_p h_p >= C`` and ``n_p >=
-        min_nodes`` for pools without spot interruptions (those never drop
-        below their minimum). With several services, each ready replica's
-        capacity is at most ``servers vmax_p / work`` per ``cpu`` (and per
-        GiB, per GPU) it holds, and a pool's nodes cost ``price / vcpu`` per
-        vCPU, which bounds the cost by the sum over services of the cheapest
-        price per unit of capacity; the floor takes the largest of the vCPU,
-        memory and GPU bounds and the minimum nodes' cost.
-    (d) Each interval costs at least the smaller of the costs of cases (A)
-        and (B) (case (B) with at least 21 nodes of the service's cheapest
-        pool), times ``step_s / 3600``; the floor is their sum.
+        least 5% of the capacity: at least ``work / vmax``, unless every node
+        holds less than 5%, which takes ``SPREAD_NODES`` = 21 nodes. So an
+        interval within the SLO has either (A) ``cap >= C_A``, the least
+        capacity at which ``f`` (``slowest = work / vmax``, most servers) is
+        within the SLO, or (B) at least 21 nodes and ``cap >= C_B = lam *
+        min(0.95, dt / (dt + slo))``: with less, a sub-step leaves a backlog
+        ``left >= (lam - cap) dt > 0.05 lam dt`` (nothing is dropped), whose
+        term ``left / cap`` is over the SLO. (When ``20 work / vmax`` is
+        within the SLO, utilisation >= 0.999 is allowed too, and ``C_A`` is
+        ``C_B``.)
+    (c) *Nodes that must be paid.* Ready replicas sit on ready nodes, and a
+        node ready at any sub-step of an interval exists for the whole of it
+        (nodes are opened at an interval's start and removed at its end), so
+        is paid for all of it. Pools without spot interruptions never drop
+        below ``min_nodes``. Any service with arrivals needs a ready replica
+        (with none, its backlog's age is unbounded). On a node of pool ``p``
+        holding ``r`` ready replicas of one service and nothing else, their
+        capacity is at most ``r (1 - c (r cpu / vcpu)^2) servers vmax_p /
+        work``, at most ``h_p`` over the ``r`` that fit. A cluster of one
+        online service therefore pays, per interval, at least the cheapest
+        node set (integer for one pool, LP relaxation over several) with
+        ``sum n_p h_p >= C`` and ``n_p >= min_nodes``. With several services,
+        a ready replica's capacity is at most ``servers vmax_p / work``, it
+        holds ``cpu`` vCPU (and memory, GPUs), and pool ``p``'s nodes cost
+        ``price / vcpu`` per vCPU they have: the cost is at least the sum over
+        services of their capacity at the cheapest price per unit of capacity
+        (per vCPU; per GiB; per GPU: each is a bound), and at least the nodes
+        that must exist.
+    (d) Per interval, the cost is at least the cheaper of cases (A) and (B)
+        (B with 21 nodes of the cheapest allowed pool), times ``step_s /
+        3600``.
+    (e) *Batch services* can defer work, so they are bounded over the whole
+        episode: what arrives is served or still queued at the end, and the
+        final backlog is at most ``min(slo * cap, queue_limit)`` with ``cap``
+        at most ``max_replicas`` at ``vmax``; so the capacity-seconds they use
+        are at least the work that arrived minus that. Paid for at the
+        cheapest price per unit of capacity, that work first uses up what the
+        nodes that must exist anyway leave idle, and the rest adds to the
+        bound.
 
     The floor is loose by the drift bound (a policy cannot pick its nodes'
-    drift, the bound assumes it can) and by nodes that linger idle,
-    provision or warm up, which no bound here charges for.
+    drift; the bound lets it), by placement (the bound lets a service use its
+    cheapest allowed pool, while first-fit follows preference order), and by
+    idle, provisioning and warming nodes, which no bound here charges for.
 """
 
 from __future__ import annotations
@@ -132,13 +158,14 @@ from rlscale.policies.base import no_rebalance, replica_bounds
 from rlscale.sim import Simulator
 from rlscale.sim import kernel as K
 from rlscale.sim.params import (
-    P_MIN, P_PRICE, P_SPEED, P_SPOT,
+    P_PRICE, P_SPEED,
     S_BATCH, S_MAX, S_QLIMIT, S_SERVERS, S_SLO, S_WORK,
     build_params,
 )
 from rlscale.spaces import REBALANCE_CONSOLIDATE, Action, Metrics
 
 MAX_REPAIRS = 40
+"""Replay passes the repair may spend; each replays only the episodes that still have a bad interval."""
 REPAIR_STEP = 0.03
 CONSOLIDATE_HOLD = (0.0, 0.34, 0.67)
 """Trial levels between the plan (0) and the current replicas (1) at which the replay tries to consolidate."""
@@ -338,6 +365,8 @@ class OraclePolicy:
             replicas, verbs, bad = self._replay(sim, rows, plan_desired(self.need[rows], self.lead), arrivals[rows])
             self.replicas[rows], self.rebalance[rows] = replicas, verbs
             self.unresolved[rows] = bad.sum(axis=(1, 2))
+            saturated = bad & (self.need[rows] >= self.hi)
+            self.capped[rows] |= saturated  # bad even at max_replicas: nothing left to add
             fixable = bad & ~self.capped[rows]
             failing = fixable.any(axis=(1, 2))
             if not failing.any() or self.repairs >= self.max_repairs:
@@ -430,13 +459,30 @@ def make_policy(scenario: Scenario) -> OraclePolicy:
 
 
 @njit(cache=True)
+def _speed_bound(key, T, pool_f, node_pool, misc):
+    """``[T, P]``: no node of pool p is faster than this in interval k, whatever the policy (proof (a))."""
+    P, M = pool_f.shape[0], node_pool.shape[0]
+    sigma, a = misc[2], 1.0 - misc[3]
+    U = np.zeros(M)
+    out = np.zeros((T, P))
+    for k in range(T):
+        for m in range(M):
+            p = node_pool[m]
+            out[k, p] = max(out[k, p], pool_f[p, P_SPEED] * math.exp(U[m]))
+        if sigma > 0.0:
+            for m in range(M):
+                U[m] = max(0.0, a * U[m] + sigma * K._normal(key, k, m))
+    return out
+
+
+@njit(cache=True)
 def _p95_at(lam, cap, c_max, slowest):
     return K._queue_p95(lam / cap, c_max, cap, slowest)
 
 
 @njit(cache=True)
 def _capacity_a(lam, c_max, slowest, slo, dt):
-    """Least capacity with the p95 at ``slowest`` within ``slo`` (case A of the floor's proof)."""
+    """Least capacity with the p95 at ``slowest`` within ``slo`` (case A of proof (b))."""
     backlog_bound = lam * min(0.95, dt / (dt + slo))
     if 20.0 * slowest <= slo:
         return backlog_bound
@@ -458,178 +504,164 @@ def _capacity_a(lam, c_max, slowest, slo, dt):
 
 
 @njit(cache=True)
-def _single_cost(need, h, allowed, pool_f, pool_spot, min_count):
-    """Least node cost per hour holding ``need`` capacity of one service; ``h[p]`` per node (0 = not allowed)."""
+def _online_capacity(arrivals, vmax, allowed, svc_f, dt):
+    """``(C_A, C_B)`` ``[T, S]``: capacity an online service needs in each interval, cases A and B of proof (b)."""
+    T, S = arrivals.shape
+    need_a = np.zeros((T, S))
+    need_b = np.zeros((T, S))
+    for k in range(T):
+        for s in range(S):
+            lam = arrivals[k, s]
+            if lam <= 0.0 or svc_f[s, S_BATCH] > 0.5:
+                continue
+            v = 0.0
+            for p in range(vmax.shape[1]):
+                if allowed[s, p]:
+                    v = max(v, vmax[k, p])
+            slo = svc_f[s, S_SLO]
+            c_max = svc_f[s, S_MAX] * svc_f[s, S_SERVERS]
+            need_a[k, s] = _capacity_a(lam, c_max, svc_f[s, S_WORK] / v, slo, dt)
+            need_b[k, s] = lam * min(0.95, dt / (dt + slo))
+    return need_a, need_b
+
+
+@njit(cache=True)
+def _nodes_cost(need, h, allowed, pool_f, guaranteed, min_count):
+    """Least USD/h of nodes holding ``need`` capacity of one service, ``h[p]`` per node (proof (c))."""
     P = pool_f.shape[0]
     base = 0.0
     have = 0.0
     for p in range(P):
-        if pool_spot[p] == 0.0:
-            base += pool_f[p, P_MIN] * pool_f[p, P_PRICE]
-            if allowed[p]:
-                have += pool_f[p, P_MIN] * h[p]
+        base += guaranteed[p] * pool_f[p, P_PRICE]
+        if allowed[p]:
+            have += guaranteed[p] * h[p]
     n_allowed = 0
     only = -1
     for p in range(P):
-        if allowed[p]:
+        if allowed[p] and h[p] > 0.0:
             n_allowed += 1
             only = p
     if n_allowed == 1:
-        p = only
-        floor_min = pool_f[p, P_MIN] if pool_spot[p] == 0.0 else 0.0
-        nodes = max(floor_min, float(math.ceil(need / h[p] - 1e-12)), float(min_count))
-        return base + (nodes - floor_min) * pool_f[p, P_PRICE]
-    rest = need - have
-    cost = base
-    # LP relaxation: extra capacity at the cheapest price per unit, then the node count bound
+        nodes = max(guaranteed[only], float(math.ceil(need / h[only] - 1e-12)), float(min_count))
+        return base + (nodes - guaranteed[only]) * pool_f[only, P_PRICE]
     best = _BIG
-    cheapest_node = _BIG
+    cheapest = _BIG
     for p in range(P):
         if allowed[p] and h[p] > 0.0:
             best = min(best, pool_f[p, P_PRICE] / h[p])
-            cheapest_node = min(cheapest_node, pool_f[p, P_PRICE])
-    if rest > 0.0:
-        cost += rest * best
-    if min_count > 0:
-        cost = max(cost, min_count * cheapest_node)
-    return cost
+            cheapest = min(cheapest, pool_f[p, P_PRICE])
+    cost = base + max(0.0, need - have) * best
+    return max(cost, min_count * cheapest)
 
 
 @njit(cache=True)
-def _floor_episode(arrivals, key, pool_f, pool_range, node_pool, svc_f, pref, misc, h_coef, unit_cost):
-    T, S = arrivals.shape
-    P, M = pool_f.shape[0], node_pool.shape[0]
-    step_s, dt = misc[0], misc[0] / misc[1]
-    sigma, a = misc[2], 1.0 - misc[3]
-    U = np.zeros(M)
-    F = np.zeros(M)
-    vmax = np.zeros(P)
-    allowed = np.zeros((S, P), dtype=np.bool_)
-    for s in range(S):
-        for r in range(P):
-            if pref[s, r] >= 0:
-                allowed[s, pref[s, r]] = True
-    spot_p = np.zeros(P)
-    for p in range(P):
-        r = pool_f[p, P_SPOT]
-        spot_p[p] = 1.0 - math.exp(-r * step_s / 3600.0) if r > 0.0 else 0.0
-    need_a = np.zeros(S)
-    need_b = np.zeros(S)
+def _single_online(need_a, need_b, vmax, h_coef, allowed, pool_f, guaranteed):
+    """USD/h per interval for a cluster of one online service: the cheaper of cases A and B (proof (d))."""
+    T, P = vmax.shape
+    out = np.zeros(T)
     h = np.zeros(P)
-    total = 0.0
     for k in range(T):
         for p in range(P):
-            vmax[p] = 0.0
-        for m in range(M):
-            p = node_pool[m]
-            vmax[p] = max(vmax[p], pool_f[p, P_SPEED] * math.exp(U[m]))
-        for s in range(S):
-            lam = arrivals[k, s]
-            need_a[s] = 0.0
-            need_b[s] = 0.0
-            if lam <= 0.0:
-                continue
-            v = 0.0
-            for p in range(P):
-                if allowed[s, p]:
-                    v = max(v, vmax[p])
-            work, slo = svc_f[s, S_WORK], svc_f[s, S_SLO]
-            if svc_f[s, S_BATCH] > 0.5:
-                need_a[s] = lam * min(1.0, dt / (dt + slo))
-                need_b[s] = need_a[s]
-            else:
-                c_max = svc_f[s, S_MAX] * svc_f[s, S_SERVERS]
-                need_a[s] = _capacity_a(lam, c_max, work / v, slo, dt)
-                need_b[s] = lam * min(0.95, dt / (dt + slo))
-        if S == 1:
-            for p in range(P):
-                h[p] = h_coef[0, p] * vmax[p] if allowed[0, p] else 0.0
-            cost_a = _single_cost(need_a[0], h, allowed[0], pool_f, spot_p, 1 if need_a[0] > 0.0 else 0)
-            cost_b = _single_cost(need_b[0], h, allowed[0], pool_f, spot_p, SPREAD_NODES if need_b[0] > 0.0 else 0)
-            cost = min(cost_a, cost_b)
-        else:
-            base = 0.0
-            for p in range(P):
-                if spot_p[p] == 0.0:
-                    base += pool_f[p, P_MIN] * pool_f[p, P_PRICE]
-            cost = base
-            for res in range(3):
-                sum_a = 0.0
-                sum_ab = 0.0
-                cheapest = _BIG
-                for s in range(S):
-                    if need_a[s] <= 0.0:
-                        continue
-                    best_a = _BIG
-                    best_b = _BIG
-                    for p in range(P):
-                        if allowed[s, p] and unit_cost[res, s, p] < _BIG:
-                            per = unit_cost[res, s, p] / vmax[p]
-                            best_a = min(best_a, need_a[s] * per)
-                            best_b = min(best_b, need_b[s] * per)
-                            cheapest = min(cheapest, pool_f[p, P_PRICE])
-                    if best_a < _BIG:
-                        sum_a += best_a
-                        sum_ab += min(best_a, best_b)
-                if cheapest < _BIG:
-                    cost = max(cost, min(sum_a, max(sum_ab, SPREAD_NODES * cheapest)))
-        total += cost * step_s / 3600.0
-        for m in range(M):
-            p = node_pool[m]
-            spot = spot_p[p] > 0.0 and K._uniform(key, k, m, K.STREAM_SPOT) < spot_p[p]
-            nxt = 0.0
-            if sigma > 0.0:
-                nxt = a * U[m] + sigma * K._normal(key, k, m)
-            else:
-                nxt = a * U[m]
-            nxt = max(0.0, nxt, F[m])
-            if spot:
-                nxt = max(nxt, U[m])
-                F[m] = max(F[m], U[m])
-            U[m] = nxt
-    return total
+            h[p] = h_coef[p] * vmax[k, p] if allowed[p] else 0.0
+        if need_a[k] <= 0.0:
+            out[k] = _nodes_cost(0.0, h, allowed, pool_f, guaranteed, 0)
+            continue
+        cost_a = _nodes_cost(need_a[k], h, allowed, pool_f, guaranteed, 1)
+        cost_b = _nodes_cost(need_b[k], h, allowed, pool_f, guaranteed, SPREAD_NODES)
+        out[k] = min(cost_a, cost_b)
+    return out
 
 
-def _floor_coefficients(scenario: Scenario) -> tuple[np.ndarray, np.ndarray]:
-    """``h_coef [S, P]``: most ready capacity per node at speed 1 (one service alone on it, contention included);
-    ``unit_cost [3, S, P]``: USD/h per request/s of capacity at speed 1, through vCPU, memory and GPU."""
-    c = scenario.imbalance.contention
-    S, P = len(scenario.services), len(scenario.pools)
-    h = np.zeros((S, P))
-    unit = np.full((3, S, P), _BIG)
-    for i, s in enumerate(scenario.services):
-        per_replica = s.servers_per_replica / s.work_s
-        for j, p in enumerate(scenario.pools):
-            if p.name not in s.pools:
-                continue
-            limits = [p.vcpu / s.replica.cpu, p.memory_gib / s.replica.memory_gib]
-            if s.replica.gpus > 0:
-                limits.append(p.gpus / s.replica.gpus)
-            fit = int(math.floor(min(limits) + 1e-9))
-            if fit >= 1:
+class _FloorModel:
+    """The scenario's constants that the floor needs, computed once."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.params = build_params(scenario)
+        c = scenario.imbalance.contention
+        S, P = len(scenario.services), len(scenario.pools)
+        self.allowed = np.zeros((S, P), dtype=np.bool_)
+        self.h = np.zeros((S, P))  # most ready capacity per node at speed 1, one service alone on it
+        self.unit = np.full((3, S, P), _BIG)  # USD/h per request/s at speed 1, through vCPU, memory, GPU
+        for i, s in enumerate(scenario.services):
+            per_replica = s.servers_per_replica / s.work_s
+            for j, p in enumerate(scenario.pools):
+                if p.name not in s.pools:
+                    continue
+                limits = [p.vcpu / s.replica.cpu, p.memory_gib / s.replica.memory_gib]
+                if s.replica.gpus > 0:
+                    limits.append(p.gpus / s.replica.gpus)
+                fit = int(math.floor(min(limits) + 1e-9))
+                if fit < 1:
+                    continue
+                self.allowed[i, j] = True
                 r = np.arange(1, fit + 1)
-                h[i, j] = float((r * (1.0 - c * (r * s.replica.cpu / p.vcpu) ** 2)).max()) * per_replica
-            unit[0, i, j] = p.price_per_hour / p.vcpu * s.replica.cpu / per_replica
-            unit[1, i, j] = p.price_per_hour / p.memory_gib * s.replica.memory_gib / per_replica
-            if s.replica.gpus > 0 and p.gpus > 0:
-                unit[2, i, j] = p.price_per_hour / p.gpus * s.replica.gpus / per_replica
-            elif s.replica.gpus == 0:
-                unit[2, i, j] = 0.0
-    return h, unit
+                self.h[i, j] = float((r * (1.0 - c * (r * s.replica.cpu / p.vcpu) ** 2)).max()) * per_replica
+                self.unit[0, i, j] = p.price_per_hour / p.vcpu * s.replica.cpu / per_replica
+                self.unit[1, i, j] = p.price_per_hour / p.memory_gib * s.replica.memory_gib / per_replica
+                self.unit[2, i, j] = p.price_per_hour / p.gpus * s.replica.gpus / per_replica if s.replica.gpus else 0.0
+        self.price = np.array([p.price_per_hour for p in scenario.pools])
+        self.guaranteed = np.array([float(p.min_nodes) if p.spot_interruptions_per_hour == 0 else 0.0 for p in scenario.pools])
+        self.batch = np.array([s.kind == "batch" for s in scenario.services])
+        self.slo = np.array([s.slo_target_s for s in scenario.services])
+        self.qlimit = np.array([s.queue_limit for s in scenario.services])
+        self.max_rps = np.array([s.max_replicas * s.servers_per_replica / s.work_s for s in scenario.services])
+
+    def episode(self, arrivals: np.ndarray, key: np.uint64) -> float:
+        sc, prm = self.scenario, self.params
+        T, S = arrivals.shape
+        step_s, dt = sc.step_s, sc.step_s / sc.substeps
+        vmax = _speed_bound(key, T, prm.pool_f, prm.node_pool, prm.misc)
+        need_a, need_b = _online_capacity(arrivals, vmax, self.allowed, prm.svc_f, dt)
+        if S == 1 and not self.batch[0]:
+            rate = _single_online(need_a[:, 0], need_b[:, 0], vmax, self.h[0], self.allowed[0], prm.pool_f, self.guaranteed)
+            return float(rate.sum() * step_s / 3600.0)
+        presence = self._presence(arrivals > 0.0)
+        # USD/h per request/s of capacity, cheapest allowed pool, at each interval's speed bound: [T, 3, S]
+        per = np.where(self.allowed[None, None], self.unit[None] / vmax[:, None, None, :], _BIG).min(axis=3)
+        online = ~self.batch[None, :] & (arrivals > 0.0)
+        sum_a = np.where(online[:, None], need_a[:, None] * per, 0.0).sum(axis=2)
+        sum_ab = np.where(online[:, None], np.minimum(need_a, need_b)[:, None] * per, 0.0).sum(axis=2)
+        cheapest = np.where(self.allowed, self.price[None], _BIG).min(axis=1)
+        spread = SPREAD_NODES * np.where(online, cheapest[None], _BIG).min(axis=1)
+        x = np.where(online.any(axis=1)[:, None], np.minimum(sum_a, np.maximum(sum_ab, spread[:, None])), 0.0)
+        # batch services, over the whole episode (proof (e))
+        top = np.where(self.allowed, vmax.max(axis=0)[None], 0.0).max(axis=1)
+        left = np.minimum(self.slo * self.max_rps * top, self.qlimit)
+        work = np.maximum(0.0, arrivals.sum(axis=0) * step_s - left) / step_s
+        per_best = np.where(self.allowed[None], self.unit / np.maximum(vmax.max(axis=0), 1e-300)[None, None], _BIG).min(axis=2)
+        batch = (np.where(self.batch[None], work[None] * per_best, 0.0)).sum(axis=1)
+        paid = np.maximum(presence[:, None], x)
+        slack = np.maximum(0.0, presence[:, None] - x).sum(axis=0)
+        total = paid.sum(axis=0) + np.maximum(0.0, batch - slack)
+        return float(total.max() * step_s / 3600.0)
+
+    def _presence(self, active: np.ndarray) -> np.ndarray:
+        """USD/h of nodes that must exist in each interval: minimums, and a node for every active service (proof (c))."""
+        base = float((self.guaranteed * self.price).sum())
+        covered = (self.allowed & (self.guaranteed > 0)[None]).any(axis=1)
+        need = active & ~covered[None]
+        single = self.allowed.sum(axis=1) == 1
+        only = self.allowed.argmax(axis=1)
+        T, P = active.shape[0], len(self.price)
+        pools = np.zeros((T, P), dtype=bool)
+        for s in np.flatnonzero(single):
+            pools[:, only[s]] |= need[:, s]
+        out = base + (pools * self.price[None]).sum(axis=1)
+        cheapest = np.where(self.allowed, self.price[None], _BIG).min(axis=1)
+        for s in np.flatnonzero(~single):
+            alone = need[:, s] & ~(pools & self.allowed[s][None]).any(axis=1)
+            out = np.maximum(out, base + (pools * self.price[None]).sum(axis=1) + np.where(alone, cheapest[s], 0.0))
+        return out
 
 
 def cost_floor(scenario: Scenario, arrivals: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """USD ``[N]``: no policy meeting the SLO in every interval without drops pays less (proof above).
+    """USD ``[N]``: no policy meeting the SLO in every interval without dropping a request pays less (proof above).
 
     ``arrivals`` ``[N, T, S]`` are the episodes' rates, ``keys`` ``[N]`` their
     simulator keys (``Simulator.key`` after reset).
     """
-    params = build_params(scenario)
-    h, unit = _floor_coefficients(scenario)
+    model = _FloorModel(scenario)
     arrivals = np.asarray(arrivals, dtype=np.float64)
     keys = np.asarray(keys, dtype=np.uint64)
-    return np.array([
-        _floor_episode(np.ascontiguousarray(arrivals[i]), keys[i], params.pool_f, params.pool_range, params.node_pool,
-                       params.svc_f, params.pref, params.misc, h, unit)
-        for i in range(arrivals.shape[0])
-    ])
+    return np.array([model.episode(np.ascontiguousarray(arrivals[i]), keys[i]) for i in range(arrivals.shape[0])])

@@ -9,7 +9,8 @@ Approximations, chosen to be simple and conservative:
 - a service's ready replicas share one queue (a load balancer with a
   backend queue, as HAProxy with maxconn does), an M/M/c queue whose p95 wait
   uses Sakasegawa's approximation for the probability of waiting; its service
-  time is the slowest node's that takes at least 5% of the capacity, which is
+  time is the slowest node's that takes at least 5% of the capacity (or the
+  slowest node's, when none does), which is
   how hot spots show in the tail; a backlog left at the end of a sub-step adds
   its drain time to the p95;
 - the service p95 of an interval is the worst sub-step's;
@@ -430,12 +431,17 @@ def _step_batch(
                     busy = served * ready * svc_f[s, S_CPU] / cap_rate
                     util_add = min(1.0, served / (cap_rate * dt)) / substeps
                     slowest = 0.0
+                    slowest_any = 0.0
                     for ai in range(n_active):
                         m = active[ai]
                         if node_state[n, m] == READY:
                             r = rep[n, s, m] - warming[n, s, m]
-                            if r > 0 and r * servers * speed[m] / work >= 0.05 * cap_rate:
-                                slowest = max(slowest, work / speed[m])
+                            if r > 0:
+                                slowest_any = max(slowest_any, work / speed[m])
+                                if r * servers * speed[m] / work >= 0.05 * cap_rate:
+                                    slowest = max(slowest, work / speed[m])
+                    if slowest == 0.0:
+                        slowest = slowest_any  # no node holds 5% of the capacity: the slowest one still serves
                     hot_s = slowest * cap_rate / (c * work) - 1.0
                     if not batch:
                         p95 = _queue_p95(lam / cap_rate, c, cap_rate, slowest)
