@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rlscale.config import Scenario
-from rlscale.episode import ClusterEpisodes
+from rlscale.episode import ClusterEpisodes, RewardTerms
+from rlscale.sim import StepResult
 from rlscale.sim import kernel as K
 from rlscale.spaces import Action, Metrics
 
@@ -51,6 +52,41 @@ class Rollout:
         return {k: float(v.mean()) for k, v in self.episodes.items()}
 
 
+
+class EpisodeTotals:
+    """Accumulates the DESIGN.md section 8 episode metrics of N clusters, one interval at a time.
+
+    Shared by ``run_policy`` and the simulated backend the controller drives,
+    so that serving and evaluation count the same things the same way.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.steps = 0
+        self.sums = {name: np.zeros(n) for name in ("cost_usd", "episode_reward", "scaling_actions", "rebalances",
+                                                     "violated", "arrived", "dropped", "useful", "paid")}
+
+    def add(self, desired_before: np.ndarray, desired_after: np.ndarray, result: StepResult, terms: RewardTerms) -> None:
+        s = self.sums
+        self.steps += 1
+        s["scaling_actions"] += (desired_after != desired_before).sum(axis=1)
+        s["rebalances"] += result.rebalanced
+        s["cost_usd"] += terms.cost_usd
+        s["episode_reward"] += terms.reward
+        s["violated"] += terms.slo_violation
+        s["arrived"] += result.arrived.sum(axis=1)
+        s["dropped"] += result.dropped.sum(axis=1)
+        s["useful"] += result.cluster[:, K.O_USEFUL_CPU]
+        s["paid"] += result.cluster[:, K.O_PAID_CPU]
+
+    def metrics(self) -> dict[str, np.ndarray]:
+        s = self.sums
+        out = {name: s[name].copy() for name in ("cost_usd", "scaling_actions", "rebalances", "episode_reward")}
+        out["slo_violation_rate"] = s["violated"] / max(self.steps, 1)
+        out["dropped_fraction"] = np.where(s["arrived"] > 0, s["dropped"] / np.maximum(s["arrived"], 1e-12), 0.0)
+        out["utilisation"] = np.where(s["paid"] > 0, s["useful"] / np.maximum(s["paid"], 1e-12), 0.0)
+        return {name: out[name] for name in METRIC_NAMES}
+
+
 def run_policy(
     scenario: Scenario | str,
     policy: ActingPolicy,
@@ -72,12 +108,7 @@ def run_policy(
     if callable(prepare):
         # a policy with foresight (the oracle) sees the episodes' arrivals [n, T, S] and their simulator before acting
         prepare(engine.arrivals[:, :T].copy(), engine.sim)
-    totals = {name: np.zeros(n) for name in METRIC_NAMES}
-    useful = np.zeros(n)
-    paid = np.zeros(n)
-    violated = np.zeros(n)
-    arrived = np.zeros(n)
-    dropped = np.zeros(n)
+    totals = EpisodeTotals(n)
     slo = np.array([s.slo_target_s for s in engine.scenario.services])
     rps = np.array([s.replica_rps for s in engine.scenario.services])
     series = {k: np.zeros((T, n)) for k in SERIES_NAMES} if record else {}
@@ -85,15 +116,7 @@ def run_policy(
         before = engine.sim.desired.copy()
         action = policy.act(engine.metrics())
         result, terms, _ = engine.step_action(action)
-        totals["scaling_actions"] += (engine.sim.desired != before).sum(axis=1)
-        totals["rebalances"] += result.rebalanced
-        totals["cost_usd"] += terms.cost_usd
-        totals["episode_reward"] += terms.reward
-        violated += terms.slo_violation
-        arrived += result.arrived.sum(axis=1)
-        dropped += result.dropped.sum(axis=1)
-        useful += result.cluster[:, K.O_USEFUL_CPU]
-        paid += result.cluster[:, K.O_PAID_CPU]
+        totals.add(before, engine.sim.desired, result, terms)
         if record:
             series["arrivals_rps"][t] = result.arrived.sum(axis=1) / engine.scenario.step_s
             series["replicas"][t] = result.ready.sum(axis=1)
@@ -104,7 +127,4 @@ def run_policy(
             series["capacity_rps"][t] = (result.ready * rps).sum(axis=1)
         if on_step is not None:
             on_step(t)
-    totals["slo_violation_rate"] = violated / T
-    totals["dropped_fraction"] = np.where(arrived > 0, dropped / np.maximum(arrived, 1e-12), 0.0)
-    totals["utilisation"] = np.where(paid > 0, useful / np.maximum(paid, 1e-12), 0.0)
-    return Rollout(policy.name, list(seeds), totals, series)
+    return Rollout(policy.name, list(seeds), totals.metrics(), series)

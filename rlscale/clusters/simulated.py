@@ -18,19 +18,8 @@ import numpy as np
 from rlscale.clusters.base import MetricsSample
 from rlscale.config import ConfigError, Scenario
 from rlscale.episode import ClusterEpisodes
-from rlscale.sim import kernel as K
+from rlscale.rollout import EpisodeTotals
 from rlscale.spaces import Action, Metrics
-
-TOTAL_NAMES = (
-    "cost_usd",
-    "slo_violation_rate",
-    "dropped_fraction",
-    "utilisation",
-    "scaling_actions",
-    "rebalances",
-    "episode_reward",
-)
-
 
 class SimulatedCluster:
     """One seeded episode of a scenario behind the ``Cluster`` protocol, with episode totals.
@@ -54,12 +43,7 @@ class SimulatedCluster:
         self._services = [s.name for s in self.scenario.services]
         self._slo = np.array([s.slo_target_s for s in self.scenario.services])
         self._taken = 0
-        self._sums = {name: np.zeros(1) for name in ("cost_usd", "episode_reward", "scaling_actions", "rebalances")}
-        self._violated = np.zeros(1)
-        self._arrived = np.zeros(1)
-        self._dropped = np.zeros(1)
-        self._useful = np.zeros(1)
-        self._paid = np.zeros(1)
+        self._totals = EpisodeTotals(1)
 
     def services(self) -> list[str]:
         return list(self._services)
@@ -88,28 +72,15 @@ class SimulatedCluster:
         before = engine.sim.desired.copy()
         result, terms, _ = engine.step_action(action)
         self._taken += 1
-        self._sums["scaling_actions"] += (engine.sim.desired != before).sum(axis=1)
-        self._sums["rebalances"] += result.rebalanced
-        self._sums["cost_usd"] += terms.cost_usd
-        self._sums["episode_reward"] += terms.reward
-        self._violated += terms.slo_violation
-        self._arrived += result.arrived.sum(axis=1)
-        self._dropped += result.dropped.sum(axis=1)
-        self._useful += result.cluster[:, K.O_USEFUL_CPU]
-        self._paid += result.cluster[:, K.O_PAID_CPU]
+        self._totals.add(before, engine.sim.desired, result, terms)
 
     def hold(self) -> None:
         """Let one interval pass with the current replicas and no rebalance."""
         self.apply(Action(replicas=self.engine.sim.desired.copy(), rebalance=np.zeros(1, dtype=np.int64)))
 
     def totals(self) -> dict[str, float]:
-        """The episode so far in DESIGN.md section 8 metrics, computed as ``run_policy`` computes them."""
-        steps = max(self._taken, 1)
-        out = {name: float(v[0]) for name, v in self._sums.items()}
-        out["slo_violation_rate"] = float((self._violated / steps)[0])
-        out["dropped_fraction"] = float(np.where(self._arrived > 0, self._dropped / np.maximum(self._arrived, 1e-12), 0.0)[0])
-        out["utilisation"] = float(np.where(self._paid > 0, self._useful / np.maximum(self._paid, 1e-12), 0.0)[0])
-        return {name: out[name] for name in TOTAL_NAMES}
+        """The episode so far in DESIGN.md section 8 metrics, counted by the same code as ``run_policy``."""
+        return {name: float(v[0]) for name, v in self._totals.metrics().items()}
 
     def close(self) -> None:
         pass
