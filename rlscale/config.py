@@ -286,13 +286,25 @@ class NormalizeSpec(Strict):
     gamma: float | None = None
 
 
+VALIDATION_SEED_BASE = 5_000
+"""Seeds from here up to TEST_SEED_BASE pick the best checkpoint during training."""
+TEST_SEED_BASE = 10_000
+"""Seeds from here up are what cards, reports and docs/RESULTS.md are measured on: never trained or selected on."""
+
+
 class EvalSpec(Strict):
-    """Held-out evaluation during training: seeds from seed_base up, never used for training."""
+    """Validation during training: seeds never used for training, and below the test seeds."""
 
     freq: int = Field(default=50_000, gt=0, description="environment steps between evaluations")
     seeds: int = Field(default=5, ge=1, le=100)
-    seed_base: int = Field(default=10_000, ge=1000)
+    seed_base: int = Field(default=VALIDATION_SEED_BASE, ge=1000)
     episode_steps: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _below_test_seeds(self) -> "EvalSpec":
+        if self.seed_base + self.seeds > TEST_SEED_BASE:
+            raise ValueError(f"seed_base + seeds must stay below the test seeds ({TEST_SEED_BASE})")
+        return self
 
 
 class PolicyKwargs(Strict):

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from rlscale import workload
-from rlscale.config import MODELS_DIR, ConfigError, Scenario, load_scenario
+from rlscale.config import MODELS_DIR, TEST_SEED_BASE, ConfigError, Scenario, load_scenario
 from rlscale.rollout import METRIC_NAMES, run_policy
 
-HELD_OUT_SEED_BASE = 10_000
+HELD_OUT_SEED_BASE = TEST_SEED_BASE
 BASELINES = ("hpa", "target_tracking", "predictive", "static")
 MAX_WORKERS = 2
 STEP_TAGS = {

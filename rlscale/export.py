@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rlscale import __version__
-from rlscale.config import ConfigError, TrainConfig, parse_model
+from rlscale.config import TEST_SEED_BASE, ConfigError, TrainConfig, parse_model
 from rlscale.policies.ppo import write_exported
 from rlscale.spaces import ActionSpec, ObsSpec
 
@@ -49,7 +49,7 @@ def versions() -> dict[str, str]:
 
 def export_run(run: Path, out: Path, *, seeds: int = EXPORT_SEEDS) -> dict[str, Any]:
     """Export and evaluate against HPA on ``seeds`` held-out seeds; returns the card."""
-    from rlscale.train import evaluate_weights, eval_seeds, load_checkpoint, training_scenario, weights_from_sb3
+    from rlscale.train import evaluate_weights, load_checkpoint, training_scenario, weights_from_sb3
 
     ckpt = find_checkpoint(run)
     state = json.loads((ckpt / "state.json").read_text())
@@ -59,7 +59,7 @@ def export_run(run: Path, out: Path, *, seeds: int = EXPORT_SEEDS) -> dict[str, 
     scenario = training_scenario(cfg)
     model, env, _ = load_checkpoint(ckpt, cfg, scenario)
     weights = weights_from_sb3(model, env)
-    held_out = eval_seeds(cfg, seeds)
+    held_out = list(range(TEST_SEED_BASE, TEST_SEED_BASE + seeds))
     result = evaluate_weights(weights, scenario, held_out, cfg.eval.episode_steps)
     card = {
         "name": out.name,

@@ -29,7 +29,7 @@ def tiny_config(**overrides) -> TrainConfig:
         "n_steps": 128,
         "batch_size": 256,
         "n_epochs": 2,
-        "eval": {"freq": 1024, "seeds": 2, "seed_base": 10000, "episode_steps": 120},
+        "eval": {"freq": 1024, "seeds": 2, "seed_base": 5000, "episode_steps": 120},
     }
     data.update(overrides)
     return TrainConfig.model_validate(data)
