@@ -41,6 +41,20 @@ def _constant_plan(rate: float, seconds: float) -> Plan:
     return Plan(rates=np.full(1, rate), interval_s=seconds, source="constant", trace_step_s=seconds, speedup=1.0, duration_s=seconds)
 
 
+class Hold:
+    """A policy that keeps the replicas as they are (to watch faults without scaling)."""
+
+    name = "hold"
+
+    def reset(self, n: int = 1) -> None:
+        pass
+
+    def act(self, metrics):
+        from rlscale.spaces import Action
+
+        return Action(replicas=np.rint(metrics.desired).astype(np.int64), rebalance=np.zeros(metrics.n, dtype=np.int64))
+
+
 def _no_leftovers(pids: list[int], run_dir: Path) -> list[int]:
     return [p for p in pids if pid_running(p)] + pids_with_arg(str(run_dir))
 
@@ -163,6 +177,27 @@ def test_loadgen_measures_every_request_against_a_real_worker(tmp_path):
     assert not any(pid_running(p) for p in procs.started_pids)
 
 
+def test_calibration_writes_a_scenario_the_simulator_loads_with_the_measured_capacity(tmp_path):
+    from rlscale.clusters.local.calibrate import write_scenario
+    from rlscale.policies import make_policy
+    from rlscale.rollout import run_policy
+
+    measured = {
+        "settings": {"cpu_s": 0.005, "wait_s": 0.035, "concurrency": 1, "warmup_s": 1.0, "interval_s": 5.0,
+                     "scrape_s": 1.0, "max_workers": 8, "queue_timeout_s": 10.0},
+        "workers": 2, "cold_start_s": 1.2, "capacity_rps_per_worker": 22.0, "cpu_s_per_request": 0.0065,
+        "service_time_s": 1 / 22.0, "worker_rss_gib": 0.02,
+        "latency_under_load": [{"utilisation": 0.5, "rps": 22.0, "p50_s": 0.05, "p95_s": 0.09, "failed": 0}],
+    }
+    sc = write_scenario(measured, tmp_path / "local.yaml", speedup=720.0, price_per_worker_hour=0.05)
+    assert [p.name for p in sc.pools] == ["local"] and sc.pools[0].price_per_hour == 0.05
+    assert sc.step_s == 5.0 and sc.services[0].cold_start_s == 1.2
+    assert sc.services[0].replica_rps == pytest.approx(22.0, rel=1e-3)
+    assert (tmp_path / "local-diurnal.csv").exists() and (tmp_path / "local.calibration.json").exists()
+    result = run_policy(sc, make_policy("hpa", sc), [0], steps=24)
+    assert result.mean()["cost_usd"] > 0
+
+
 # --------------------------------------------------------------------------- slow: the whole cluster
 
 
@@ -232,11 +267,11 @@ def test_a_killed_worker_is_replaced_within_one_interval_and_a_killed_haproxy_is
                 assert cluster.haproxy_pid is not None
                 os.kill(cluster.haproxy_pid, signal.SIGKILL)
 
-        log = drive(cluster, scaled_policy("static", sc), duration_s=18.0, interval_s=3.0, scenario=sc, on_step=faults)
+        log = drive(cluster, Hold(), duration_s=18.0, interval_s=3.0, scenario=sc, on_step=faults)
         load.join()
         assert events["replaced"] is True
         assert cluster.counters.haproxy_restarts == 1
-        assert cluster.wait_for(lambda c: c.ready.get("api", 0) == 3, 10.0)
+        assert cluster.wait_for(lambda c: c.ready.get("api", 0) == cluster.desired()["api"] == 3 and c.starting["api"] == 0, 10.0)
         assert len(log.rows) >= 5 and all(r["source"] for r in log.rows[-2:])
         import urllib.request
 

@@ -99,6 +99,7 @@ class Census:
     ready: dict[str, int] = field(default_factory=dict)
     draining: dict[str, int] = field(default_factory=dict)
     rebalancing: bool = False
+    ready_names: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Counters:
     prometheus_restarts: int = 0
     haproxy_errors: int = 0
     fallback_samples: int = 0
+    servers_left_in_maint: int = 0
     worker_seconds: float = 0.0
     cold_starts_s: list[float] = field(default_factory=list)
 
@@ -209,6 +211,8 @@ class LocalCluster:
             return sample
         except prom.PrometheusError as err:
             reason = str(err)
+        except Exception as err:  # noqa: BLE001 - an odd answer must not stop the controller
+            reason = f"unexpected answer from prometheus ({type(err).__name__}: {err})"
         sample = self._from_haproxy_stats()
         self.counters.fallback_samples += 1
         if not self._degraded_logged:
@@ -260,9 +264,24 @@ class LocalCluster:
         if self._start_error is not None:
             self.close()
             raise self._start_error
-        if wait_ready and not self.wait_for(lambda c: all(c.ready.get(n, 0) >= d for n, d in self.desired().items()), timeout_s):
+        if not wait_ready:
+            return
+        if not self.wait_for(lambda c: all(c.ready.get(n, 0) >= d for n, d in self.desired().items()), timeout_s):
             self.close()
             raise RuntimeError(f"local cluster: initial workers not ready within {timeout_s:.0f} s (logs in {self.run_dir}/logs)")
+        self._wait_for_scrapes(min(timeout_s, 10 * self.settings.scrape_s))
+
+    def _wait_for_scrapes(self, timeout_s: float) -> None:
+        """Until Prometheus holds two scrapes of HAProxy, rates are undefined and samples would be degraded."""
+        query = f'count_over_time(haproxy_frontend_http_requests_total{{proxy="{self._names[0]}"}}[{prom.window(self.settings.window_s)}])'
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if self.prom.scalar(query, default=0.0) >= 2:
+                    return
+            except prom.PrometheusError:
+                pass
+            time.sleep(self.settings.scrape_s / 2)
 
     def wait_for(self, predicate, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
         """Wait until ``predicate(census)`` holds (checked every tick); False on timeout."""
@@ -359,10 +378,13 @@ class LocalCluster:
             ready={n: sum(w.state == READY for w in ws) for n, ws in self._workers.items()},
             draining={n: sum(w.state == DRAINING for w in ws) for n, ws in self._workers.items()},
             rebalancing=any(w.replacement and w.state == STARTING for ws in self._workers.values() for w in ws),
+            ready_names={n: frozenset(w.name for w in ws if w.state == READY) for n, ws in self._workers.items()},
         )
         self.counters.worker_seconds += dt * sum(len(ws) for ws in self._workers.values())
         if stats is not None:
-            self._history.append(self._stat_point(t, stats, census))
+            point = self._stat_point(t, stats, census)
+            with self._lock:
+                self._history.append(point)
         self._census = census
 
     def _keep_infra(self, t: float) -> None:
@@ -427,12 +449,26 @@ class LocalCluster:
                 self._retire(w, ws)
 
     def _retire(self, w: Worker, ws: list[Worker]) -> None:
+        """Stop a worker and take it out of HAProxy.
+
+        HAProxy 2.6.12 crashes (SIGSEGV) when a server is deleted after it
+        was the last usable one of its backend, even once new servers were
+        added. Such a server is only put in maintenance (no traffic, no
+        checks) and left there; a restart of HAProxy clears it.
+        """
         if w.registered:
+            others = any(o is not w and o.registered and o.state in (READY, DRAINING) for o in ws)
             try:
-                self.admin.remove_server(w.service, w.name)
+                if others:
+                    self.admin.remove_server(w.service, w.name)
+                else:
+                    self.admin.raw(f"set server {w.service}/{w.name} state maint")
+                    self.counters.servers_left_in_maint += 1
             except hap.HAProxyError as err:
-                self.counters.haproxy_errors += 1
-                log.warning("could not remove %s/%s from haproxy (%s); its health check keeps it out", w.service, w.name, err)
+                self.counters.servers_left_in_maint += 1
+                if "connections attached" not in str(err):
+                    self.counters.haproxy_errors += 1
+                log.info("%s/%s left in maintenance in haproxy (%s)", w.service, w.name, err)
         self._procs.stop(w.child, grace_s=1.0)
         self.counters.workers_stopped += 1
         ws.remove(w)
@@ -621,8 +657,24 @@ class LocalCluster:
             rebalancing=np.array([1.0 if census.rebalancing else 0.0]),
         )
 
+    def _utilisation(self, name: str, rows: list[tuple[str, float]], ready: frozenset[str], since: float) -> float:
+        """Mean busy fraction of the ready workers that Prometheus has a rate for (HPA's "pods with metrics").
+
+        A worker that became ready inside the window has no rate until its
+        second scrape; averaging per worker keeps it from diluting the
+        utilisation right after a scale-up, when it matters most. With no
+        such worker, total busy time over the mean ready count.
+        """
+        c = self.settings.concurrency
+        per_worker = [v / c for worker, v in rows if worker in ready and v == v]
+        if per_worker:
+            return float(np.clip(np.mean(per_worker), 0.0, 1.0))
+        mean_ready = self._mean_ready(name, since)
+        total = sum(v for _, v in rows if v == v)
+        return float(np.clip(total / (c * mean_ready), 0.0, 1.0)) if mean_ready > 0 else math.nan
+
     def _mean_ready(self, name: str, since: float) -> float:
-        points = [p.ready.get(name, 0) for p in list(self._history) if p.t >= since]
+        points = [p.ready.get(name, 0) for p in self._history_copy() if p.t >= since]
         return float(np.mean(points)) if points else float(self._census.ready.get(name, 0))
 
     def _from_prometheus(self) -> MetricsSample:
@@ -644,11 +696,10 @@ class LocalCluster:
         served_by = {(m.get("service", ""), m.get("worker", "")): v for m, v in served}
         since = time.monotonic() - self.settings.window_s
         util, latency, hot = [], [], 0.0
+        ready_names = self._census.ready_names
         for name in self._names:
             rows = [(m.get("worker", ""), v) for m, v in busy if m.get("service") == name]
-            total_busy = sum(v for _, v in rows if v == v)
-            mean_ready = self._mean_ready(name, since)
-            util.append(float(np.clip(total_busy / (self.settings.concurrency * mean_ready), 0.0, 1.0)) if mean_ready > 0 else math.nan)
+            util.append(self._utilisation(name, rows, ready_names.get(name, frozenset()), since))
             times = {}
             for worker, b in rows:
                 r = served_by.get((name, worker), 0.0)
@@ -666,8 +717,12 @@ class LocalCluster:
         )
         return MetricsSample(metrics, observed_at=self.now(), source="prometheus")
 
+    def _history_copy(self) -> list[StatPoint]:
+        with self._lock:
+            return list(self._history)
+
     def _from_haproxy_stats(self) -> MetricsSample | None:
-        history = list(self._history)
+        history = self._history_copy()
         if len(history) < 2 or time.monotonic() - history[-1].t > 3 * self.settings.tick_s + 2.0:
             return None
         last = history[-1]

@@ -164,6 +164,7 @@ class HAProxyAdmin:
             raise HAProxyError(f"haproxy: maint {backend}/{server} -> {answer!r}")
         if "No such server" in answer:
             return
+        self.raw(f"disable health {backend}/{server}")
         answer = self.raw(f"del server {backend}/{server}").strip()
         if answer not in ("Server deleted.",) and "No such server" not in answer:
             raise HAProxyError(f"haproxy: del server {backend}/{server} -> {answer!r}")

@@ -67,9 +67,10 @@ class PrometheusClient:
         except (urllib.error.URLError, OSError):
             return False
 
-    def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
-        """An instant query's vector as (labels, value) pairs; raises PrometheusError."""
-        url = f"{self.base_url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+    def query(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
+        """An instant query's vector as (labels, value) pairs (at unix time ``at``, default now); raises PrometheusError."""
+        params = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
+        url = f"{self.base_url}/api/v1/query?{urllib.parse.urlencode(params)}"
         try:
             with urllib.request.urlopen(url, timeout=self.timeout_s) as resp:
                 payload = json.loads(resp.read())
@@ -84,9 +85,9 @@ class PrometheusClient:
             return [({}, _float(data["result"][1]))]
         return [(item["metric"], _float(item["value"][1])) for item in data["result"]]
 
-    def scalar(self, promql: str, default: float = math.nan) -> float:
+    def scalar(self, promql: str, default: float = math.nan, at: float | None = None) -> float:
         """The sum of a query's vector (``default`` when it is empty)."""
-        result = self.query(promql)
+        result = self.query(promql, at)
         return sum(v for _, v in result) if result else default
 
     def by_label(self, promql: str, label: str) -> dict[str, float]:

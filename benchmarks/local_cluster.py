@@ -1,0 +1,182 @@
+"""HPA versus another policy on the real local cluster (worker processes + HAProxy + Prometheus).
+
+Usage::
+
+    .venv/bin/python benchmarks/local_cluster.py --policy target_tracking
+    .venv/bin/python benchmarks/local_cluster.py --policy ppo:models/local --scenario envs/local.yaml --speedup 720
+
+Each policy runs on the same two replayed traces, each on a fresh cluster:
+``day``, web-diurnal's Monday compressed ``--speedup`` times (Poisson
+arrivals, peak ``--peak-rps``), and ``flash``, a flash crowd (a ramp from
+``--peak-rps``/3.5 to ``--peak-rps`` in 4 s, decaying over ~10 s). A bare
+control loop (``rlscale.clusters.drive``) reads metrics every interval (the
+scenario's ``step_s`` unless ``--interval``) and applies the policy;
+baselines keep their windows and cooldowns in decisions (``scaled_policy``).
+
+Reported per policy and trace, measured, not simulated:
+``worker_seconds`` (Prometheus: seconds each worker was up and scraped),
+``cost_usd`` (worker-seconds at the scenario's price per worker-hour),
+``latency_p95_s`` (load generator, every request), ``latency_p95_prom_s``
+(Prometheus histogram of the workers), ``slo_violation_rate`` (share of
+decision intervals whose p95 exceeds the SLO or that failed >1% of
+requests), ``failed_requests`` (load generator: 5xx, timeouts, errors), and
+``http_5xx`` (HAProxy via Prometheus). Writes JSON with ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rlscale.clusters.drive import drive, scaled_policy  # noqa: E402
+from rlscale.clusters.local import LocalSettings, open_local_cluster  # noqa: E402
+from rlscale.clusters.local.calibrate import skeleton  # noqa: E402
+from rlscale.config import Scenario, load_scenario  # noqa: E402
+
+
+def flash_trace(path: Path, seconds: float, peak: float) -> Path:
+    """Base load, then at 25% of the run a 4 s ramp to ``peak`` and an exponential decay (tau 10 s)."""
+    base = peak / 3.5
+    t = np.arange(0.0, seconds, 0.5)
+    start = 0.25 * seconds
+    up = np.clip((t - start) / 4.0, 0.0, 1.0)
+    decay = np.where(t > start + 4.0, np.exp(-(t - start - 4.0) / 10.0), 1.0)
+    rates = base + (peak - base) * up * decay
+    path.write_text("timestamp,value\n" + "".join(f"{a:.2f},{r:.3f}\n" for a, r in zip(t, rates)))
+    return path
+
+
+def run_one(sc: Scenario, policy_spec: str, trace: str, speedup: float, seconds: float, peak: float,
+            settings: LocalSettings, workdir: Path, seed: int) -> dict[str, Any]:
+    out = workdir / f"load-{policy_spec.replace(':', '_').replace('/', '_')}-{Path(trace).stem}.json"
+    with open_local_cluster(sc, workdir / "run", settings, initial_replicas=[2]) as cluster:
+        started = time.monotonic()
+        loadgen = subprocess.Popen([
+            sys.executable, "-m", "rlscale.cli", "loadgen", "--trace", trace, "--speedup", str(speedup),
+            "--duration", str(seconds), "--peak-rps", str(peak), "--target", cluster.url(), "--out", str(out),
+            "--seed", str(seed), "--timeout", "10",
+        ], stdout=subprocess.DEVNULL)
+        try:
+            log = drive(cluster, scaled_policy(policy_spec, sc), duration_s=seconds, interval_s=settings.interval_s or sc.step_s,
+                        scenario=sc)
+        finally:
+            code = loadgen.wait(timeout=60)
+        if code != 0:
+            raise RuntimeError(f"loadgen exited with {code}")
+        time.sleep(1.5 * settings.scrape_s)
+        span = f"{int(time.monotonic() - started) + 2}s"
+        prom = cluster.prom
+        worker_s = prom.scalar(f'sum_over_time((count(up{{job="workers"}} == 1))[{span}:1s])', default=0.0)
+        p95_prom = prom.scalar(
+            f'histogram_quantile(0.95, sum by (le) (increase(rlscale_worker_request_duration_seconds_bucket[{span}])))')
+        errors = prom.scalar(f'sum(increase(haproxy_frontend_http_responses_total{{proxy="api",code="5xx"}}[{span}]))', default=0.0)
+        counters = cluster.counters
+    load = json.loads(out.read_text())
+    summary = load["summary"]
+    slo = sc.services[0].slo_target_s
+    interval = settings.interval_s or sc.step_s
+    iv = _intervals(load, interval)
+    ready = log.column("ready")
+    price = sc.pools[0].price_per_hour * sc.services[0].replica.cpu / sc.pools[0].vcpu
+    return {
+        "policy": policy_spec,
+        "trace": Path(trace).stem,
+        "requests": summary["requests"],
+        "worker_seconds": worker_s,
+        "worker_seconds_supervisor": counters.worker_seconds,
+        "cost_usd": worker_s * price / 3600.0,
+        "latency_p95_s": summary["latency_p95_s"],
+        "latency_p95_prom_s": p95_prom,
+        "slo_violation_rate": float(np.mean([(f > 0.01 * s) or (p is not None and p > slo) for s, f, p in iv if s > 0])) if iv else 0.0,
+        "failed_requests": summary["failed"],
+        "http_5xx": errors,
+        "max_workers": float(np.nanmax(ready)) if ready.size else math.nan,
+        "decisions": len(log.rows),
+    }
+
+
+def _intervals(load: dict[str, Any], width: float) -> list[tuple[int, int, float | None]]:
+    """(sent, failed, p95) per decision interval from the load generator's per-request record."""
+    req = load["per_request"]
+    send = np.array(req["send_s"])
+    lat = np.array([np.nan if v is None else v for v in req["latency_s"]], dtype=float)
+    status = np.array(req["status"])
+    ok = (status >= 200) & (status < 400)
+    n = max(1, math.ceil(load["duration_s"] / width))
+    idx = np.minimum((send // width).astype(int), n - 1)
+    out = []
+    for k in range(n):
+        sel = idx == k
+        good = sel & ok
+        out.append((int(sel.sum()), int((sel & ~ok).sum()), float(np.quantile(lat[good], 0.95)) if good.any() else None))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--policy", default="target_tracking", help="policy to compare with the baseline (e.g. ppo:models/local)")
+    parser.add_argument("--baseline", default="hpa")
+    parser.add_argument("--scenario", default=None, help="scenario of the local cluster (default: envs/local.yaml if present)")
+    parser.add_argument("--interval", type=float, default=None, help="decision interval (s; default: the scenario's step_s, 3 s without one)")
+    parser.add_argument("--speedup", type=float, default=1440.0, help="compression of the day (1440: a day in 60 s)")
+    parser.add_argument("--day-seconds", type=float, default=60.0)
+    parser.add_argument("--flash-seconds", type=float, default=40.0)
+    parser.add_argument("--peak-rps", type=float, default=90.0)
+    parser.add_argument("--max-workers", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+
+    path = args.scenario or (str(ROOT / "envs" / "local.yaml") if (ROOT / "envs" / "local.yaml").exists() else None)
+    sc = load_scenario(path) if path else skeleton(LocalSettings(), args.interval or 3.0, args.max_workers, 0.2)
+    if args.interval is not None and sc.step_s != args.interval:
+        sc = sc.model_copy(update={"step_s": args.interval})
+    args.interval = sc.step_s
+    settings = LocalSettings(interval_s=sc.step_s, max_workers=args.max_workers)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rlscale-bench-") as tmp:
+        work = Path(tmp)
+        traces = [("web-diurnal", args.speedup, args.day_seconds),
+                  (str(flash_trace(work / "flash.csv", args.flash_seconds, args.peak_rps)), 1.0, args.flash_seconds)]
+        for spec in (args.baseline, args.policy):
+            for trace, speedup, seconds in traces:
+                run_dir = work / f"{spec.replace(':', '_').replace('/', '_')}-{Path(trace).stem}"
+                run_dir.mkdir()
+                row = run_one(sc, spec, trace, speedup, seconds, args.peak_rps, settings, run_dir, args.seed)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print(f"\nscenario {sc.name}, interval {args.interval:g} s, peak {args.peak_rps:g} req/s, SLO p95 {sc.services[0].slo_target_s:g} s")
+    cols = ["worker_seconds", "cost_usd", "latency_p95_s", "latency_p95_prom_s", "slo_violation_rate", "failed_requests", "http_5xx", "max_workers"]
+    print("| policy | trace | " + " | ".join(cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for r in rows:
+        print(f"| {r['policy']} | {r['trace']} | " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "scenario": sc.name, "results": rows}, indent=2))
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if v.is_integer():
+            return f"{v:.0f}"
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
