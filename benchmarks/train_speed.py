@@ -3,8 +3,8 @@
     python benchmarks/train_speed.py                      # trains train/ppo-web-diurnal.yaml into a temp dir
     python benchmarks/train_speed.py --from-run runs/ppo-web-diurnal-s0   # reads a finished run
 
-"Below 0.8" counts only evaluations whose SLO-violation rate is not above HPA's
-on the same held-out seeds (the evaluation score, see rlscale.train.EvalResult).
+"Below 0.8" counts only evaluations (on the validation seeds) whose SLO-violation
+rate is not above HPA's on the same seeds.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def read_run(run: Path) -> dict:
     rows = list(csv.DictReader((run / "tb" / "progress.csv").open()))
     fps = [float(r["time/fps"]) for r in rows if r.get("time/fps")]
     evals = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines() if line.strip()]
-    first = next((e for e in evals if e["score"] < 0.8), None)
+    first = next((e for e in evals if e["cost_vs_hpa"] < 0.8
+                  and e["ppo"]["slo_violation_rate"] <= e["hpa"]["slo_violation_rate"]), None)
     return {
         "timesteps": evals[-1]["timesteps"] if evals else None,
         "train_env_steps_per_s": fps[-1] if fps else None,

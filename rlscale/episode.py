@@ -39,16 +39,22 @@ class RewardTerms:
     reward: np.ndarray
 
 
-def reward_terms(weights: RewardSpec, result: StepResult) -> RewardTerms:
+_TERM_COLUMNS = np.array([K.O_COST, K.O_VIOLATION, K.O_DROPPED_FRACTION, K.O_CHURN])
+
+
+def reward_weights(spec: RewardSpec) -> np.ndarray:
+    """The reward as a dot product with (cost, slo_violation, dropped_fraction, replicas_changed)."""
+    return -np.array([1.0 / spec.cost_scale, spec.w_slo, spec.w_drop, spec.w_churn])
+
+
+def reward_terms(weights: np.ndarray, result: StepResult) -> RewardTerms:
     """r = -(cost / cost_scale + w_slo * slo_violation + w_drop * dropped_fraction + w_churn * replicas_changed).
 
-    ``slo_violation`` is the share of services whose p95 (or batch backlog age) exceeded its SLO this interval.
+    ``slo_violation`` is the share of services whose p95 (or batch backlog age) exceeded its SLO this interval;
+    ``weights`` comes from ``reward_weights``.
     """
-    c = result.cluster
-    cost, violation, dropped, churn = (c[:, K.O_COST].copy(), c[:, K.O_VIOLATION].copy(),
-                                       c[:, K.O_DROPPED_FRACTION].copy(), c[:, K.O_CHURN].copy())
-    reward = -(cost / weights.cost_scale + weights.w_slo * violation + weights.w_drop * dropped + weights.w_churn * churn)
-    return RewardTerms(cost, violation, dropped, churn, reward)
+    terms = result.cluster[:, _TERM_COLUMNS]
+    return RewardTerms(terms[:, 0], terms[:, 1], terms[:, 2], terms[:, 3], terms @ weights)
 
 
 class ClusterEpisodes:
@@ -86,7 +92,7 @@ class ClusterEpisodes:
         self._min = np.array([s.min_replicas for s in self.scenario.services])
         self._max = np.array([s.max_replicas for s in self.scenario.services])
         self._rows = np.arange(n)
-        self.slo_s = np.array([s.slo_target_s for s in self.scenario.services])
+        self.reward_weights = reward_weights(self.scenario.reward)
 
     def seed(self, index: int, seed: int | None) -> None:
         self.rngs[index] = np.random.default_rng(seed)
@@ -137,7 +143,7 @@ class ClusterEpisodes:
         """Apply a typed action to every cluster; returns the result, reward terms and truncation flags."""
         result = self.sim.step(action, self.current_arrivals())
         self.step_index += 1
-        terms = reward_terms(self.scenario.reward, result)
+        terms = reward_terms(self.reward_weights, result)
         truncated = self.step_index >= self.episode_steps
         return result, terms, truncated
 

@@ -293,7 +293,7 @@ class ActionDecoder:
     def decode(self, raw: np.ndarray, desired: np.ndarray) -> Action:
         raw = np.asarray(raw, dtype=np.int64).reshape(-1, self.spec.n_services + 1)
         delta = raw[:, : self.spec.n_services] - self.spec.max_step
-        replicas = np.clip(np.asarray(desired, dtype=np.int64) + delta, self._lo, self._hi)
+        replicas = np.minimum(np.maximum(np.asarray(desired, dtype=np.int64) + delta, self._lo), self._hi)
         return Action(replicas=replicas, rebalance=raw[:, self.spec.n_services].copy())
 
     def encode(self, action: Action, desired: np.ndarray) -> np.ndarray:
