@@ -83,7 +83,7 @@ def simulate(
     seed: int = typer.Option(0, help="episode seed"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
-    """Run one policy on one seeded episode and print the DESIGN.md section 8 metrics."""
+    """Run one policy on one seeded episode: cost, SLO violations, drops, utilisation, scaling actions."""
     from rlscale.config import load_scenario
     from rlscale.policies import make_policy
     from rlscale.rollout import run_policy
@@ -164,7 +164,7 @@ def export(
 def serve(
     model: str | None = typer.Option(None, help="exported policy: models/NAME or a directory with policy.npz + card.json"),
     policy: str | None = typer.Option(None, help="instead of --model: hpa | static | target_tracking | predictive | ppo:DIR"),
-    cluster: str = typer.Option("sim", help="sim (the simulator on an accelerated clock) | none (HTTP API only)"),
+    cluster: str = typer.Option("sim", help="sim (the simulator on an accelerated clock) | local (worker processes + HAProxy + Prometheus) | none (HTTP API only)"),
     scenario: str = typer.Option("web-diurnal", help="scenario name in envs/ or a YAML path (the cluster's services and bounds)"),
     speedup: float = typer.Option(60.0, help="simulated seconds per wall second (sim only; 60 = one interval per second)"),
     interval: float | None = typer.Option(None, help="decision interval in cluster seconds (default: the scenario's step_s)"),
@@ -181,6 +181,7 @@ def serve(
     max_change_per_minute: int | None = typer.Option(None, min=0, help="replicas per service per minute (default: max_step_change x decisions per minute)"),
     scale_down_cooldown: float = typer.Option(0.0, min=0.0, help="seconds after a scale-up before a scale-down (0: off)"),
     stale_after: float | None = typer.Option(None, help="metrics older than this (s) are stale (default: 2 intervals)"),
+    run_dir: str | None = typer.Option(None, help="local cluster: configs, logs and Prometheus data (default: a new temporary directory)"),
 ) -> None:
     """Serve a policy: control loop over a cluster + HTTP API (/v1/decide, /healthz, /metrics), with guard rails and an audit log."""
     from rlscale.controller.serve import ServeOptions
@@ -190,7 +191,7 @@ def serve(
         model=model, policy=policy, cluster=cluster, scenario=scenario, speedup=speedup, interval=interval, seed=seed,
         steps=steps, dry_run=dry_run, audit_log=audit_log, host=host, port=port, token=token, summary=summary,
         keep_serving=keep_serving, max_step_change=max_step_change, max_change_per_minute=max_change_per_minute,
-        scale_down_cooldown=scale_down_cooldown, stale_after=stale_after,
+        scale_down_cooldown=scale_down_cooldown, stale_after=stale_after, run_dir=run_dir,
     ))
     raise typer.Exit(code)
 
