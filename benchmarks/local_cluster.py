@@ -8,10 +8,15 @@ Usage::
 Each policy runs on the same two replayed traces, each on a fresh cluster:
 ``day``, web-diurnal's Monday compressed ``--speedup`` times (Poisson
 arrivals, peak ``--peak-rps``), and ``flash``, a flash crowd (a ramp from
-``--peak-rps``/3.5 to ``--peak-rps`` in 4 s, decaying over ~10 s). A bare
-control loop (``rlscale.clusters.drive``) reads metrics every interval (the
-scenario's ``step_s`` unless ``--interval``) and applies the policy;
-baselines keep their windows and cooldowns in decisions (``scaled_policy``).
+``--peak-rps``/3.5 to ``--peak-rps`` in 4 s, decaying over ~10 s). The
+controller's own loop (``rlscale.controller.ControlLoop`` with a
+``Decider``, in-process, as ``rlscale serve --cluster local`` runs it)
+decides every interval (the scenario's ``step_s`` unless ``--interval``);
+baselines keep their windows and cooldowns in decisions (``scaled_policy``),
+and the per-decision guard rail is opened up to the maximum replicas so that
+a baseline moves as it does in the simulator's evaluation (``run_policy``
+applies no step limit; a PPO policy's actions are within the limit anyway).
+Metrics missing or degraded: the HPA fallback, as in serving.
 
 Reported per policy and trace, measured, not simulated:
 ``worker_seconds`` (Prometheus: seconds each worker was up and scraped),
@@ -40,10 +45,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rlscale.clusters.drive import drive, scaled_policy  # noqa: E402
-from rlscale.clusters.local import LocalSettings, open_local_cluster  # noqa: E402
+from rlscale.clusters.local import LocalCluster, LocalSettings, open_local_cluster  # noqa: E402
+from rlscale.clusters.local.baselines import scaled_policy  # noqa: E402
 from rlscale.clusters.local.calibrate import skeleton  # noqa: E402
 from rlscale.config import Scenario, load_scenario  # noqa: E402
+from rlscale.controller import AuditLog, ControlLoop, Decider, GuardConfig  # noqa: E402
 
 
 def flash_trace(path: Path, seconds: float, peak: float) -> Path:
@@ -58,6 +64,20 @@ def flash_trace(path: Path, seconds: float, peak: float) -> Path:
     return path
 
 
+def control(cluster: LocalCluster, sc: Scenario, policy_spec: str, seconds: float, interval: float, audit_path: Path) -> list[dict[str, Any]]:
+    """Run the controller's loop on ``cluster`` for ``seconds``; returns its decisions (the audit log's lines)."""
+    wide = max(s.max_replicas for s in sc.services)
+    config = GuardConfig.from_scenario(sc, interval, max_step_change=wide)
+    decider = Decider(sc, scaled_policy(policy_spec, sc), config, fallback=scaled_policy("hpa", sc))
+    audit = AuditLog(audit_path)
+    try:
+        ControlLoop(cluster, decider, audit, interval_s=interval, steps=max(1, math.ceil(seconds / interval))).run()
+    finally:
+        audit.close()
+    lines = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    return [line for line in lines if line["kind"] == "decision"]
+
+
 def run_one(sc: Scenario, policy_spec: str, trace: str, speedup: float, seconds: float, peak: float,
             settings: LocalSettings, workdir: Path, seed: int) -> dict[str, Any]:
     out = workdir / f"load-{policy_spec.replace(':', '_').replace('/', '_')}-{Path(trace).stem}.json"
@@ -69,8 +89,7 @@ def run_one(sc: Scenario, policy_spec: str, trace: str, speedup: float, seconds:
             "--seed", str(seed), "--timeout", "10",
         ], stdout=subprocess.DEVNULL)
         try:
-            log = drive(cluster, scaled_policy(policy_spec, sc), duration_s=seconds, interval_s=settings.interval_s or sc.step_s,
-                        scenario=sc)
+            decisions = control(cluster, sc, policy_spec, seconds, settings.interval_s or sc.step_s, workdir / "audit.jsonl")
         finally:
             code = loadgen.wait(timeout=60)
         if code != 0:
@@ -88,7 +107,7 @@ def run_one(sc: Scenario, policy_spec: str, trace: str, speedup: float, seconds:
     slo = sc.services[0].slo_target_s
     interval = settings.interval_s or sc.step_s
     iv = _intervals(load, interval)
-    ready = log.column("ready")
+    ready = np.array([d["inputs"]["metrics"]["ready"][0] for d in decisions if d["inputs"]["metrics"]], dtype=np.float64)
     price = sc.pools[0].price_per_hour * sc.services[0].replica.cpu / sc.pools[0].vcpu
     return {
         "policy": policy_spec,
@@ -103,7 +122,8 @@ def run_one(sc: Scenario, policy_spec: str, trace: str, speedup: float, seconds:
         "failed_requests": summary["failed"],
         "http_5xx": errors,
         "max_workers": float(np.nanmax(ready)) if ready.size else math.nan,
-        "decisions": len(log.rows),
+        "decisions": len(decisions),
+        "fallbacks": sum(d["fallback"] is not None for d in decisions),
     }
 
 

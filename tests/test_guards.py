@@ -20,6 +20,7 @@ from rlscale.controller.guards import (
     CLAMP,
     COOLDOWN,
     FALLBACK_REASONS,
+    METRICS_DEGRADED,
     METRICS_INVALID,
     METRICS_MISSING,
     METRICS_STALE,
@@ -168,6 +169,10 @@ def test_a_cluster_outside_its_bounds_is_brought_back_at_the_permitted_rate():
         (lambda m: replace(m, arrivals_rps=np.array([[np.inf, 1.0]])), METRICS_INVALID),
         (lambda m: replace(m, ready=np.array([1.0, 2.0, 3.0])), METRICS_INVALID),
         (lambda m: replace(m, packing="full"), METRICS_INVALID),
+        (lambda m: replace(m, latency_p95_s=np.array([[np.nan, 0.1]])), METRICS_DEGRADED),
+        (lambda m: replace(m, latency_p95_s=None), METRICS_DEGRADED),
+        (lambda m: replace(m, latency_p95_s=np.array([[np.inf, 0.1]])), METRICS_INVALID),
+        (lambda m: replace(m, latency_p95_s=np.array([[np.nan, 0.1]]), utilisation=None), METRICS_MISSING),
     ],
 )
 def test_assess_names_what_is_wrong_with_the_metrics(change, reason):
@@ -258,6 +263,111 @@ def test_the_exported_policy_decides_through_the_training_observation_builder(ex
         assert decision.raw_replicas.tolist() == reference.act(m).replicas[0].tolist()
 
 
+# --------------------------------------------------------------------------- degraded metrics: HPA on utilisation
+
+
+def test_a_sample_whose_only_unknown_readings_are_latencies_is_degraded_and_no_service_is_held():
+    config = GuardConfig.from_scenario(tiny_scenario())
+    for metrics in (replace(healthy_metrics([5, 5]), latency_p95_s=np.full((1, 2), np.nan)),
+                    replace(healthy_metrics([5, 5]), latency_p95_s=None)):
+        result = assess(metrics, 0.0, config)
+        assert result.reason == METRICS_DEGRADED and "latency_p95_s" in result.detail
+        assert result.bad_services is None or not result.bad_services.any()
+
+
+def test_a_sample_the_backend_marks_degraded_is_degraded_even_when_every_reading_is_valid():
+    config = GuardConfig.from_scenario(tiny_scenario())
+    assert assess(healthy_metrics([5, 5]), 0.0, config).reason is None
+    result = assess(healthy_metrics([5, 5]), 0.0, config, degraded=True)
+    assert result.reason == METRICS_DEGRADED and "degraded" in result.detail
+
+
+def test_stale_or_invalid_non_latency_readings_take_precedence_over_degraded():
+    config = GuardConfig.from_scenario(tiny_scenario(step_s=20.0))
+    unknown_latency = replace(healthy_metrics([5, 5]), latency_p95_s=np.full((1, 2), np.nan))
+    assert assess(unknown_latency, 41.0, config, degraded=True).reason == METRICS_STALE
+    both = replace(unknown_latency, utilisation=np.array([[0.5, np.nan]]))
+    result = assess(both, 0.0, config, degraded=True)
+    assert result.reason == METRICS_INVALID and result.bad_services.tolist() == [False, True]
+
+
+def test_on_degraded_metrics_the_fallback_is_a_fresh_hpa_acting_on_utilisation_alone():
+    sc = tiny_scenario()
+    config = GuardConfig.from_scenario(sc, max_step_change=50)
+    for utilisation in (0.95, 0.2):
+        metrics = replace(healthy_metrics([10, 10], utilisation=utilisation), latency_p95_s=np.full((1, 2), np.nan))
+        decision = Decider(sc, ProposalPolicy(), config).decide(metrics, 0.0, 0.0, GuardState(), degraded=True)
+        hpa = HPAPolicy(sc)
+        expected = hpa.act(replace(metrics, latency_p95_s=np.full((1, 2), 0.1))).replicas[0].tolist()
+        assert decision.fallback_reason == METRICS_DEGRADED and decision.acted_by == "fallback:hpa"
+        assert decision.replicas.tolist() == expected and expected != [10, 10], "HPA moved both services"
+        assert decision.audit()["fallback"]["reason"] == METRICS_DEGRADED and decision.audit()["inputs"]["degraded"] is True
+
+
+def test_on_degraded_metrics_a_service_with_unknown_utilisation_is_still_held():
+    sc = tiny_scenario()
+    metrics = replace(healthy_metrics([10, 10], utilisation=0.95), latency_p95_s=np.full((1, 2), np.nan))
+    metrics.utilisation[0, 1] = np.nan
+    decision = Decider(sc, ProposalPolicy(), GuardConfig.from_scenario(sc, max_step_change=50)).decide(
+        metrics, 0.0, 0.0, GuardState(), degraded=True)
+    assert decision.fallback_reason == METRICS_INVALID
+    assert decision.replicas[0] > 10 and decision.replicas[1] == 10
+
+
+def test_the_decider_falls_back_to_the_hpa_it_is_given():
+    sc = tiny_scenario()
+    given = ProposalPolicy()
+    given.replicas = np.array([12, 12])
+    decider = Decider(sc, ProposalPolicy(), GuardConfig.from_scenario(sc), fallback=given)
+    decision = decider.decide(healthy_metrics([10, 10]), 0.0, 0.0, GuardState(), degraded=True)
+    assert decision.raw_replicas.tolist() == [12, 12] and decision.replicas.tolist() == [12, 12]
+
+
+class DegradedCluster:
+    """A cluster whose metrics store is down: every sample comes from the load balancer, without latency."""
+
+    def __init__(self, utilisation: float) -> None:
+        self.replicas = np.array([10, 10], dtype=np.int64)
+        self.utilisation = utilisation
+        self.t = 0.0
+
+    def services(self) -> list[str]:
+        return ["web", "worker"]
+
+    def now(self) -> float:
+        return self.t
+
+    def read_metrics(self) -> MetricsSample:
+        m = replace(healthy_metrics(self.replicas, utilisation=self.utilisation, time_s=self.t), latency_p95_s=np.full((1, 2), np.nan))
+        return MetricsSample(m, self.t, source="haproxy-stats", degraded=True)
+
+    def apply(self, action: Action) -> None:
+        self.replicas = action.replicas[0].copy()
+        self.t += 20.0
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_loop_keeps_scaling_on_degraded_metrics_and_logs_and_counts_metrics_degraded(tmp_path):
+    sc = tiny_scenario()
+    config = GuardConfig.from_scenario(sc)
+    cluster = DegradedCluster(utilisation=0.95)
+    telemetry = Telemetry(config.services, "proposal", "test", dry_run=False)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    loop = ControlLoop(cluster, Decider(sc, ProposalPolicy(), config), audit, telemetry, interval_s=20.0, steps=3)
+    for _ in range(3):
+        loop.step()
+    audit.close()
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [line["fallback"]["reason"] for line in lines] == [METRICS_DEGRADED] * 3
+    assert all(line["inputs"]["metrics_source"] == "haproxy-stats" and line["inputs"]["degraded"] for line in lines)
+    assert all(line["inputs"]["metrics"]["latency_p95_s"] == [None, None] for line in lines)
+    assert cluster.replicas.tolist() == [19, 19], "10 -> 13 -> 16 -> 19: up by max_step each decision"
+    assert telemetry.fallbacks.labels("loop", METRICS_DEGRADED)._value.get() == 3
+    assert b'rlscale_fallbacks_total{reason="metrics_degraded",source="loop"} 3.0' in telemetry.exposition()
+
+
 # --------------------------------------------------------------------------- the loop under arbitrary metric streams
 
 FAULTS = ("ok", "ok", "ok", "none", "missing", "nan", "negative", "huge", "stale", "future")
@@ -265,6 +375,13 @@ EXPECTED = {
     "ok": None, "none": METRICS_MISSING, "missing": METRICS_MISSING, "nan": METRICS_INVALID, "negative": METRICS_INVALID,
     "huge": METRICS_INVALID, "stale": METRICS_STALE, "future": METRICS_STALE,
 }
+
+
+def expected_reason(event: dict) -> str | None:
+    """A missing or NaN latency is "not measured" (degraded, HPA acts); anything else as in EXPECTED."""
+    if event["fault"] in ("missing", "nan") and event["field"] == "latency_p95_s":
+        return METRICS_DEGRADED
+    return EXPECTED[event["fault"]]
 
 
 class ScriptedCluster:
@@ -351,7 +468,7 @@ def test_under_any_metric_stream_applied_actions_respect_bounds_and_rate_limits_
 
     assert len(lines) == len(script)
     for event, line in zip(script, lines):
-        expected = EXPECTED[event["fault"]]
+        expected = expected_reason(event)
         if expected is None:
             assert line["fallback"] is None and line["acted_by"] == "policy"
         else:

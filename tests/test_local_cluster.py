@@ -1,7 +1,9 @@
 """The local cluster: real workers behind HAProxy, metrics from Prometheus, load from a replayed trace.
 
 Fast tests pin down the pieces (configs, parsing, the load generator against
-one real worker); the slow ones run the whole thing on 127.0.0.1 and check
+one real worker); the slow ones run the whole thing on 127.0.0.1, driven by
+the controller (``rlscale serve --cluster local`` as a real process, or its
+``ControlLoop`` in-process where a test needs the cluster object), and check
 scaling, faults and that no process outlives the cluster.
 """
 
@@ -19,15 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from rlscale.clusters.base import Cluster
-from rlscale.clusters.drive import drive, scaled_policy
 from rlscale.clusters.local import LocalSettings, open_local_cluster
 from rlscale.clusters.local import haproxy as hap
+from rlscale.clusters.local.baselines import scaled_policy
 from rlscale.clusters.local.calibrate import skeleton
 from rlscale.clusters.local.procs import ProcessTable, free_port, pid_running, pids_with_arg
+from rlscale.clusters.local.prometheus import PrometheusClient
 from rlscale.config import ConfigError
+from rlscale.controller import ControlLoop, Decider, GuardConfig
 from rlscale.loadgen import Plan, check_target, plan, replay, schedule
+from rlscale.policies import make_policy
+from rlscale.spaces import Metrics
 
 WORKER = Path(__file__).resolve().parents[1] / "rlscale" / "clusters" / "local" / "worker.py"
 HAVE_BINARIES = all(
@@ -41,22 +48,74 @@ def _constant_plan(rate: float, seconds: float) -> Plan:
     return Plan(rates=np.full(1, rate), interval_s=seconds, source="constant", trace_step_s=seconds, speedup=1.0, duration_s=seconds)
 
 
-class Hold:
-    """A policy that keeps the replicas as they are (to watch faults without scaling)."""
-
-    name = "hold"
-
-    def reset(self, n: int = 1) -> None:
-        pass
-
-    def act(self, metrics):
-        from rlscale.spaces import Action
-
-        return Action(replicas=np.rint(metrics.desired).astype(np.int64), rebalance=np.zeros(metrics.n, dtype=np.int64))
-
-
 def _no_leftovers(pids: list[int], run_dir: Path) -> list[int]:
     return [p for p in pids if pid_running(p)] + pids_with_arg(str(run_dir))
+
+
+def _scenario_file(path: Path, step_s: float, max_workers: int, initial: int) -> Path:
+    """The calibration skeleton (SLO p95 0.2 s, 1..max_workers workers) as a YAML file ``rlscale serve`` can load."""
+    data = skeleton(LocalSettings(), step_s, max_workers, 0.2).model_dump(mode="json", exclude_none=True)
+    data["name"] = "local-test"
+    data["services"][0]["initial_replicas"] = initial
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class Served:
+    """``rlscale serve --cluster local --policy hpa`` as a real process, with its audit log, summary and output files."""
+
+    def __init__(self, tmp_path: Path, scenario: Path, interval_s: float) -> None:
+        self.run_dir = tmp_path / "run"
+        self.audit = tmp_path / "audit.jsonl"
+        self.summary = tmp_path / "summary.json"
+        self.out, self.err = tmp_path / "serve.out", tmp_path / "serve.err"
+        cmd = [
+            sys.executable, "-m", "rlscale.cli", "serve", "--cluster", "local", "--scenario", str(scenario), "--policy", "hpa",
+            "--interval", str(interval_s), "--run-dir", str(self.run_dir), "--port", "0", "--audit-log", str(self.audit),
+            "--summary", str(self.summary),
+        ]
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        deadline = time.monotonic() + 90
+        while "local cluster:" not in self.out.read_text():
+            assert self.proc.poll() is None and time.monotonic() < deadline, f"serve did not start: {self.err.read_text()[-2000:]}"
+            time.sleep(0.1)
+        self.cluster = json.loads((self.run_dir / "cluster.json").read_text())
+        self.url = self.cluster["services"]["api"]
+        self.prom = PrometheusClient(self.cluster["prometheus"])
+
+    def pid_of(self, binary: str) -> int:
+        """The PID of the cluster's ``binary`` process (found by its run directory in /proc)."""
+        for pid in pids_with_arg(str(self.run_dir)):
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            if Path(argv0).name == binary:
+                return pid
+        raise AssertionError(f"no {binary} process for {self.run_dir}")
+
+    def decisions(self) -> list[dict]:
+        lines = [json.loads(line) for line in self.audit.read_text().splitlines() if line.strip()]
+        return [line for line in lines if line["kind"] == "decision"]
+
+    def stop(self) -> dict:
+        """SIGTERM, as an operator would; returns the summary written at exit."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=60) == 0, self.err.read_text()[-2000:]
+        return json.loads(self.summary.read_text())
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def _metrics(replicas: float, utilisation: float) -> Metrics:
+    one = np.ones((1, 1))
+    return Metrics(
+        time_s=np.zeros(1), arrivals_rps=one * 10, ready=one * replicas, desired=one * replicas, utilisation=one * utilisation,
+        latency_p95_s=one * 0.1, backlog=0 * one, dropped=0 * one, nodes_ready=one * replicas, nodes_provisioning=0 * one,
+        packing=one, cost_rate_usd_h=np.zeros(1), hot_spot=np.zeros(1), rebalancing=np.zeros(1),
+    )
 
 
 # --------------------------------------------------------------------------- fast: the pieces
@@ -177,6 +236,34 @@ def test_loadgen_measures_every_request_against_a_real_worker(tmp_path):
     assert not any(pid_running(p) for p in procs.started_pids)
 
 
+def test_scaled_baselines_keep_hpas_scale_down_window_in_decisions_not_seconds():
+    sc = skeleton(LocalSettings(), 5.0, 8, 0.2)
+
+    def decisions_until_scale_down(policy) -> int:
+        policy.reset(1)
+        policy.act(_metrics(4, 0.7))
+        for i in range(1, 80):
+            if policy.act(_metrics(4, 0.1)).replicas[0, 0] < 4:
+                return i
+        return 80
+
+    assert decisions_until_scale_down(scaled_policy("hpa", sc)) == 5, "300 s at 60 s intervals = 5 decisions"
+    assert decisions_until_scale_down(make_policy("hpa", sc)) == 60, "300 s at 5 s intervals = 60 decisions"
+    assert scaled_policy("static", sc).name == make_policy("static", sc).name
+
+
+def test_serving_the_local_cluster_at_a_shorter_interval_than_two_scrapes_is_a_one_line_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "rlscale.cli", "serve", "--cluster", "local", "--scenario", "envs/local.yaml", "--policy", "hpa",
+         "--interval", "1", "--port", "0", "--audit-log", str(tmp_path / "audit.jsonl")],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--interval 1" in lines[0] and "2 s" in lines[0]
+    assert not (tmp_path / "audit.jsonl").exists() or "decision" not in (tmp_path / "audit.jsonl").read_text()
+
+
 def test_calibration_writes_a_scenario_the_simulator_loads_with_the_measured_capacity(tmp_path):
     from rlscale.clusters.local.calibrate import write_scenario
     from rlscale.policies import make_policy
@@ -210,39 +297,42 @@ def _spike_trace(path: Path) -> Path:
 
 @pytest.mark.slow
 @needs_binaries
-def test_hpa_on_the_local_cluster_scales_up_under_a_spike_and_down_after_it_and_leaves_no_process(tmp_path):
-    settings = LocalSettings(interval_s=3.0, max_workers=6, warmup_s=0.5)
-    sc = skeleton(settings, 3.0, 6, 0.2)
-    run_dir = tmp_path / "run"
-    cluster = open_local_cluster(sc, run_dir, settings, initial_replicas=[2])
+def test_rlscale_serve_with_hpa_scales_the_local_cluster_up_under_a_spike_and_down_after_it_and_leaves_no_process(tmp_path):
+    scenario = _scenario_file(tmp_path / "local-test.yaml", step_s=3.0, max_workers=6, initial=2)
+    served = Served(tmp_path, scenario, interval_s=3.0)
     try:
-        assert isinstance(cluster, Cluster)
         trace = _spike_trace(tmp_path / "spike.csv")
         out = tmp_path / "load.json"
+        t0 = time.time()
         loadgen = subprocess.Popen([
             sys.executable, "-m", "rlscale.cli", "loadgen", "--trace", str(trace), "--speedup", "1",
-            "--duration", "70", "--target", cluster.url(), "--out", str(out), "--timeout", "10",
+            "--duration", "70", "--target", served.url, "--out", str(out), "--timeout", "10",
         ])
-        try:
-            log = drive(cluster, scaled_policy("hpa", sc), duration_s=72.0, interval_s=3.0, scenario=sc)
-        finally:
-            assert loadgen.wait(timeout=30) == 0
+        assert loadgen.wait(timeout=120) == 0
+        time.sleep(max(0.0, t0 + 72.0 - time.time()))
         result = json.loads(out.read_text())
-        ready, t = log.column("ready"), log.column("t")
-        print("\n".join(f"{r['t']:5.1f}s {r['source']} rps {r.get('arrivals_rps', 0):5.1f} util {r.get('utilisation', 0):.2f} "
-                        f"p95 {r.get('latency_p95_s', 0):.3f} ready {r.get('ready')} -> {r.get('desired')}" for r in log.rows))
-        assert ready[(t > 25) & (t < 45)].max() >= 4, "scaled up under the spike"
-        assert ready[t > 64].min() <= 2, "scaled down after the spike"
-        served = cluster.prom.scalar('sum(haproxy_frontend_http_responses_total{proxy="api",code="2xx"})')
-        assert served >= 0.97 * result["summary"]["ok"] > 0
-        peak = cluster.prom.scalar('max_over_time(count(up{job="workers"} == 1)[80s:1s])')
-        assert peak >= 4
-        assert result["summary"]["failed_fraction"] < 0.02
-        pids = cluster.started_pids()
+        served_2xx = served.prom.scalar('sum(haproxy_frontend_http_responses_total{proxy="api",code="2xx"})')
+        peak = served.prom.scalar('max_over_time(count(up{job="workers"} == 1)[80s:1s])')
+        summary = served.stop()
     finally:
-        cluster.close()
+        served.kill()
+    rows = [d for d in served.decisions() if d["inputs"]["metrics"] is not None]
+    t = np.array([d["wall_time"] - t0 for d in rows])
+    ready = np.array([d["inputs"]["metrics"]["ready"][0] for d in rows])
+    print("\n".join(f"{d['wall_time'] - t0:5.1f}s {d['inputs']['metrics_source']} rps {d['inputs']['metrics']['arrivals_rps'][0]:5.1f} "
+                    f"util {d['inputs']['metrics']['utilisation'][0]} p95 {d['inputs']['metrics']['latency_p95_s'][0]} "
+                    f"ready {d['inputs']['metrics']['ready'][0]:.0f} -> {d['final_action']} {d['fallback']}" for d in rows))
+    assert ready[(t > 25) & (t < 45)].max() >= 4, "scaled up under the spike"
+    assert ready[t > 64].min() <= 2, "scaled down after the spike"
+    assert all(d["acted_by"] in ("policy", "fallback:hpa") and d["applied"] for d in rows)
+    assert sum(d["fallback"] is None for d in rows) >= 0.8 * len(rows), "decided by the served HPA on Prometheus' metrics"
+    assert served_2xx >= 0.97 * result["summary"]["ok"] > 0
+    assert peak >= 4
+    assert result["summary"]["failed_fraction"] < 0.02
+    pids = summary["local"]["started_pids"]
+    assert summary["decisions"] == len(served.decisions()) >= 20 and summary["errors"] == {}
     assert len(pids) >= 6
-    assert _no_leftovers(pids, run_dir) == []
+    assert _no_leftovers(pids, served.run_dir) == []
 
 
 @pytest.mark.slow
@@ -251,28 +341,31 @@ def test_a_killed_worker_is_replaced_within_one_interval_and_a_killed_haproxy_is
     settings = LocalSettings(interval_s=3.0, max_workers=4, warmup_s=0.3)
     sc = skeleton(settings, 3.0, 4, 0.2)
     with open_local_cluster(sc, tmp_path / "run", settings, initial_replicas=[3]) as cluster:
+        assert isinstance(cluster, Cluster)
         load = threading.Thread(target=replay, args=(_constant_plan(30.0, 20.0), cluster.url()))
         load.start()
         events: dict[str, object] = {}
-
-        def faults(step: int, sample: object) -> None:
+        decider = Decider(sc, scaled_policy("hpa", sc), GuardConfig.from_scenario(sc, 3.0), fallback=scaled_policy("hpa", sc))
+        loop = ControlLoop(cluster, decider, interval_s=3.0, dry_run=True)  # watch the faults; the replicas stay at 3
+        decisions = []
+        for step in range(6):
+            started = time.monotonic()
+            decisions.append(loop.step())
             if step == 1:
                 name, pid = sorted(cluster.worker_pids().items())[0]
                 events["victim"] = pid
                 os.kill(pid, signal.SIGKILL)
-                events["killed_at"] = time.monotonic()
             if step == 2:
                 events["replaced"] = cluster.counters.worker_deaths == 1 and events["victim"] not in cluster.worker_pids().values()
             if step == 3:
                 assert cluster.haproxy_pid is not None
                 os.kill(cluster.haproxy_pid, signal.SIGKILL)
-
-        log = drive(cluster, Hold(), duration_s=18.0, interval_s=3.0, scenario=sc, on_step=faults)
+            time.sleep(max(0.0, started + 3.0 - time.monotonic()))
         load.join()
         assert events["replaced"] is True
         assert cluster.counters.haproxy_restarts == 1
         assert cluster.wait_for(lambda c: c.ready.get("api", 0) == cluster.desired()["api"] == 3 and c.starting["api"] == 0, 10.0)
-        assert len(log.rows) >= 5 and all(r["source"] for r in log.rows[-2:])
+        assert all(d.metrics is not None and d.metrics_source for d in decisions[-2:])
         import urllib.request
 
         assert urllib.request.urlopen(cluster.url(), timeout=5).status == 200
@@ -280,27 +373,41 @@ def test_a_killed_worker_is_replaced_within_one_interval_and_a_killed_haproxy_is
 
 @pytest.mark.slow
 @needs_binaries
-def test_with_prometheus_stopped_metrics_fall_back_to_haproxy_stats_and_the_loop_keeps_scaling(tmp_path, caplog):
-    settings = LocalSettings(interval_s=3.0, max_workers=4, warmup_s=0.3, restart_infra=False)
-    sc = skeleton(settings, 3.0, 4, 0.2)
-    with open_local_cluster(sc, tmp_path / "run", settings, initial_replicas=[1]) as cluster:
-        load = threading.Thread(target=replay, args=(_constant_plan(40.0, 16.0), cluster.url()))
+def test_with_prometheus_stopped_serve_decides_on_haproxy_stats_with_metrics_degraded_and_keeps_scaling(tmp_path):
+    scenario = _scenario_file(tmp_path / "local-test.yaml", step_s=3.0, max_workers=4, initial=1)
+    served = Served(tmp_path, scenario, interval_s=3.0)
+    try:
+        load = threading.Thread(target=replay, args=(_constant_plan(40.0, 18.0), served.url))
         load.start()
-        time.sleep(1.0)
-        assert cluster.prometheus_pid is not None
-        os.kill(cluster.prometheus_pid, signal.SIGTERM)
-        with caplog.at_level("WARNING", logger="rlscale.clusters.local"):
-            log = drive(cluster, scaled_policy("hpa", sc), duration_s=14.0, interval_s=3.0, scenario=sc)
+        prometheus = served.pid_of("prometheus")
+        os.kill(prometheus, signal.SIGSTOP)  # alive but unreachable: no restart, every query times out
+        stopped_at = time.time()
+        time.sleep(13.0)
+        os.kill(prometheus, signal.SIGCONT)
+        resumed_at = time.time()
+        deadline = time.monotonic() + 20
+        while not any(d["wall_time"] > resumed_at and d["fallback"] is None for d in served.decisions()):
+            assert time.monotonic() < deadline, "decisions did not return to Prometheus' metrics"
+            time.sleep(0.5)
         load.join()
-        sample = cluster.read_metrics()
-        assert sample is not None and sample.source == "haproxy-stats" and sample.degraded
-        assert math.isnan(sample.metrics.latency_p95_s[0, 0])
-        assert 0.0 <= sample.metrics.utilisation[0, 0] <= 1.0
-        later = [r for r in log.rows if r["t"] > 4]
-        assert all(r["source"] == "haproxy-stats" for r in later)
-        assert any(25 < r["arrivals_rps"] < 55 for r in later)
-        assert max(r["ready"] for r in log.rows) >= 2, "the HPA rule scaled up on HAProxy's utilisation"
-        assert any("falling back to HAProxy stats" in rec.message for rec in caplog.records)
+        summary = served.stop()
+    finally:
+        served.kill()
+    decisions = served.decisions()
+    outage = [d for d in decisions if stopped_at + 1.0 < d["wall_time"] < resumed_at]
+    assert len(outage) >= 3
+    for d in outage:
+        assert d["fallback"]["reason"] == "metrics_degraded" and d["acted_by"] == "fallback:hpa" and d["applied"]
+        assert d["inputs"]["metrics_source"] == "haproxy-stats" and d["inputs"]["degraded"] is True
+        m = d["inputs"]["metrics"]
+        assert m["latency_p95_s"] == [None] and 0.0 <= m["utilisation"][0] <= 1.0
+    assert any(25 < d["inputs"]["metrics"]["arrivals_rps"][0] < 55 for d in outage)
+    assert any(d["final_action"]["replicas"] != d["inputs"]["current_replicas"] for d in outage), "HPA scaled during the outage"
+    assert max(d["final_action"]["replicas"][0] for d in outage) >= 2
+    assert summary["fallbacks"]["metrics_degraded"] >= len(outage)
+    assert summary["local"]["counters"]["prometheus_restarts"] == 0 and summary["local"]["counters"]["fallback_samples"] >= 3
+    assert "falling back to HAProxy stats" in served.err.read_text()
+    assert _no_leftovers(summary["local"]["started_pids"], served.run_dir) == []
 
 
 @pytest.mark.slow

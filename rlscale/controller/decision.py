@@ -57,6 +57,8 @@ class Decision:
     latency_s: float
     services: tuple[str, ...]
     applied: bool = False
+    degraded: bool = False
+    metrics_source: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -94,7 +96,13 @@ class Decision:
             "kind": "decision",
             "source": self.source,
             "time_s": self.now,
-            "inputs": {"age_s": self.age_s, "current_replicas": _list(self.current), "metrics": metrics_json(self.metrics)},
+            "inputs": {
+                "age_s": self.age_s,
+                "current_replicas": _list(self.current),
+                "metrics_source": self.metrics_source,
+                "degraded": self.degraded,
+                "metrics": metrics_json(self.metrics),
+            },
             "acted_by": self.acted_by,
             "raw_action": self._raw(),
             "final_action": None if self.replicas is None else {"replicas": self.replicas.tolist(), "rebalance": self.rebalance},
@@ -160,9 +168,14 @@ class Decider:
     decisions, so a recommendation from an earlier outage never holds a
     scale-down now. The policy is consulted only with trusted metrics, so its
     load history holds only intervals whose metrics were good.
+
+    ``fallback`` is the HPA the decider falls back to (default
+    ``HPAPolicy(scenario)``); a backend whose decision interval is not the
+    60 s the HPA defaults are tuned for passes one with rescaled windows
+    (``rlscale.clusters.local.baselines.scaled_policy("hpa", scenario)``).
     """
 
-    def __init__(self, scenario: Scenario, policy: Any, config: GuardConfig) -> None:
+    def __init__(self, scenario: Scenario, policy: Any, config: GuardConfig, fallback: Any | None = None) -> None:
         services = tuple(s.name for s in scenario.services)
         if config.services != services:
             raise ConfigError(f"guard rails are for services {list(config.services)}, the scenario has {list(services)}")
@@ -171,7 +184,7 @@ class Decider:
         self.config = config
         self.services = services
         self.mismatch = model_mismatch(policy, scenario)
-        self.fallback = HPAPolicy(scenario)
+        self.fallback = fallback if fallback is not None else HPAPolicy(scenario)
         self._falling_back = False
         policy.reset(1)
 
@@ -185,13 +198,18 @@ class Decider:
         source: str = "loop",
         fresh: bool = False,
         history_rps: np.ndarray | None = None,
+        degraded: bool = False,
     ) -> Decision:
-        """Decide for one cluster (N = 1). ``fresh`` forgets all history first (the API's per-request decision)."""
+        """Decide for one cluster (N = 1). ``fresh`` forgets all history first (the API's per-request decision).
+
+        ``degraded``: the backend says the sample came from its fallback
+        source (``MetricsSample.degraded``), so the HPA rule decides.
+        """
         t0 = time.perf_counter()
         if fresh:
             self.policy.reset(1)
             self._falling_back = False
-        assessment = assess(metrics, age_s, self.config)
+        assessment = assess(metrics, age_s, self.config, degraded=degraded)
         if assessment.reason is None and self.mismatch is not None:
             assessment = Assessment(MODEL_MISMATCH, self.mismatch)
         current = current_replicas(metrics, assessment, state, self.config)
@@ -237,6 +255,7 @@ class Decider:
             adjustments=adjustments,
             latency_s=latency,
             services=self.services,
+            degraded=degraded,
         )
 
     def warm_up(self) -> None:

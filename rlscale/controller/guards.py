@@ -35,9 +35,10 @@ STALE_INTERVALS = 2.0
 METRICS_MISSING = "metrics_missing"
 METRICS_STALE = "metrics_stale"
 METRICS_INVALID = "metrics_invalid"
+METRICS_DEGRADED = "metrics_degraded"
 MODEL_MISMATCH = "model_mismatch"
 POLICY_ERROR = "policy_error"
-FALLBACK_REASONS = (METRICS_MISSING, METRICS_STALE, METRICS_INVALID, MODEL_MISMATCH, POLICY_ERROR)
+FALLBACK_REASONS = (METRICS_MISSING, METRICS_STALE, METRICS_INVALID, METRICS_DEGRADED, MODEL_MISMATCH, POLICY_ERROR)
 
 # Guard names: the Prometheus label values and the audit log's adjustments[].guard.
 CLAMP = "clamp"
@@ -52,6 +53,8 @@ PER_SERVICE = ("arrivals_rps", "ready", "desired", "utilisation", "latency_p95_s
 PER_POOL = ("nodes_ready", "nodes_provisioning", "packing")
 CLUSTER_WIDE = ("time_s", "cost_rate_usd_h", "hot_spot", "rebalancing")
 METRIC_FIELDS = tuple(f.name for f in fields(Metrics))
+LATENCY_FIELDS = ("latency_p95_s",)
+"""Readings a backend may not have (a load balancer's own counters carry no percentiles): unknown, not garbage."""
 
 FIXED_LIMITS = {
     "arrivals_rps": 1e9,
@@ -189,29 +192,41 @@ class Assessment:
     bad_services: np.ndarray | None = None
 
 
-def assess(metrics: Metrics | None, age_s: float | None, config: GuardConfig) -> Assessment:
+def assess(metrics: Metrics | None, age_s: float | None, config: GuardConfig, degraded: bool = False) -> Assessment:
     """Check one cluster's metrics (N = 1): present, fresh, finite, non-negative and in range.
 
     Missing fields (None) or no sample at all: ``metrics_missing``; an age
     beyond ``stale_after_s``, unknown or negative: ``metrics_stale``; NaN,
     infinite, negative, out of range or misshapen values: ``metrics_invalid``.
     ``bad_services`` marks the services whose own readings are unusable.
+
+    Latency is the exception to "missing or NaN is unusable": a backend that
+    lost its metrics store still counts arrivals and busy slots, and the HPA
+    rule needs only those. A sample the backend marks ``degraded``, or whose
+    only missing or NaN readings are latencies (``LATENCY_FIELDS``), is
+    ``metrics_degraded``: not good enough for the policy, good enough for HPA
+    (its services are not marked bad). Any other problem in the same sample
+    takes precedence.
     """
     if metrics is None:
         return Assessment(METRICS_MISSING, "no metrics sample")
-    missing = [name for name in METRIC_FIELDS if getattr(metrics, name) is None]
+    absent = [name for name in METRIC_FIELDS if getattr(metrics, name) is None]
+    missing = [name for name in absent if name not in LATENCY_FIELDS]
     if missing:
         return Assessment(METRICS_MISSING, f"missing fields: {', '.join(missing)}")
     if age_s is None or not math.isfinite(age_s) or age_s < 0:
         return Assessment(METRICS_STALE, f"metrics age {age_s!r} s is unknown or in the future")
     if age_s > config.stale_after_s:
         return Assessment(METRICS_STALE, f"metrics are {age_s:g} s old (limit {config.stale_after_s:g} s)")
-    if _all_in_range(metrics, config):
+    if not absent and not degraded and _all_in_range(metrics, config):
         return Assessment(None)
     problems: list[str] = []
+    unknown = list(absent)
     bad = np.zeros(len(config.services), dtype=bool)
     for name in METRIC_FIELDS:
         raw = getattr(metrics, name)
+        if raw is None:
+            continue
         value = np.asarray(raw, dtype=np.float64) if _numeric(raw) else None
         shape = config._shape(name)
         if value is None or value.shape != shape:
@@ -223,12 +238,19 @@ def assess(metrics: Metrics | None, age_s: float | None, config: GuardConfig) ->
             wrong = ~np.isfinite(value) | (value < 0) | (value > config._upper(name))
             if name == "desired":
                 wrong |= np.abs(value - np.rint(value)) > 1e-6
+            if name in LATENCY_FIELDS and np.isnan(value).any():
+                unknown.append(name)
+                wrong &= ~np.isnan(value)
         if wrong.any():
             problems.append(f"{name}={_fmt_values(value)} is not finite, negative or out of range")
             if name in PER_SERVICE:
                 bad |= wrong[0]
     if problems:
         return Assessment(METRICS_INVALID, "; ".join(problems), bad)
+    if degraded or unknown:
+        head = ["the backend marked the sample degraded"] if degraded else []
+        tail = [f"{', '.join(unknown)} not measured"] if unknown else []
+        return Assessment(METRICS_DEGRADED, "; ".join(head + tail) + "; the HPA rule acts on utilisation")
     return Assessment(None)
 
 
@@ -298,7 +320,10 @@ def fallback_metrics(metrics: Metrics | None, assessment: Assessment, current: n
 
     HPA skips a service whose utilisation is NaN (Kubernetes skips a cycle
     without metrics), so a service with any unusable reading, or every service
-    when the whole sample is missing or stale, is held at ``current``.
+    when the whole sample is missing or stale, is held at ``current``. A
+    ``metrics_degraded`` sample holds nobody: HPA reads only utilisation,
+    ready and desired, which such a sample has (a service whose utilisation
+    is itself unknown is still held).
     """
     S, P = len(config.services), len(config.max_nodes)
 

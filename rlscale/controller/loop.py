@@ -73,7 +73,9 @@ class ControlLoop:
         now = self.cluster.now()
         metrics = None if sample is None else sample.metrics
         age = None if sample is None else now - float(sample.observed_at)
-        decision = self.decider.decide(metrics, age, now, self.state, source="loop")
+        degraded = sample is not None and bool(sample.degraded)
+        decision = self.decider.decide(metrics, age, now, self.state, source="loop", degraded=degraded)
+        decision.metrics_source = None if sample is None else sample.source
         error = None
         if decision.replicas is not None and not self.dry_run:
             action = Action(replicas=decision.replicas[None].copy(), rebalance=np.array([decision.rebalance], dtype=np.int64))

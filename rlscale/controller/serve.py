@@ -2,8 +2,11 @@
 
 The main thread owns the signals: SIGTERM/SIGINT set a stop event that the
 loop checks between decisions, so the decision in progress is finished,
-applied and logged; then the server is stopped, the audit log is flushed
-and closed, the summary is written, and the process exits 0.
+applied and logged; then the server is stopped, the cluster is closed (for
+``--cluster local``: every process it started), the audit log is flushed
+and closed, the summary is written, and the process exits 0. The handlers
+are in place before a cluster is opened, so a signal during start-up stops
+the run as soon as the cluster is up, and it is closed all the same.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import signal
 import socket
@@ -19,9 +23,9 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rlscale.config import ConfigError, Scenario, load_scenario
 from rlscale.controller.audit import AuditLog
@@ -29,7 +33,7 @@ from rlscale.controller.decision import Decider
 from rlscale.controller.guards import GuardConfig
 from rlscale.controller.telemetry import Telemetry
 
-CLUSTERS = ("sim", "none")
+CLUSTERS = ("sim", "local", "none")
 
 
 @dataclass
@@ -55,6 +59,7 @@ class ServeOptions:
     max_change_per_minute: int | None = None
     scale_down_cooldown: float = 0.0
     stale_after: float | None = None
+    run_dir: str | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -79,8 +84,14 @@ class LoadedPolicy:
     make: Any  # () -> a fresh Policy instance
 
 
-def load_policy(model: str | None, policy: str | None, scenario: Scenario) -> LoadedPolicy:
-    """``--model DIR`` (or ``--policy ppo:DIR``): an exported PPO policy; ``--policy NAME``: a baseline."""
+def load_policy(
+    model: str | None, policy: str | None, scenario: Scenario, baseline: Callable[[str, Scenario], Any] | None = None
+) -> LoadedPolicy:
+    """``--model DIR`` (or ``--policy ppo:DIR``): an exported PPO policy; ``--policy NAME``: a baseline.
+
+    ``baseline`` builds a baseline from its spec (default ``make_policy``; the
+    local cluster passes ``scaled_policy``).
+    """
     if model and policy:
         raise ConfigError("--model and --policy: give one of them, not both")
     if policy and policy.startswith("ppo:"):
@@ -99,8 +110,9 @@ def load_policy(model: str | None, policy: str | None, scenario: Scenario) -> Lo
         from rlscale.policies import make_policy
 
         spec = policy
-        make_policy(spec, scenario)
-        return LoadedPolicy(spec, __version__, lambda: make_policy(spec, scenario))
+        build = baseline or make_policy
+        build(spec, scenario)
+        return LoadedPolicy(spec, __version__, lambda: build(spec, scenario))
     raise ConfigError("serve: give --model models/NAME (an exported policy) or --policy hpa|static|target_tracking|predictive")
 
 
@@ -155,6 +167,43 @@ class _Server:
         self.thread.join(timeout=10)
 
 
+def local_settings(interval: float) -> Any:
+    """``LocalSettings`` for ``--interval``, with a one-line error naming the flag when the interval is too short."""
+    from rlscale.clusters.local import LocalSettings
+
+    floor = 2 * LocalSettings.scrape_s
+    if not interval >= floor:
+        raise ConfigError(f"--interval {interval:g}: the local cluster needs at least {floor:g} s (two Prometheus scrapes per interval)")
+    return LocalSettings(interval_s=interval)
+
+
+def open_cluster(opts: ServeOptions, scenario: Scenario, interval: float) -> Any:
+    """The cluster the loop drives (None for ``--cluster none``); the local one is running and ready when this returns."""
+    if opts.cluster == "sim":
+        from rlscale.clusters.simulated import SimulatedCluster
+
+        return SimulatedCluster(scenario, seed=opts.seed, steps=opts.steps, speedup=opts.speedup)
+    if opts.cluster == "local":
+        from rlscale.clusters.local import open_local_cluster
+
+        try:
+            run_dir = None if opts.run_dir is None else Path(opts.run_dir).resolve()  # HAProxy needs an absolute socket path
+            return open_local_cluster(scenario, run_dir, local_settings(interval))
+        except RuntimeError as err:
+            raise ConfigError(f"--cluster local: {err}") from None
+    return None
+
+
+def describe_local(cluster: Any) -> dict[str, Any]:
+    """Where to reach a local cluster: one URL per service, Prometheus, the run directory (also ``<run-dir>/cluster.json``)."""
+    return {
+        "services": {name: cluster.url(name) for name in cluster.services()},
+        "prometheus": cluster.prometheus_url,
+        "run_dir": str(cluster.run_dir),
+        "serve_pid": os.getpid(),
+    }
+
+
 def serve(opts: ServeOptions) -> int:
     """Run ``rlscale serve`` until done or signalled; returns the exit code."""
     if opts.cluster not in CLUSTERS:
@@ -169,18 +218,25 @@ def serve(opts: ServeOptions) -> int:
     config = GuardConfig.from_scenario(
         scenario, interval, opts.max_step_change, opts.max_change_per_minute, opts.scale_down_cooldown, opts.stale_after
     )
-    loaded = load_policy(opts.model, opts.policy, scenario)
-    loop_decider = Decider(scenario, loaded.make(), config)
-    api_decider = Decider(scenario, loaded.make(), config)
+    baseline: Callable[[str, Scenario], Any] | None = None
+    if opts.cluster == "local":
+        from rlscale.clusters.local.baselines import scaled_policy
+
+        local_settings(interval)
+        baseline = scaled_policy
+    loaded = load_policy(opts.model, opts.policy, scenario, baseline)
+
+    def fallback() -> Any:
+        """The HPA a decider falls back to: rescaled like the baselines on the local cluster, Decider's default elsewhere."""
+        return None if baseline is None else baseline("hpa", scenario)
+
+    loop_decider = Decider(scenario, loaded.make(), config, fallback=fallback())
+    api_decider = Decider(scenario, loaded.make(), config, fallback=fallback())
     loop_decider.warm_up()
     api_decider.warm_up()
     telemetry = Telemetry(config.services, loaded.name, loaded.version, opts.dry_run)
+    cluster: Any = open_cluster(opts, scenario, interval) if opts.cluster == "sim" else None
 
-    cluster = None
-    if opts.cluster == "sim":
-        from rlscale.clusters.simulated import SimulatedCluster
-
-        cluster = SimulatedCluster(scenario, seed=opts.seed, steps=opts.steps, speedup=opts.speedup)
     run_id = uuid.uuid4().hex[:12]
     audit = AuditLog(opts.audit_log, run=run_id)
     try:
@@ -194,14 +250,8 @@ def serve(opts: ServeOptions) -> int:
         print(f"warning: {loaded.name}: {loop_decider.mismatch}; every decision falls back to the HPA rule", file=sys.stderr)
 
     stop = threading.Event()
-    loop = None
-    if cluster is not None:
-        from rlscale.controller.loop import ControlLoop
-
-        loop = ControlLoop(
-            cluster, loop_decider, audit, telemetry, interval_s=interval, speedup=cluster.speedup,
-            steps=opts.steps, dry_run=opts.dry_run, stop=stop,
-        )
+    loop: Any = None
+    server: _Server | None = None
 
     def status() -> dict[str, Any]:
         if loop is None:
@@ -209,29 +259,46 @@ def serve(opts: ServeOptions) -> int:
         state = "done" if loop.completed else "stopping" if stop.is_set() else "running"
         return {"loop": state, "decisions": loop.decisions}
 
-    from rlscale.controller.api import create_app
-
-    app = create_app(api_decider, telemetry, audit, token=opts.token, status=status, policy_name=loaded.name)
     audit.write({
         "kind": "event", "event": "start", "policy": loaded.name, "version": loaded.version,
         "cluster": opts.cluster, "scenario": scenario.name, "seed": opts.seed, "dry_run": opts.dry_run,
         "guards": config.to_dict(), "model_mismatch": loop_decider.mismatch, "repaired_torn_line_bytes": audit.repaired_bytes,
     })
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    server = _Server(app, sock)
     try:
+        if opts.cluster == "local":
+            if not logging.getLogger().handlers:  # the backend's warnings (a dead worker, a Prometheus outage), timestamped
+                logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            cluster = open_cluster(opts, scenario, interval)
+        if cluster is not None:
+            from rlscale.controller.loop import ControlLoop
+
+            loop = ControlLoop(
+                cluster, loop_decider, audit, telemetry, interval_s=interval, speedup=getattr(cluster, "speedup", 1.0),
+                steps=opts.steps, dry_run=opts.dry_run, stop=stop,
+            )
+        from rlscale.controller.api import create_app
+
+        app = create_app(api_decider, telemetry, audit, token=opts.token, status=status, policy_name=loaded.name)
+        server = _Server(app, sock)
         server.start()
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in str(host) else host
         print(f"rlscale serve: {loaded.name} on cluster {opts.cluster} ({scenario.name}); listening on http://{shown}:{port}", flush=True)
-        if loop is not None:
+        if opts.cluster == "local":
+            where = describe_local(cluster)
+            write_json_atomic(Path(where["run_dir"]) / "cluster.json", where)
+            urls = ", ".join(f"{name} {url}" for name, url in where["services"].items())
+            print(f"local cluster: {urls}; prometheus {where['prometheus']}; run dir {where['run_dir']}", flush=True)
+        if loop is not None and not stop.is_set():
             loop.run()
         if loop is None or opts.keep_serving:
             stop.wait()
     finally:
-        server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if server is not None:
+            server.stop()
+        else:
+            sock.close()
         result: dict[str, Any] = {
             "run": run_id, "policy": loaded.name, "version": loaded.version, "cluster": opts.cluster,
             "scenario": scenario.name, "seed": opts.seed, "dry_run": opts.dry_run,
@@ -242,10 +309,20 @@ def serve(opts: ServeOptions) -> int:
         totals = getattr(cluster, "totals", None)
         if totals is not None:
             result["metrics"] = totals()
+        if cluster is not None:
+            try:
+                cluster.close()
+            except Exception as err:  # noqa: BLE001 - still close the audit log and write the summary
+                print(f"error: closing the {opts.cluster} cluster: {type(err).__name__}: {err}", file=sys.stderr)
+                result["close_error"] = f"{type(err).__name__}: {str(err)[:200]}"
+        if opts.cluster == "local" and cluster is not None:
+            result["local"] = {
+                "run_dir": str(cluster.run_dir), "counters": asdict(cluster.counters), "started_pids": cluster.started_pids(),
+            }
         audit.write({"kind": "event", "event": "stop", "summary": result})
         audit.close()
-        if cluster is not None:
-            cluster.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if opts.summary:
             write_json_atomic(Path(opts.summary), result)
     return 0

@@ -17,9 +17,10 @@ thread owns every process and reconciles, every ``tick_s`` (0.2 s):
   dynamic servers are then registered again); runtime API errors are retried
   with back-off and never stop the loop;
 * **rebalance**: ``spread`` sets server weights inversely to each worker's
-  measured service time; ``consolidate`` restarts the slowest worker (drain,
-  then a fresh replacement), which costs its cold start, as a move does in
-  the simulator.
+  measured service time; ``consolidate`` does nothing: each worker is its
+  own node (``envs/local.yaml`` has one replica per node), so there is
+  nothing to pack and no node to free, which is also what the simulator does
+  with one-replica nodes.
 
 ``read_metrics`` queries Prometheus (rates over one interval). When
 Prometheus cannot answer it falls back to HAProxy's own ``show stat``
@@ -53,7 +54,7 @@ from rlscale.clusters.local import prometheus as prom
 from rlscale.clusters.local.procs import Child, ProcessTable, free_port, require_binary
 from rlscale.clusters.local.settings import LocalSettings
 from rlscale.config import ConfigError, Scenario, load_scenario
-from rlscale.spaces import REBALANCE_CONSOLIDATE, REBALANCE_SPREAD, Action, Metrics
+from rlscale.spaces import REBALANCE_SPREAD, Action, Metrics
 
 log = logging.getLogger("rlscale.clusters.local")
 
@@ -74,7 +75,6 @@ class Worker:
     registered: bool = False
     down_since: float | None = None
     retry_at: float = 0.0
-    replacement: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ class LocalCluster:
         with self._lock:
             for name, value in zip(self._names, clipped):
                 self._desired[name] = int(value)
-            if rebalance in (REBALANCE_CONSOLIDATE, REBALANCE_SPREAD):
+            if rebalance == REBALANCE_SPREAD:
                 self._requests.append(rebalance)
 
     def desired(self) -> dict[str, int]:
@@ -377,7 +377,7 @@ class LocalCluster:
             starting={n: sum(w.state == STARTING for w in ws) for n, ws in self._workers.items()},
             ready={n: sum(w.state == READY for w in ws) for n, ws in self._workers.items()},
             draining={n: sum(w.state == DRAINING for w in ws) for n, ws in self._workers.items()},
-            rebalancing=any(w.replacement and w.state == STARTING for ws in self._workers.values() for w in ws),
+            rebalancing=False,
             ready_names={n: frozenset(w.name for w in ws if w.state == READY) for n, ws in self._workers.items()},
         )
         self.counters.worker_seconds += dt * sum(len(ws) for ws in self._workers.values())
@@ -506,8 +506,6 @@ class LocalCluster:
         for verb in requests:
             if verb == REBALANCE_SPREAD:
                 self._spread()
-            elif verb == REBALANCE_CONSOLIDATE:
-                self._consolidate()
 
     def _spread(self) -> None:
         """Weights inversely proportional to each worker's measured service time (100 = average)."""
@@ -524,17 +522,6 @@ class LocalCluster:
                 except hap.HAProxyError as err:
                     self.counters.haproxy_errors += 1
                     log.warning("set weight %s/%s failed: %s", name, w.name, err)
-
-    def _consolidate(self) -> None:
-        """Restart the slowest ready worker: drain it now, ``_scale`` starts its replacement."""
-        for name, ws in self._workers.items():
-            ready = [w for w in ws if w.state == READY]
-            if len(ready) < 2:
-                continue
-            victim = max(ready, key=lambda w: self._service_time.get((name, w.name), 0.0))
-            self._drain(victim)
-            spare = self._spawn_worker(name)
-            spare.replacement = True
 
     def _scale(self, t: float, stats: list[hap.ServerStat] | None) -> None:
         desired = self.desired()
@@ -789,7 +776,7 @@ def open_local_cluster(
         initial = [int(r) for r in initial_replicas]
         if len(initial) != len(sc.services):
             raise ConfigError(f"initial_replicas: expected {len(sc.services)} values (one per service), got {len(initial)}")
-    path = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="rlscale-local-"))
+    path = Path(run_dir).resolve() if run_dir is not None else Path(tempfile.mkdtemp(prefix="rlscale-local-"))
     cluster = LocalCluster(sc, path, settings or LocalSettings(), initial)
     _open.add(cluster)
     cluster.start(wait_ready=wait_ready, timeout_s=timeout_s)
