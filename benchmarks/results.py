@@ -59,6 +59,36 @@ def section(title: str, data: dict, note: str = "") -> list[str]:
 GENERALISATION = PROJECT_ROOT / "envs" / "generalisation" / "web-diurnal-flash.yaml"
 
 
+def local_cluster_section(path: Path) -> list[str]:
+    """The real local cluster's numbers, as measured by benchmarks/local_cluster.py (which takes minutes, so it is not rerun here)."""
+    import json
+
+    if not path.is_file():
+        return ["## Real local cluster", "", f"No measurement: run `python benchmarks/local_cluster.py ... --out {path.relative_to(PROJECT_ROOT)}`.", ""]
+    data = json.loads(path.read_text())
+    a = data["args"]
+    lines = ["## Real local cluster: HPA vs PPO on worker processes behind HAProxy, measured with Prometheus", "",
+             f"Measured by `python benchmarks/local_cluster.py --policy {a['policy']} --speedup {a['speedup']:g} "
+             f"--day-seconds {a['day_seconds']:g} --peak-rps {a['peak_rps']:g} --out docs/local-cluster-bench.json` "
+             f"(one run per policy and trace, decisions every {a['interval']:g} s, SLO p95 0.25 s). `web-diurnal` is its day "
+             f"compressed {a['speedup']:g}x; `flash` a flash crowd. Worker-seconds and `http_5xx` come from Prometheus, "
+             "latency and failures from the load generator.", "",
+             "| policy | trace | requests | worker_seconds | p95 latency (s, loadgen) | p95 (s, Prometheus) | slo_violation_rate | failed_requests |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in data["results"]:
+        lines.append(f"| `{r['policy']}` | {r['trace']} | {r['requests']} | {r['worker_seconds']:.0f} | {r['latency_p95_s']:.3f} | "
+                     f"{r['latency_p95_prom_s']:.3f} | {r['slo_violation_rate']:.3f} | {r['failed_requests']} |")
+    sim = data.get("simulated", {})
+    if sim:
+        lines += ["", "What the simulator predicted for the same policies on `envs/local.yaml`'s compressed day (10 seeds; "
+                  "its trace peaks at the scenario's `peak_rps`, the real run at `--peak-rps`):", "",
+                  "| policy | worker_seconds | slo_violation_rate | dropped_fraction |", "|---|---:|---:|---:|"]
+        for name, m in sim.items():
+            lines.append(f"| `{name}` | {m['worker_seconds']:.0f} | {m['slo_violation_rate']:.3f} | {m['dropped_fraction']:.4f} |")
+    lines.append("")
+    return lines
+
+
 def run(name: str, scenario: str, seeds: int, trace: str | None, reports: Path | None, model_for: str | None = None) -> dict:
     ppo = shipped_model(model_for or scenario)
     policies = [*([ppo] if ppo else []), *BASELINES, "oracle"]
@@ -98,6 +128,7 @@ def main() -> int:
                         "`envs/generalisation/web-diurnal-flash.yaml`: the web-diurnal cluster and service with 4 flash "
                         "crowds a day of 2-5x (training saw at most 2 a day of 1.5-3x). The PPO policy is "
                         "`models/web-diurnal`, unchanged.")
+        body += local_cluster_section(PROJECT_ROOT / "docs" / "local-cluster-bench.json")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

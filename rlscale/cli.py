@@ -54,7 +54,7 @@ def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     """One column per policy, one row per DESIGN.md section 8 metric."""
     from rlscale.rollout import METRIC_NAMES
 
-    table = Table(title=title)
+    table = Table(title=title, min_width=len(title) + 4)
     table.add_column("metric")
     for name in rows:
         table.add_column(name, justify="right")
@@ -80,7 +80,7 @@ def simulate(
     scenario: str = typer.Option("web-diurnal", help="scenario name in envs/ or a YAML path"),
     policy: str = typer.Option("hpa", help="hpa | static | target_tracking | predictive | ppo:models/NAME"),
     steps: int | None = typer.Option(None, min=1, help="decision intervals (default: the scenario's episode)"),
-    seed: int = typer.Option(0, help="episode seed"),
+    seed: int = typer.Option(10_000, help="episode seed (10000 and up: never used in training)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Run one policy on one seeded episode: cost, SLO violations, drops, utilisation, scaling actions."""
