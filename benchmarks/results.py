@@ -147,11 +147,12 @@ def main() -> int:
         "",
         "The oracle knows each episode in advance and buys the least capacity that keeps every interval within the "
         "SLO (`rlscale/policies/oracle.py`); the oracle floor is a proven lower bound on what any policy meeting the "
-        "SLO everywhere pays, so the optimum lies between the two. In these results a policy costs less than the "
-        "oracle only on seeds where it also violates the SLO more often (`tests/test_oracle.py` checks this for every "
-        "scenario and seed). The oracle does not steer placement: it sizes each service for its first-choice pool and "
-        "never spreads replicas, so where a policy moves work onto a cheaper pool (in mixed-pools, the API onto spot "
-        "nodes) it can undercut the oracle at a small SLO cost.",
+        "SLO everywhere pays, so the optimum lies between the two. In single-service, single-pool scenarios a policy "
+        "costs less than the oracle only on seeds where it also violates the SLO more often (`tests/test_oracle.py` "
+        "checks this for every seed). With several services or pools the oracle is not exact: it does not steer "
+        "placement (it sizes each service for its first-choice pool and never spreads replicas), so a policy that "
+        "moves work onto a cheaper pool (in mixed-pools, onto spot nodes) can undercut it; there the proven floor is "
+        "the bound, and the tests check that no run that met the SLO cost less than the floor.",
         "",
         "Rerun after training: `python benchmarks/results.py` (add `--reports reports/results` for the full "
         "reports with plots and TensorBoard runs).",
