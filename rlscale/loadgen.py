@@ -19,18 +19,15 @@ and count as failed with status ``-1``). Loopback targets only.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import os
-import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rlscale.atomic import finite, write_json
 from rlscale.config import ConfigError, load_scenario
 from rlscale.workload import generate, load_csv
 
@@ -184,23 +181,12 @@ class LoadResult:
                 "latency_s": np.round(self.latency_s, 5).tolist(),
                 "status": self.status.tolist(),
             }
-        return _finite(out)
+        return finite(out)
 
 
 def _planned(p: Plan, width: float, n: int) -> np.ndarray:
     centres = (np.arange(n) + 0.5) * width
     return p.rates[np.minimum((centres // p.interval_s).astype(np.int64), p.rates.size - 1)]
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN: write null instead."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def check_target(url: str) -> str:
@@ -271,16 +257,6 @@ async def _run(send: np.ndarray, target: str, latency: np.ndarray, status: np.nd
             await asyncio.wait(list(tasks), timeout=timeout_s + 1.0)
         wall = loop.time() - start
     return wall, float(np.quantile(lateness, 0.99)) if send.size else 0.0
-
-
-def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
-    """Write atomically (temp file in the same directory, then rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, target)
 
 
 def run(

@@ -9,51 +9,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rlscale.atomic import finite, staged_dir
 from rlscale.evaluate import STEP_TAGS, Evaluation, format_estimate, run_name, summary
 from rlscale.rollout import METRIC_NAMES
 
 SECONDS_PER_DAY = 86_400.0
-
-
-# --------------------------------------------------------------------------- atomic folders
-
-
-@contextmanager
-def staged_dir(target: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary sibling of ``target``; on success it replaces ``target`` (else it is removed)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a report is for reading
-    try:
-        yield tmp
-        publish(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def publish(tmp: Path, target: Path) -> None:
-    """Swap ``tmp`` into ``target``: two renames, so ``target`` is always either the old or the new folder."""
-    old = None
-    if target.exists() or target.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / target.name)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- TensorBoard
@@ -260,20 +227,9 @@ def write_report(evaluation: Evaluation, out: Path, command: str | None = None) 
     data["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     data["versions"] = {"rlscale": __version__, "python": sys.version.split()[0], "numpy": np.__version__}
     plots = write_plots(evaluation, out)
-    (out / "results.json").write_text(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
+    (out / "results.json").write_text(json.dumps(finite(data), indent=2, allow_nan=False) + "\n")
     (out / "report.md").write_text(markdown(evaluation, data, command, plots))
     return data
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN: undefined numbers (a ratio to a zero cost) become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def write_outputs(

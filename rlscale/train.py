@@ -11,9 +11,6 @@ served policy would reach.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +24,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import HParam, configure
 from stable_baselines3.common.vec_env import VecNormalize
 
+from rlscale.atomic import staged_dir
 from rlscale.config import ConfigError, Scenario, TrainConfig, load_scenario
 from rlscale.policies.hpa import HPAPolicy
 from rlscale.policies.ppo import ExportedPolicy, PolicyWeights, PPOPolicy
@@ -152,25 +150,6 @@ def evaluate_weights(
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory's files into a temporary sibling, then swap it in: never half-written."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(tmp)
-        old = target.with_name(f".{target.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old.exists():
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_checkpoint(target: Path, model: PPO, env: VecNormalize, extra: dict[str, Any]) -> None:
     engine = env.venv.engine  # type: ignore[attr-defined]
 
@@ -184,7 +163,8 @@ def save_checkpoint(target: Path, model: PPO, env: VecNormalize, extra: dict[str
         }
         (tmp / "state.json").write_text(json.dumps(state, default=_json_default))
 
-    _atomic_dir(target, write)
+    with staged_dir(target) as tmp:
+        write(tmp)
 
 
 def _json_default(obj: Any) -> Any:

@@ -18,7 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from rlscale.config import ConfigError
 from rlscale.evaluate import STEP_TAGS, evaluate, make_config, parse_policies, policy_label, run_name
-from rlscale.report import figures, staged_dir, write_outputs
+from rlscale.atomic import staged_dir
+from rlscale.report import figures, write_outputs
 from rlscale.rollout import METRIC_NAMES
 from rlscale.stats import head_to_head, mean_ci, t_quantile
 

@@ -11,24 +11,14 @@ Non-finite numbers are written as ``null`` (JSON has no NaN); the decision's
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from rlscale.atomic import finite
 from rlscale.config import ConfigError
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def dumps(record: dict[str, Any]) -> str:
@@ -36,7 +26,7 @@ def dumps(record: dict[str, Any]) -> str:
     try:
         return json.dumps(record, separators=(",", ":"), allow_nan=False)
     except ValueError:
-        return json.dumps(_finite(record), separators=(",", ":"), allow_nan=False)
+        return json.dumps(finite(record), separators=(",", ":"), allow_nan=False)
 
 
 def repair_torn_tail(path: Path) -> int:

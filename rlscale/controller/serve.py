@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import logging
 import os
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -27,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from rlscale.atomic import write_json
 from rlscale.config import ConfigError, Scenario, load_scenario
 from rlscale.controller.audit import AuditLog
 from rlscale.controller.decision import Decider
@@ -129,19 +128,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as err:
         raise ConfigError(f"--host {host} --port {port}: cannot listen ({err.strerror or err})") from None
     return sock
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _Server:
@@ -287,7 +273,7 @@ def serve(opts: ServeOptions) -> int:
         print(f"rlscale serve: {loaded.name} on cluster {opts.cluster} ({scenario.name}); listening on http://{shown}:{port}", flush=True)
         if opts.cluster == "local":
             where = describe_local(cluster)
-            write_json_atomic(Path(where["run_dir"]) / "cluster.json", where)
+            write_json(Path(where["run_dir"]) / "cluster.json", where)
             urls = ", ".join(f"{name} {url}" for name, url in where["services"].items())
             print(f"local cluster: {urls}; prometheus {where['prometheus']}; run dir {where['run_dir']}", flush=True)
         if loop is not None and not stop.is_set():
@@ -324,5 +310,5 @@ def serve(opts: ServeOptions) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if opts.summary:
-            write_json_atomic(Path(opts.summary), result)
+            write_json(Path(opts.summary), result)
     return 0

@@ -9,6 +9,7 @@ deterministic ``predict`` for an ``MlpPolicy`` over a ``MultiDiscrete`` action.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from rlscale.atomic import staged_dir
 from rlscale.config import MODELS_DIR, ConfigError, Scenario
 from rlscale.spaces import Action, ActionDecoder, ActionSpec, Metrics, ObservationBuilder, ObsSpec
 
@@ -205,13 +207,7 @@ def make_policy(path: str, scenario: Scenario) -> PPOPolicy:
 
 def write_exported(out: str | Path, weights: PolicyWeights, card: dict[str, Any]) -> Path:
     """Write ``policy.npz`` + ``card.json`` into ``out`` atomically (a temp sibling renamed into place)."""
-    import io
-    import os
-    import shutil
-    import tempfile
-
     target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez(buf, **weights.to_arrays())
     data = buf.getvalue()
@@ -221,17 +217,7 @@ def write_exported(out: str | Path, weights: PolicyWeights, card: dict[str, Any]
         "network": {"activation": weights.activation, "layers": len(weights.layers)},
         "policy_sha256": hashlib.sha256(data).hexdigest(),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        tmp.chmod(0o755)
+    with staged_dir(target) as tmp:
         (tmp / "policy.npz").write_bytes(data)
         (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-        old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

@@ -45,7 +45,8 @@ import yaml
 from rlscale.clusters.local.backend import open_local_cluster
 from rlscale.clusters.local.settings import LocalSettings
 from rlscale.config import ConfigError, Scenario, load_scenario, parse_model
-from rlscale.loadgen import Plan, closed_loop, replay, write_json
+from rlscale.atomic import write_json
+from rlscale.loadgen import Plan, closed_loop, replay
 from rlscale.spaces import Action
 from rlscale.workload import generate
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import yaml
+
+from rlscale.atomic import write_json
 
 
 class PrometheusError(RuntimeError):
@@ -43,10 +43,7 @@ def render_config(exporter_target: str, targets_file: Path, scrape_s: float) -> 
 
 def write_targets(path: Path, targets: list[dict[str, object]]) -> None:
     """Atomically replace the file_sd JSON (a half-written file would drop every worker)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".targets-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(targets, fh)
-    os.replace(tmp, path)
+    write_json(path, targets, indent=None)
 
 
 def worker_target(host: str, port: int, service: str, worker: str) -> dict[str, object]:
