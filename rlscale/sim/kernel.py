@@ -23,6 +23,7 @@ Approximations, chosen to be simple and conservative:
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 from numba import njit, prange
@@ -87,7 +88,7 @@ def _normal(key: np.uint64, t: int, m: int) -> float:
     return (u1 + u2 - 1.0) * 2.449489742783178
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _used(n, m, rep, svc_f, col):
     total = 0.0
     for s in range(rep.shape[1]):
@@ -95,7 +96,7 @@ def _used(n, m, rep, svc_f, col):
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _fits_on(n, s, m, rep, svc_f, pool_f, node_pool):
     p = node_pool[m]
     eps = 1e-9
@@ -108,7 +109,7 @@ def _fits_on(n, s, m, rep, svc_f, pool_f, node_pool):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _add_warming(n, s, m, count, rep, warming, warm_left, node_state, node_f, svc_f):
     if count <= 0:
         return
@@ -119,7 +120,7 @@ def _add_warming(n, s, m, count, rep, warming, warm_left, node_state, node_f, sv
     node_f[n, m, N_IDLE] = 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _remove_from_node(n, s, m, count, rep, warming, warm_left):
     """Remove replicas from one node, warming ones first."""
     w = min(count, warming[n, s, m])
@@ -129,7 +130,7 @@ def _remove_from_node(n, s, m, count, rep, warming, warm_left):
     rep[n, s, m] -= count
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _place(n, s, rep, warming, warm_left, node_state, node_f, svc_f, pool_f, pool_range, node_pool, pref, fits, svc_i):
     """First fit in pool preference order; opens a node (cluster-autoscaler style) when nothing fits."""
     P = pool_f.shape[0]
@@ -170,7 +171,7 @@ def _place(n, s, rep, warming, warm_left, node_state, node_f, svc_f, pool_f, poo
         svc_i[n, s, I_UNPLACED] -= 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _scale_to(n, s, desired, rep, warming, warm_left, node_state, node_f, svc_f, svc_i):
     """Add unplaced replicas, or remove them the way a Kubernetes ReplicaSet picks victims.
 
@@ -211,7 +212,7 @@ def _scale_to(n, s, desired, rep, warming, warm_left, node_state, node_f, svc_f,
         excess -= 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _apply_layout(n, new, rep, warming, warm_left, node_state, node_f, svc_f):
     """Move to a new replica layout on ready nodes; moved replicas restart (cold start)."""
     S, M = rep.shape[1], rep.shape[2]
@@ -234,7 +235,7 @@ def _apply_layout(n, new, rep, warming, warm_left, node_state, node_f, svc_f):
     return moved
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _rebalance(n, verb, rep, warming, warm_left, node_state, node_f, svc_f, pool_f, node_pool, pref, new):
     """consolidate: first-fit-decreasing into the fullest nodes; spread: even out replicas per node."""
     S, M = rep.shape[1], rep.shape[2]
@@ -303,7 +304,7 @@ def _rebalance(n, verb, rep, warming, warm_left, node_state, node_f, svc_f, pool
     return moved
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _queue_p95(rho, c, rate, service_s):
     """p95 response of an M/M/c queue: the slow-node service time plus the wait tail (Sakasegawa's P(wait))."""
     if rho >= 0.999:
@@ -554,7 +555,7 @@ def _step_batch(
         t[n] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def reset_cluster(
     n, desired0, pool_f, pool_range, node_pool, svc_f, pref, fits,
     node_state, node_f, rep, warming, warm_left, svc_i, backlog, rebalance_left, t,
@@ -587,8 +588,16 @@ def reset_cluster(
             warm_left[n, s, m] = 0.0
 
 
+def _renamed(func, name: str):
+    """A copy of ``func`` under another name: numba's on-disk cache is keyed by the function's name,
+    so the serial and the parallel compilation of one function would otherwise load each other."""
+    copy = types.FunctionType(func.__code__, func.__globals__, name, func.__defaults__, func.__closure__)
+    copy.__qualname__ = name
+    return copy
+
+
 step_serial = njit(cache=True)(_step_batch)
-step_parallel = njit(cache=True, parallel=True)(_step_batch)
+step_parallel = njit(cache=True, parallel=True)(_renamed(_step_batch, "_step_batch_parallel"))
 PARALLEL_FROM = 256
 
 
