@@ -184,3 +184,31 @@ def test_bad_training_config_is_one_line_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "n_steps" in proc.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_consistent_checkpoint_and_exits_0(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    config = tmp_path / "ppo-tiny.yaml"
+    config.write_text(
+        "scenario: web-diurnal\nn_envs: 4\nn_timesteps: 5000000\nepisode_steps: 120\nn_steps: 128\n"
+        "batch_size: 256\nn_epochs: 2\neval: {freq: 1024, seeds: 1, episode_steps: 30}\n"
+    )
+    proc = subprocess.Popen(
+        [RLSCALE, "train", "--config", str(config), "--logdir", str(tmp_path / "runs"), "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    run = tmp_path / "runs" / "ppo-web-diurnal-s0"
+    deadline = time.monotonic() + 120
+    while not (run / "best").is_dir() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert (run / "best").is_dir(), "training never reached its first evaluation"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted; checkpoint saved" in out
+    state = json.loads((run / "last" / "state.json").read_text())
+    assert 0 < state["num_timesteps"] < 5_000_000
+    assert not list(run.glob(".last.*")), "no half-written checkpoint is left behind"
