@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from machine import cpu_model  # benchmarks/machine.py
+
 N_VALUES = (1, 64, 1024)
 KERNELS = {"serial": 10**12, "parallel": 0}  # value of kernel.PARALLEL_FROM that forces each kernel
 
@@ -36,17 +38,8 @@ KERNELS = {"serial": 10**12, "parallel": 0}  # value of kernel.PARALLEL_FROM tha
 def machine() -> dict[str, Any]:
     import numba
 
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "numba_threads": numba.config.NUMBA_NUM_THREADS,
         "python": platform.python_version(),
