@@ -13,9 +13,9 @@ import numpy as np
 
 from rlscale.config import Scenario
 from rlscale.episode import ClusterEpisodes, RewardTerms
+from rlscale.policies.base import Policy
 from rlscale.sim import StepResult
 from rlscale.sim import kernel as K
-from rlscale.spaces import Action, Metrics
 
 METRIC_NAMES = (
     "cost_usd",
@@ -27,16 +27,6 @@ METRIC_NAMES = (
     "episode_reward",
 )
 SERIES_NAMES = ("arrivals_rps", "replicas", "nodes", "latency_p95_s", "slo_s", "cost_rate_usd_h", "capacity_rps")
-
-
-class ActingPolicy:
-    """What rollout needs of a policy (the Policy protocol of ``rlscale.policies``)."""
-
-    name: str
-
-    def reset(self, n: int = 1) -> None: ...
-
-    def act(self, metrics: Metrics) -> Action: ...
 
 
 @dataclass
@@ -89,7 +79,7 @@ class EpisodeTotals:
 
 def run_policy(
     scenario: Scenario | str,
-    policy: ActingPolicy,
+    policy: Policy,
     seeds: list[int],
     *,
     steps: int | None = None,

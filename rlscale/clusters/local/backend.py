@@ -42,6 +42,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -311,14 +312,7 @@ class LocalCluster:
             self.socket_path.unlink()
         child = self._procs.spawn("haproxy", [self.haproxy_bin, "-db", "-f", str(self.run_dir / "haproxy.cfg")],
                                   self.run_dir / "logs" / "haproxy.log")
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            if not child.alive():
-                raise RuntimeError(f"haproxy exited at start (code {child.exit_code()}): {child.log_tail()}")
-            if self.admin.ping():
-                return child
-            time.sleep(0.05)
-        raise RuntimeError(f"haproxy did not open its admin socket within 10 s: {child.log_tail()}")
+        return _wait_started(child, "haproxy", self.admin.ping, 10.0, 0.05, "open its admin socket")
 
     def _spawn_prometheus(self) -> Child:
         argv = [
@@ -330,14 +324,7 @@ class LocalCluster:
             "--log.level=warn",
         ]
         child = self._procs.spawn("prometheus", argv, self.run_dir / "logs" / "prometheus.log")
-        deadline = time.monotonic() + 30.0
-        while time.monotonic() < deadline:
-            if not child.alive():
-                raise RuntimeError(f"prometheus exited at start (code {child.exit_code()}): {child.log_tail()}")
-            if self.prom.ready():
-                return child
-            time.sleep(0.1)
-        raise RuntimeError(f"prometheus was not ready within 30 s: {child.log_tail()}")
+        return _wait_started(child, "prometheus", self.prom.ready, 30.0, 0.1, "become ready")
 
     # ------------------------------------------------------------------ the supervisor
 
@@ -750,6 +737,18 @@ _open: "weakref.WeakSet[LocalCluster]" = weakref.WeakSet()
 def _close_all() -> None:
     for cluster in list(_open):
         cluster.close()
+
+
+def _wait_started(child: Child, name: str, ready: Callable[[], bool], timeout_s: float, poll_s: float, what: str) -> Child:
+    """Wait until a freshly spawned daemon answers ``ready()``; a clear error if it exits or times out first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise RuntimeError(f"{name} exited at start (code {child.exit_code()}): {child.log_tail()}")
+        if ready():
+            return child
+        time.sleep(poll_s)
+    raise RuntimeError(f"{name} did not {what} within {timeout_s:g} s: {child.log_tail()}")
 
 
 def open_local_cluster(
