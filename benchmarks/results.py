@@ -27,6 +27,8 @@ from rlscale.config import PROJECT_ROOT, ConfigError, scenario_names
 from rlscale.evaluate import BASELINES, HELD_OUT_SEED_BASE, evaluate, make_config, shipped_model, summary
 from rlscale.report import comparison_table, write_outputs
 
+from headroom import TARGET_RATIO, headroom, table as headroom_table
+
 TRACE = PROJECT_ROOT.parent / "shared" / "traces" / "alibaba2018-cpu-300s.csv"
 TRACE_SCENARIO = "web-diurnal"
 TRACE_CITATION = (
@@ -112,6 +114,12 @@ def main() -> int:
     start = time.perf_counter()
     body: list[str] = []
     try:
+        body += ["## Summary: how much room is there below HPA?", "",
+                 f"The target is a shipped policy at most {TARGET_RATIO:g} of HPA's cost with no more SLO violations. "
+                 "The oracle's column is the room any controller has without spending SLO; the tuned-baseline columns "
+                 "are what turning HPA's and the predictive policy's knobs reaches within HPA's SLO-violation rate and "
+                 "dropped fraction (`python benchmarks/headroom.py`, which sweeps them).", "",
+                 *headroom_table([headroom(name, args.seeds) for name in scenario_names()]), ""]
         for scenario in scenario_names():
             data = run(scenario, scenario, args.seeds, None, reports)
             body += section(scenario, data)

@@ -336,6 +336,9 @@ class TrainConfig(Strict):
     normalize: NormalizeSpec = NormalizeSpec()
     randomise: bool = True
     randomisation: RandomisationSpec | None = Field(default=None, description="overrides the scenario's")
+    reward: RewardSpec | None = Field(
+        default=None, description="overrides the scenario's reward weights for training (rl-zoo3's env_kwargs)"
+    )
     eval: EvalSpec = EvalSpec()
 
     @model_validator(mode="after")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rlscale import __version__
-from rlscale.config import TEST_SEED_BASE, ConfigError, TrainConfig, parse_model
+from rlscale.config import TEST_SEED_BASE, ConfigError, TrainConfig, load_scenario, parse_model
 from rlscale.policies.ppo import write_exported
 from rlscale.spaces import ActionSpec, ObsSpec
 
@@ -56,8 +56,9 @@ def export_run(run: Path, out: Path, *, seeds: int = EXPORT_SEEDS) -> dict[str, 
     if "config" not in state:
         raise ConfigError(f"{ckpt / 'state.json'}: missing field config")
     cfg = parse_model(TrainConfig, state["config"], str(ckpt / "state.json"))
-    scenario = training_scenario(cfg)
-    model, env, _ = load_checkpoint(ckpt, cfg, scenario)
+    model, env, _ = load_checkpoint(ckpt, cfg, training_scenario(cfg))
+    # cards describe and evaluate the scenario as served, not the training config's reward overrides
+    scenario = load_scenario(cfg.scenario)
     weights = weights_from_sb3(model, env)
     held_out = list(range(TEST_SEED_BASE, TEST_SEED_BASE + seeds))
     result = evaluate_weights(weights, scenario, held_out, cfg.eval.episode_steps)

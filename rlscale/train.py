@@ -36,10 +36,14 @@ CHECKPOINT_FILES = ("model.zip", "vecnormalize.pkl", "state.json")
 
 
 def training_scenario(cfg: TrainConfig) -> Scenario:
+    """The scenario as trained on: the file's, with the training config's overrides.
+
+    Reward weights are a training choice (where on the cost/SLO trade-off the
+    policy lands), so a config may move them without forking the scenario.
+    """
     sc = load_scenario(cfg.scenario)
-    if cfg.randomisation is not None:
-        sc = sc.model_copy(update={"randomisation": cfg.randomisation})
-    return sc
+    updates = {k: v for k, v in (("randomisation", cfg.randomisation), ("reward", cfg.reward)) if v is not None}
+    return sc.model_copy(update=updates) if updates else sc
 
 
 def learning_rate(value: float | str) -> float | Callable[[float], float]:

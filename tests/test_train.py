@@ -16,6 +16,7 @@ from rlscale.policies.ppo import deterministic_actions, load_exported, make_poli
 from rlscale.rollout import run_policy
 
 RLSCALE = str(Path(sys.executable).with_name("rlscale"))
+TRAINING_REWARD = {"cost_scale": 0.05, "w_slo": 4.0, "w_drop": 50.0, "w_churn": 0.002}
 EVAL_TAGS = {"eval/cost_usd", "eval/slo_violation_rate", "eval/dropped_fraction", "eval/utilisation", "eval/cost_vs_hpa"}
 
 
@@ -40,7 +41,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rlscale.train import train
 
     run = tmp_path_factory.mktemp("run") / "tiny"
-    outcome = train(tiny_config(), run, progress_bar=False)
+    outcome = train(tiny_config(reward=TRAINING_REWARD), run, progress_bar=False)
     assert not outcome.interrupted
     return run
 
@@ -76,6 +77,15 @@ def test_export_writes_a_card_that_describes_the_policy(exported: Path) -> None:
     assert set(card["versions"]) >= {"numpy", "torch", "stable_baselines3", "gymnasium"}
     assert card["evaluation"]["held_out_seeds"] == [10000, 10001]
     assert card["evaluation"]["cost_vs_hpa"] > 0
+
+
+def test_training_reward_override_trains_on_it_but_the_card_describes_the_served_scenario(exported: Path) -> None:
+    from rlscale.train import training_scenario
+
+    assert training_scenario(tiny_config(reward=TRAINING_REWARD)).reward.w_slo == 4.0
+    card = json.loads((exported / "card.json").read_text())
+    assert card["training"]["config"]["reward"] == TRAINING_REWARD
+    assert card["scenario_config"]["reward"] == load_scenario("web-diurnal").reward.model_dump()
 
 
 def test_numpy_forward_pass_matches_sb3_predict_on_many_observations(trained_run: Path, exported: Path) -> None:
