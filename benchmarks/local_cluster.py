@@ -26,6 +26,15 @@ Reported per policy and trace, measured, not simulated:
 decision intervals whose p95 exceeds the SLO or that failed >1% of
 requests), ``failed_requests`` (load generator: 5xx, timeouts, errors), and
 ``http_5xx`` (HAProxy via Prometheus). Writes JSON with ``--out``.
+
+Beside the real numbers, the simulator's prediction for the same policies,
+twice: ``simulated`` on the scenario's own compressed day (10 seeds, the
+trace the policy was trained on) and ``simulated_replay`` on the very rates
+the load generator replayed in the ``day`` run (``--peak-rps`` scales the
+trace's highest *minute*, so a 5 s interval of the replay peaks lower than
+the scenario's ``peak_rps``): the second is the like-for-like prediction.
+``--keep DIR`` keeps each run's audit log (every decision's metrics, raw and
+final action) and load-generator record there.
 """
 
 from __future__ import annotations
@@ -157,6 +166,7 @@ def main() -> int:
     parser.add_argument("--max-workers", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--keep", default=None, help="keep audit logs and load-generator records in this (new) directory")
     args = parser.parse_args()
 
     path = args.scenario or (str(ROOT / "envs" / "local.yaml") if (ROOT / "envs" / "local.yaml").exists() else None)
@@ -167,7 +177,8 @@ def main() -> int:
     settings = LocalSettings(interval_s=sc.step_s, max_workers=args.max_workers)
     rows = []
     with tempfile.TemporaryDirectory(prefix="rlscale-bench-") as tmp:
-        work = Path(tmp)
+        work = Path(args.keep) if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         traces = [("web-diurnal", args.speedup, args.day_seconds),
                   (str(flash_trace(work / "flash.csv", args.flash_seconds, args.peak_rps)), 1.0, args.flash_seconds)]
         for spec in (args.baseline, args.policy):
@@ -188,9 +199,14 @@ def main() -> int:
     print("| policy | worker_seconds | cost_usd | slo_violation_rate | dropped_fraction |\n|---|---|---|---|---|")
     for name, m in predicted.items():
         print(f"| {name} | {_fmt(m['worker_seconds'])} | {_fmt(m['cost_usd'])} | {_fmt(m['slo_violation_rate'])} | {_fmt(m['dropped_fraction'])} |")
+    replayed = replay_prediction(sc, [args.baseline, args.policy], args.speedup, args.day_seconds, args.peak_rps, args.seed)
+    print(f"\nsimulator's prediction on the replayed day itself (the load generator's rates, peak {args.peak_rps:g} req/s per minute):")
+    print("| policy | worker_seconds | cost_usd | slo_violation_rate | dropped_fraction |\n|---|---|---|---|---|")
+    for name, m in replayed.items():
+        print(f"| {name} | {_fmt(m['worker_seconds'])} | {_fmt(m['cost_usd'])} | {_fmt(m['slo_violation_rate'])} | {_fmt(m['dropped_fraction'])} |")
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "scenario": sc.name, "results": rows,
-                                              "simulated": predicted}, indent=2))
+                                              "simulated": predicted, "simulated_replay": replayed}, indent=2))
     return 0
 
 
@@ -203,6 +219,32 @@ def sim_prediction(sc: Any, specs: list[str], seed: int) -> dict[str, dict[str, 
     out = {}
     for spec in specs:
         result = run_policy(sc, scaled_policy(spec, sc), list(range(seed, seed + 10))).mean()
+        out[spec] = {**result, "worker_seconds": result["cost_usd"] / price * 3600.0}
+    return out
+
+
+def replayed_day(sc: Any, speedup: float, seconds: float, peak: float, seed: int) -> np.ndarray:
+    """The load generator's ``day`` rates averaged per decision interval: the trace ``[steps + 1, 1]`` the simulator replays."""
+    from rlscale.loadgen import plan
+
+    p = plan("web-diurnal", speedup, seconds, peak, seed)
+    t = np.arange(p.rates.size) * p.interval_s
+    steps = max(1, math.ceil(p.duration_s / sc.step_s))
+    idx = np.minimum((t // sc.step_s).astype(int), steps - 1)
+    rates = np.bincount(idx, weights=p.rates, minlength=steps) / np.maximum(np.bincount(idx, minlength=steps), 1)
+    return np.concatenate([rates, rates[-1:]])[:, None]
+
+
+def replay_prediction(sc: Any, specs: list[str], speedup: float, seconds: float, peak: float, seed: int) -> dict[str, dict[str, float]]:
+    """What the simulator predicts for the same policies on the rates the real ``day`` run replayed."""
+    from rlscale.rollout import run_policy
+
+    trace = replayed_day(sc, speedup, seconds, peak, seed)
+    steps = trace.shape[0] - 1
+    price = sc.pools[0].price_per_hour
+    out = {}
+    for spec in specs:
+        result = run_policy(sc, scaled_policy(spec, sc), [seed], steps=steps, trace=trace).mean()
         out[spec] = {**result, "worker_seconds": result["cost_usd"] / price * 3600.0}
     return out
 

@@ -87,6 +87,13 @@ def local_cluster_section(path: Path) -> list[str]:
                   "| policy | worker_seconds | slo_violation_rate | dropped_fraction |", "|---|---:|---:|---:|"]
         for name, m in sim.items():
             lines.append(f"| `{name}` | {m['worker_seconds']:.0f} | {m['slo_violation_rate']:.3f} | {m['dropped_fraction']:.4f} |")
+    replay = data.get("simulated_replay", {})
+    if replay:
+        lines += ["", "And on the very rates the load generator replayed in the real `web-diurnal` run (one episode; the "
+                  "like-for-like prediction, since `--peak-rps` scales the trace's busiest minute):", "",
+                  "| policy | worker_seconds | slo_violation_rate | dropped_fraction |", "|---|---:|---:|---:|"]
+        for name, m in replay.items():
+            lines.append(f"| `{name}` | {m['worker_seconds']:.0f} | {m['slo_violation_rate']:.3f} | {m['dropped_fraction']:.4f} |")
     lines.append("")
     return lines
 

@@ -285,6 +285,55 @@ def test_calibration_writes_a_scenario_the_simulator_loads_with_the_measured_cap
     assert result.mean()["cost_usd"] > 0
 
 
+def _measured(**extra):
+    return {
+        "settings": {"cpu_s": 0.005, "wait_s": 0.035, "concurrency": 1, "warmup_s": 1.0, "interval_s": 5.0,
+                     "scrape_s": 1.0, "max_workers": 8, "queue_timeout_s": 10.0},
+        "workers": 2, "cold_start_s": 1.2, "capacity_rps_per_worker": 22.0, "cpu_s_per_request": 0.0065,
+        "service_time_s": 1 / 22.0, "worker_rss_gib": 0.02,
+        "latency_under_load": [{"utilisation": 0.5, "rps": 22.0, "p50_s": 0.05, "p95_s": 0.09, "failed": 0}],
+        **extra,
+    }
+
+
+def test_calibration_writes_the_measured_hot_spot_noise_as_independent_per_interval_node_speed_noise(tmp_path):
+    from rlscale.clusters.local.calibrate import write_scenario
+
+    noisy = write_scenario(_measured(hot_spot_samples=[0.001, 0.002, 0.003, 0.002]), tmp_path / "noisy.yaml")
+    assert noisy.imbalance.drift_sigma == pytest.approx(math.sqrt(math.pi) * 0.002, abs=1e-5)
+    assert noisy.imbalance.drift_reversion == 1.0 and noisy.imbalance.contention == 0.0
+    quiet = write_scenario(_measured(), tmp_path / "quiet.yaml")
+    assert quiet.imbalance.drift_sigma == 0.0 and quiet.imbalance.drift_reversion == 0.0
+
+
+def test_the_simulators_hot_spot_on_a_calibrated_scenario_is_the_measured_one_not_a_constant(tmp_path):
+    from rlscale.clusters.local.calibrate import write_scenario
+    from rlscale.episode import ClusterEpisodes
+
+    sc = write_scenario(_measured(hot_spot_samples=[0.002] * 4), tmp_path / "local.yaml")
+    engine = ClusterEpisodes(sc, 8)
+    for i in range(8):
+        engine.seed(i, i)
+        engine.reset(i)
+    readings = []
+    for _ in range(12):
+        engine.step_action(engine.decoder.decode(np.full((8, 2), [2, 0]), np.full((8, 1), 2)))
+        readings.append(engine.metrics().hot_spot.copy())
+    assert np.mean(readings) == pytest.approx(0.002, rel=0.3)
+
+
+def test_the_like_for_like_prediction_replays_the_load_generators_own_day_per_interval():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from local_cluster import replayed_day
+
+    sc = skeleton(LocalSettings(), 5.0, 8, 0.25)
+    p = plan("web-diurnal", 240.0, 360.0, 100.0, seed=0)
+    trace = replayed_day(sc, 240.0, 360.0, 100.0, 0)
+    assert trace.shape == (73, 1)
+    assert trace[:72, 0].mean() * 72 * 5.0 == pytest.approx(p.rates.sum() * p.interval_s, rel=1e-9)
+    assert trace.max() < 100.0 and p.rates.max() == pytest.approx(100.0)
+
+
 # --------------------------------------------------------------------------- slow: the whole cluster
 
 

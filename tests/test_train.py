@@ -222,3 +222,24 @@ def test_ctrl_c_saves_a_consistent_checkpoint_and_exits_0(tmp_path: Path) -> Non
     state = json.loads((run / "last" / "state.json").read_text())
     assert 0 < state["num_timesteps"] < 5_000_000
     assert not list(run.glob(".last.*")), "no half-written checkpoint is left behind"
+
+
+def test_a_feature_constant_in_training_is_held_at_its_training_value_when_serving(tmp_path: Path) -> None:
+    """On a real cluster a feature that never moved in training (a ~0 variance) must not saturate the network's input."""
+    from dataclasses import replace
+
+    from helpers import export_random_policy
+
+    from rlscale.policies.ppo import logits
+
+    weights = load_exported(export_random_policy(tmp_path / "p")).weights
+    k = 3
+    var = weights.obs_var.copy()
+    var[k] = 2e-11
+    weights = replace(weights, obs_var=var)
+    at_mean = np.tile(weights.obs_mean, (4, 1))
+    moved = at_mean.copy()
+    moved[:, k] += np.array([1e-3, -0.5, 2.0, 100.0])
+    np.testing.assert_array_equal(logits(weights, moved), logits(weights, at_mean))
+    moved[:, k + 1] += 1.0  # a feature that did vary still counts
+    assert not np.array_equal(logits(weights, moved), logits(weights, at_mean))

@@ -56,9 +56,20 @@ class PolicyWeights:
         return arrays
 
 
+# VecNormalize's running variance of a feature that never moved in training ends near 1e-4 / steps (~1e-11).
+CONSTANT_IN_TRAINING_VAR = 1e-9
+
+
 def logits(weights: PolicyWeights, obs: np.ndarray) -> np.ndarray:
-    """Action logits for raw (unnormalised) observations ``[N, D]``."""
-    x = np.clip((obs - weights.obs_mean) / np.sqrt(weights.obs_var + weights.obs_eps), -weights.obs_clip, weights.obs_clip)
+    """Action logits for raw (unnormalised) observations ``[N, D]``.
+
+    A feature that was constant in training is fed at its training value: its
+    variance is ~0, so on a real cluster the smallest change in it would
+    saturate the input at the clip, and the network never learned what it means.
+    """
+    z = (obs - weights.obs_mean) / np.sqrt(weights.obs_var + weights.obs_eps)
+    z = np.where(weights.obs_var > CONSTANT_IN_TRAINING_VAR, z, 0.0)
+    x = np.clip(z, -weights.obs_clip, weights.obs_clip)
     act = ACTIVATIONS[weights.activation]
     x = x.astype(np.float32)
     for w, b in weights.layers:

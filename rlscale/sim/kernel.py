@@ -443,7 +443,7 @@ def _step_batch(
                                     slowest = max(slowest, work / speed[m])
                     if slowest == 0.0:
                         slowest = slowest_any  # no node holds 5% of the capacity: the slowest one still serves
-                    hot_s = slowest * cap_rate / (c * work) - 1.0
+                    hot_s = slowest * cap_rate / c - 1.0
                     if not batch:
                         p95 = _queue_p95(lam / cap_rate, c, cap_rate, slowest)
                 elif demand > 0.0:

@@ -11,7 +11,15 @@ What is measured, in about a minute (``calibrate``):
    rate(rlscale_worker_requests_total)`` during saturation (the burn plus the
    HTTP overhead of the worker);
 4. **latency under load**: open-loop Poisson arrivals at 50 %, 70 % and 90 %
-   of the measured capacity, p95 from the load generator.
+   of the measured capacity, p95 from the load generator;
+5. **hot-spot noise**: the backend's ``hot_spot`` (slowest worker's service
+   time over the median, minus 1, over one interval) after each load level.
+   Identical workers still differ by a few tenths of a percent per interval
+   (timer and scheduler jitter); the scenario gets that as independent
+   per-interval node-speed noise (``drift_sigma``, ``drift_reversion`` 1), so
+   the simulator's ``hot_spot`` has the spread a policy will see here instead
+   of being exactly 0 (a feature that is constant in training is normalised
+   with a near-zero variance, and any real reading then saturates it).
 
 What is written: a scenario (``envs/local.yaml``) with one pool ``local``
 whose node is the slice of the machine one worker gets (``vcpu`` = the
@@ -106,6 +114,7 @@ def measure(
         client_rps = ok / wall
         capacity_rps = client_rps / workers
         rss = max(_rss_gib(pid) for pid in cluster.worker_pids().values())
+        hot = [_hot_spot(cluster)]
         levels = []
         for fraction in (0.5, 0.7, 0.9):
             rate = fraction * capacity_rps * workers
@@ -115,6 +124,7 @@ def measure(
             summary = result.summary()
             levels.append({"utilisation": fraction, "rps": rate, "p50_s": summary["latency_p50_s"],
                            "p95_s": summary["latency_p95_s"], "failed": summary["failed"]})
+            hot.append(_hot_spot(cluster))
         cold = list(cluster.counters.cold_starts_s)
     return {
         "settings": {k: getattr(settings, k) for k in ("cpu_s", "wait_s", "concurrency", "warmup_s", "interval_s",
@@ -131,8 +141,31 @@ def measure(
         "service_time_s": settings.concurrency / capacity_rps,
         "worker_rss_gib": rss,
         "latency_under_load": levels,
+        "hot_spot_samples": [h for h in hot if h == h],
         "measured_at_unix": time.time(),
     }
+
+
+def _hot_spot(cluster: Any) -> float:
+    """The backend's own ``hot_spot`` reading of the last interval (NaN without Prometheus' numbers)."""
+    sample = cluster.read_metrics()
+    if sample is None or sample.degraded:
+        return math.nan
+    return float(np.asarray(sample.metrics.hot_spot).reshape(-1)[0])
+
+
+def speed_noise(m: dict[str, Any]) -> float:
+    """Per-interval node-speed noise (sigma of the log speed) that gives the simulator the measured ``hot_spot``.
+
+    With two workers whose log speeds differ by independent noise of sigma s,
+    the slowest one's service time over the mean is about ``|d1 - d2| / 2``,
+    whose mean is ``s / sqrt(pi)``; so ``s = sqrt(pi) * mean(hot_spot)``.
+    Older measurements without samples give 0 (no noise).
+    """
+    samples = [float(h) for h in m.get("hot_spot_samples", []) if h == h and h >= 0]
+    if not samples or int(m.get("workers", 2)) < 2:
+        return 0.0
+    return float(min(0.2, math.sqrt(math.pi) * float(np.mean(samples))))
 
 
 def diurnal_trace(speedup: float, step_s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -166,6 +199,7 @@ def write_scenario(
     capacity = float(m["capacity_rps_per_worker"])
     step_s = float(s["interval_s"])
     mem = max(0.05, math.ceil((m["worker_rss_gib"] if m["worker_rss_gib"] == m["worker_rss_gib"] else 0.05) * 20) / 20)
+    noise = speed_noise(m)
     trace_path = out.with_name(f"{out.stem}-diurnal.csv")
     ts, shape = diurnal_trace(speedup, step_s)
     rows = ["timestamp,value"] + [f"{t:g},{v:.6f}" for t, v in zip(ts, shape)]
@@ -201,7 +235,7 @@ def write_scenario(
         "actions": {"max_step": 2},
         "reward": {"cost_scale": round(price_per_worker_hour * max_workers * step_s / 3600 / 2, 8),
                    "w_slo": 10.0, "w_drop": 50.0, "w_churn": 0.002},
-        "imbalance": {"drift_sigma": 0.0, "drift_reversion": 0.0, "contention": 0.0},
+        "imbalance": {"drift_sigma": round(noise, 5), "drift_reversion": 1.0 if noise > 0 else 0.0, "contention": 0.0},
         "randomisation": {"scale": [0.7, 1.2], "phase_h": [0.0, 0.0], "noise": [0.02, 0.08]},
     }
     levels = ", ".join(f"{lv['utilisation']:.0%}: p95 {lv['p95_s'] * 1000:.0f} ms" for lv in m["latency_under_load"])
@@ -210,6 +244,7 @@ def write_scenario(
         f"# Measured: capacity {capacity:.2f} req/s/worker, CPU {m['cpu_s_per_request'] * 1000:.2f} ms/request, "
         f"cold start {m['cold_start_s']:.2f} s, worker RSS {m['worker_rss_gib'] * 1024:.0f} MiB\n"
         f"# Latency under load ({m['workers']} workers): {levels}\n"
+        f"# Hot-spot noise (slowest worker over the median - 1, per interval): {_fmt_hot(m)}\n"
         f"# Worker settings: {json.dumps(s)}\n"
     )
     _write_text(out, header + yaml.safe_dump(data, sort_keys=False, width=100))
@@ -220,6 +255,13 @@ def write_scenario(
     except ConfigError as err:
         raise RuntimeError(f"calibration wrote a scenario that does not load: {err}") from None
     return scenario
+
+
+def _fmt_hot(m: dict[str, Any]) -> str:
+    samples = [float(h) for h in m.get("hot_spot_samples", []) if h == h]
+    if not samples:
+        return "not measured; no node-speed noise"
+    return f"mean {np.mean(samples):.4f} over {len(samples)} intervals -> drift_sigma {speed_noise(m):.5f}, drift_reversion 1"
 
 
 def _write_text(path: Path, text: str) -> None:
