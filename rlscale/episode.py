@@ -54,7 +54,12 @@ def reward_terms(weights: np.ndarray, result: StepResult) -> RewardTerms:
     ``weights`` comes from ``reward_weights``.
     """
     terms = result.cluster[:, _TERM_COLUMNS]
-    return RewardTerms(terms[:, 0], terms[:, 1], terms[:, 2], terms[:, 3], terms @ weights)
+    # an elementwise sum in a fixed order, not ``terms @ weights``: BLAS may sum a batch in another order than
+    # a single row, and a cluster's reward must not depend on its batch, bit for bit
+    reward = terms[:, 0] * weights[0]
+    for k in range(1, weights.shape[0]):
+        reward = reward + terms[:, k] * weights[k]
+    return RewardTerms(terms[:, 0], terms[:, 1], terms[:, 2], terms[:, 3], reward)
 
 
 class ClusterEpisodes:
