@@ -80,20 +80,17 @@ def local_cluster_section(path: Path) -> list[str]:
     for r in data["results"]:
         lines.append(f"| `{r['policy']}` | {r['trace']} | {r['requests']} | {r['worker_seconds']:.0f} | {r['latency_p95_s']:.3f} | "
                      f"{r['latency_p95_prom_s']:.3f} | {r['slo_violation_rate']:.3f} | {r['failed_requests']} |")
-    sim = data.get("simulated", {})
-    if sim:
-        lines += ["", "What the simulator predicted for the same policies on `envs/local.yaml`'s compressed day (10 seeds; "
-                  "its trace peaks at the scenario's `peak_rps`, the real run at `--peak-rps`):", "",
-                  "| policy | worker_seconds | slo_violation_rate | dropped_fraction |", "|---|---:|---:|---:|"]
-        for name, m in sim.items():
-            lines.append(f"| `{name}` | {m['worker_seconds']:.0f} | {m['slo_violation_rate']:.3f} | {m['dropped_fraction']:.4f} |")
-    replay = data.get("simulated_replay", {})
-    if replay:
-        lines += ["", "And on the very rates the load generator replayed in the real `web-diurnal` run (one episode; the "
-                  "like-for-like prediction, since `--peak-rps` scales the trace's busiest minute):", "",
-                  "| policy | worker_seconds | slo_violation_rate | dropped_fraction |", "|---|---:|---:|---:|"]
-        for name, m in replay.items():
-            lines.append(f"| `{name}` | {m['worker_seconds']:.0f} | {m['slo_violation_rate']:.3f} | {m['dropped_fraction']:.4f} |")
+    predictions = (
+        ("simulated", "What the simulator predicted for the same policies on `envs/local.yaml`'s compressed day (10 seeds; "
+                      "its trace peaks at the scenario's `peak_rps`, the real run at `--peak-rps`):"),
+        ("simulated_replay", "And on the very rates the load generator replayed in the real `web-diurnal` run (one "
+                             "episode; the like-for-like prediction, since `--peak-rps` scales the trace's busiest minute):"),
+    )
+    for key, caption in predictions:
+        if data.get(key):
+            lines += ["", caption, "", "| policy | worker_seconds | slo_violation_rate | dropped_fraction |", "|---|---:|---:|---:|"]
+            lines += [f"| `{name}` | {m['worker_seconds']:.0f} | {m['slo_violation_rate']:.3f} | {m['dropped_fraction']:.4f} |"
+                      for name, m in data[key].items()]
     lines.append("")
     return lines
 
