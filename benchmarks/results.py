@@ -17,12 +17,12 @@ import argparse
 import os
 import platform
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from rlscale import __version__
+from rlscale.atomic import write_text
 from rlscale.config import PROJECT_ROOT, ConfigError, scenario_names
 from rlscale.evaluate import BASELINES, HELD_OUT_SEED_BASE, evaluate, make_config, shipped_model, summary
 from rlscale.report import comparison_table, write_outputs
@@ -171,10 +171,7 @@ def main() -> int:
         "",
     ]
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, prefix=f".{out.name}.", delete=False) as fh:
-        fh.write("\n".join(head + body))
-    os.replace(fh.name, out)
+    write_text(out, "\n".join(head + body))
     print(f"wrote {out} in {wall:.0f} s", file=sys.stderr)
     return 0
 

@@ -310,8 +310,6 @@ def summary(evaluation: Evaluation) -> dict[str, Any]:
 def format_estimate(metric: str, mean: float, half: float | None) -> str:
     """``12.3 ± 0.4`` with as many decimals as the metric needs."""
     digits = {"cost_usd": 2, "scaling_actions": 0, "rebalances": 0, "episode_reward": 1}.get(metric, 3)
-    if metric == "ratio":
-        digits = 3
     text = f"{mean:.{digits}f}"
     if half is not None and not math.isnan(half):
         text += f" ± {half:.{digits}f}"

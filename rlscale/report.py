@@ -7,7 +7,6 @@ report (or nothing) behind, never half of a new one.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from datetime import datetime, timezone
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rlscale.atomic import finite, staged_dir
+from rlscale.atomic import staged_dir, write_json
 from rlscale.evaluate import STEP_TAGS, Evaluation, format_estimate, run_name, summary
 from rlscale.rollout import METRIC_NAMES
 
@@ -227,7 +226,7 @@ def write_report(evaluation: Evaluation, out: Path, command: str | None = None) 
     data["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     data["versions"] = {"rlscale": __version__, "python": sys.version.split()[0], "numpy": np.__version__}
     plots = write_plots(evaluation, out)
-    (out / "results.json").write_text(json.dumps(finite(data), indent=2, allow_nan=False) + "\n")
+    write_json(out / "results.json", data)
     (out / "report.md").write_text(markdown(evaluation, data, command, plots))
     return data
 

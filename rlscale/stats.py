@@ -97,9 +97,6 @@ class Record:
     def to_dict(self) -> dict[str, int]:
         return {"wins": self.wins, "losses": self.losses, "ties": self.ties, "mixed": self.mixed, "cheaper": self.cheaper}
 
-    def short(self) -> str:
-        return f"{self.wins}/{self.losses}/{self.ties}/{self.mixed}"
-
 
 def head_to_head(cost: np.ndarray, slo: np.ndarray, ref_cost: np.ndarray, ref_slo: np.ndarray) -> Record:
     """A win: no worse on both cost and SLO violations and better on one; a loss: the reverse; mixed: better on one, worse on the other."""

@@ -156,8 +156,7 @@ def evaluate_weights(
 
 def save_checkpoint(target: Path, model: PPO, env: VecNormalize, extra: dict[str, Any]) -> None:
     engine = env.venv.engine  # type: ignore[attr-defined]
-
-    def write(tmp: Path) -> None:
+    with staged_dir(target) as tmp:
         model.save(tmp / "model.zip")
         env.save(str(tmp / "vecnormalize.pkl"))
         state = {
@@ -166,9 +165,6 @@ def save_checkpoint(target: Path, model: PPO, env: VecNormalize, extra: dict[str
             **extra,
         }
         (tmp / "state.json").write_text(json.dumps(state, default=_json_default))
-
-    with staged_dir(target) as tmp:
-        write(tmp)
 
 
 def _json_default(obj: Any) -> Any:

@@ -42,7 +42,6 @@ class SimulatedCluster:
         self.step_s = float(self.scenario.step_s)
         self._services = [s.name for s in self.scenario.services]
         self._slo = np.array([s.slo_target_s for s in self.scenario.services])
-        self._taken = 0
         self._totals = EpisodeTotals(1)
 
     def services(self) -> list[str]:
@@ -53,11 +52,11 @@ class SimulatedCluster:
 
     @property
     def done(self) -> bool:
-        return self._taken >= self.steps
+        return self._totals.steps >= self.steps
 
     @property
     def steps_taken(self) -> int:
-        return self._taken
+        return self._totals.steps
 
     def read_metrics(self) -> MetricsSample | None:
         view = self.engine.metrics()
@@ -71,7 +70,6 @@ class SimulatedCluster:
         engine = self.engine
         before = engine.sim.desired.copy()
         result, terms, _ = engine.step_action(action)
-        self._taken += 1
         self._totals.add(before, engine.sim.desired, result, terms)
 
     def hold(self) -> None:

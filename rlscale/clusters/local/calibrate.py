@@ -53,7 +53,7 @@ import yaml
 from rlscale.clusters.local.backend import open_local_cluster
 from rlscale.clusters.local.settings import LocalSettings
 from rlscale.config import ConfigError, Scenario, load_scenario, parse_model
-from rlscale.atomic import write_json
+from rlscale.atomic import write_json, write_text
 from rlscale.loadgen import Plan, closed_loop, replay
 from rlscale.spaces import Action
 from rlscale.workload import generate
@@ -203,7 +203,7 @@ def write_scenario(
     trace_path = out.with_name(f"{out.stem}-diurnal.csv")
     ts, shape = diurnal_trace(speedup, step_s)
     rows = ["timestamp,value"] + [f"{t:g},{v:.6f}" for t, v in zip(ts, shape)]
-    _write_text(trace_path, "\n".join(rows) + "\n")
+    write_text(trace_path, "\n".join(rows) + "\n")
     data = {
         "name": out.stem,
         "description": (
@@ -247,7 +247,7 @@ def write_scenario(
         f"# Hot-spot noise (slowest worker over the median - 1, per interval): {_fmt_hot(m)}\n"
         f"# Worker settings: {json.dumps(s)}\n"
     )
-    _write_text(out, header + yaml.safe_dump(data, sort_keys=False, width=100))
+    write_text(out, header + yaml.safe_dump(data, sort_keys=False, width=100))
     write_json(out.with_suffix(".calibration.json"), m)
     try:
         scenario = load_scenario(out)
@@ -262,13 +262,6 @@ def _fmt_hot(m: dict[str, Any]) -> str:
     if not samples:
         return "not measured; no node-speed noise"
     return f"mean {np.mean(samples):.4f} over {len(samples)} intervals -> drift_sigma {speed_noise(m):.5f}, drift_reversion 1"
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def calibrate(
