@@ -8,6 +8,7 @@ deterministic ``predict`` for an ``MlpPolicy`` over a ``MultiDiscrete`` action.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -41,6 +42,15 @@ class PolicyWeights:
     obs_eps: float
     activation: str
 
+    @functools.cached_property
+    def obs_std(self) -> np.ndarray:
+        return np.sqrt(self.obs_var + self.obs_eps)
+
+    @functools.cached_property
+    def obs_live(self) -> np.ndarray:
+        """Features that moved in training; the others are held at their training value (see ``logits``)."""
+        return self.obs_var > CONSTANT_IN_TRAINING_VAR
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {
             "action_w": self.action_w,
@@ -67,8 +77,7 @@ def logits(weights: PolicyWeights, obs: np.ndarray) -> np.ndarray:
     variance is ~0, so on a real cluster the smallest change in it would
     saturate the input at the clip, and the network never learned what it means.
     """
-    z = (obs - weights.obs_mean) / np.sqrt(weights.obs_var + weights.obs_eps)
-    z = np.where(weights.obs_var > CONSTANT_IN_TRAINING_VAR, z, 0.0)
+    z = np.where(weights.obs_live, (obs - weights.obs_mean) / weights.obs_std, 0.0)
     x = np.clip(z, -weights.obs_clip, weights.obs_clip)
     act = ACTIVATIONS[weights.activation]
     x = x.astype(np.float32)
