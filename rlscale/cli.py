@@ -174,14 +174,18 @@ def serve(
     audit_log: str = typer.Option("audit.jsonl", help="JSONL audit log (appended; a torn last line is repaired)"),
     host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback needs --token"),
     port: int = typer.Option(8080, min=0, max=65535, help="port to bind (0: any free port, printed at start)"),
-    token: str | None = typer.Option(None, envvar="RLSCALE_TOKEN", help="bearer token required by every endpoint but /healthz"),
+    token: str | None = typer.Option(None, envvar="RLSCALE_TOKEN", help="bearer token required by every endpoint but /healthz (visible in `ps`: prefer RLSCALE_TOKEN or --token-file)"),
     summary: str | None = typer.Option(None, help="write a JSON summary (decisions, fallbacks, episode metrics) here at exit"),
     keep_serving: bool = typer.Option(False, "--keep-serving", help="after the last decision keep the HTTP API up until SIGTERM"),
     max_step_change: int | None = typer.Option(None, min=0, help="replicas per service per decision (default: the scenario's max_step)"),
     max_change_per_minute: int | None = typer.Option(None, min=0, help="replicas per service per minute (default: max_step_change x decisions per minute)"),
     scale_down_cooldown: float = typer.Option(0.0, min=0.0, help="seconds after a scale-up before a scale-down (0: off)"),
     stale_after: float | None = typer.Option(None, help="metrics older than this (s) are stale (default: 2 intervals)"),
-    run_dir: str | None = typer.Option(None, help="local cluster: configs, logs and Prometheus data (default: a new temporary directory)"),
+    run_dir: str | None = typer.Option(None, help="local cluster: configs, logs and Prometheus data (default: a new temporary directory); a directory where `rlscale cluster up` runs one is attached to, not started"),
+    token_file: str | None = typer.Option(None, help="read the bearer token from this file (keeps it out of `ps`; or set RLSCALE_TOKEN)"),
+    fallback_only: bool = typer.Option(False, "--fallback-only", help="serve a model whose services or pools differ from the cluster's, deciding with the HPA rule only"),
+    audit_max_bytes: int = typer.Option(64 * 1024 * 1024, min=1024, help="rotate the audit log when it would grow beyond this many bytes"),
+    audit_keep: int = typer.Option(5, min=0, max=1000, help="rotated audit logs kept (audit.jsonl.1 .. .N)"),
 ) -> None:
     """Serve a policy: control loop over a cluster + HTTP API (/v1/decide, /healthz, /metrics), with guard rails and an audit log."""
     from rlscale.controller.serve import ServeOptions
@@ -192,6 +196,7 @@ def serve(
         steps=steps, dry_run=dry_run, audit_log=audit_log, host=host, port=port, token=token, summary=summary,
         keep_serving=keep_serving, max_step_change=max_step_change, max_change_per_minute=max_change_per_minute,
         scale_down_cooldown=scale_down_cooldown, stale_after=stale_after, run_dir=run_dir,
+        token_file=token_file, fallback_only=fallback_only, audit_max_bytes=audit_max_bytes, audit_keep=audit_keep,
     ))
     raise typer.Exit(code)
 

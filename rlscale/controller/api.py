@@ -11,7 +11,15 @@ fallback on stale or missing metrics answers "hold at ``desired``". Every
 request's decision is written to the audit log with ``source: "api"``.
 
 In front of the app, ``RequestGate`` checks the bearer token (every path but
-``/healthz``) and the body size (413 beyond ``max_body``) before any parsing.
+``/healthz``) and the body size (413 beyond ``max_body``) before any parsing;
+header size and count, time and connections are limited earlier still, in
+the HTTP protocol (``limits.py``). Every refusal is counted and logged
+without the token (``reject``).
+
+``/healthz`` answers 200 while the controller decides, with ``status:
+"degraded"`` when the audit log cannot be written (its lines wait in memory):
+a liveness probe must not restart a controller for a full disk, which a
+restart does not cure, but an operator must see it.
 """
 
 from __future__ import annotations
@@ -109,8 +117,16 @@ def request_metrics(body: DecideRequest, services: tuple[str, ...], n_pools: int
 class RequestGate:
     """ASGI middleware: bearer token and body-size limit, checked before the app parses anything."""
 
-    def __init__(self, app: ASGIApp, token: str | None, max_body: int = MAX_BODY_BYTES, open_paths: tuple[str, ...] = ("/healthz",)) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str | None,
+        max_body: int = MAX_BODY_BYTES,
+        open_paths: tuple[str, ...] = ("/healthz",),
+        reject: Callable[[int, Any, str], None] | None = None,
+    ) -> None:
         self.app = app
+        self.reject = reject
         self.expected = None if token is None else token.encode()
         self.max_body = max_body
         self.open_paths = open_paths
@@ -123,17 +139,17 @@ class RequestGate:
         if self.expected is not None and scope.get("path") not in self.open_paths:
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.expected):
-                await self._reject(scope, receive, send, 401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
+                await self._refuse(scope, receive, send, 401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
                 return
         length = headers.get(b"content-length")
         if length is not None:
             try:
                 declared = int(length)
             except ValueError:
-                await self._reject(scope, receive, send, 400, "invalid Content-Length")
+                await self._refuse(scope, receive, send, 400, "invalid Content-Length")
                 return
             if declared > self.max_body:
-                await self._reject(scope, receive, send, 413, f"request body over {self.max_body} bytes")
+                await self._refuse(scope, receive, send, 413, f"request body over {self.max_body} bytes")
                 return
         chunks: list[bytes] = []
         size = 0
@@ -144,7 +160,7 @@ class RequestGate:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                await self._reject(scope, receive, send, 413, f"request body over {self.max_body} bytes")
+                await self._refuse(scope, receive, send, 413, f"request body over {self.max_body} bytes")
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -161,8 +177,9 @@ class RequestGate:
 
         await self.app(scope, replay, send)
 
-    @staticmethod
-    async def _reject(scope: Scope, receive: Receive, send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        if self.reject is not None:
+            self.reject(status, scope.get("client"), detail)
         await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
 
 
@@ -175,6 +192,7 @@ def create_app(
     max_body: int = MAX_BODY_BYTES,
     status: Callable[[], dict[str, Any]] | None = None,
     policy_name: str = "",
+    reject: Callable[[int, Any, str], None] | None = None,
 ) -> ASGIApp:
     """The ASGI app: FastAPI routes behind ``RequestGate``."""
     app = FastAPI(title="rlscale controller", docs_url=None, redoc_url=None)
@@ -187,7 +205,9 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", **(status() if status is not None else {})}
+        health = None if audit is None else audit.health()
+        state = "ok" if health is None or health["ok"] else "degraded"
+        return {"status": state, **(status() if status is not None else {}), **({} if health is None else {"audit": health})}
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -210,4 +230,4 @@ def create_app(
         payload = {"policy": policy_name, **decision.response()}
         return Response(json.dumps(payload, allow_nan=False, separators=(",", ":")), media_type="application/json")
 
-    return RequestGate(app, token, max_body)
+    return RequestGate(app, token, max_body, reject=reject)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -25,8 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rlscale.atomic import write_json
+from rlscale.atomic import finite, write_json
 from rlscale.config import ConfigError, Scenario, load_scenario
+from rlscale.controller.audit import KEEP as AUDIT_KEEP
+from rlscale.controller.audit import MAX_BYTES as AUDIT_MAX_BYTES
 from rlscale.controller.audit import AuditLog
 from rlscale.controller.decision import Decider
 from rlscale.controller.guards import GuardConfig
@@ -59,6 +62,38 @@ class ServeOptions:
     scale_down_cooldown: float = 0.0
     stale_after: float | None = None
     run_dir: str | None = None
+    token_file: str | None = None
+    fallback_only: bool = False
+    audit_max_bytes: int = AUDIT_MAX_BYTES
+    audit_keep: int = AUDIT_KEEP
+
+
+TOKEN_FILE_LIMIT = 4096
+
+
+def resolve_token(token: str | None, token_file: str | None) -> str | None:
+    """The bearer token from ``--token``/``RLSCALE_TOKEN`` or ``--token-file`` (one of them), stripped; never echoed."""
+    if token is not None and token_file is not None:
+        raise ConfigError("--token and --token-file: give one of them, not both")
+    if token_file is not None:
+        path = Path(token_file)
+        try:
+            if not path.is_file():
+                raise ConfigError(f"--token-file {token_file}: not a regular file")
+            if path.stat().st_size > TOKEN_FILE_LIMIT:
+                raise ConfigError(f"--token-file {token_file}: over {TOKEN_FILE_LIMIT} bytes; expected one token")
+            token = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"--token-file {token_file}: cannot read ({err.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--token-file {token_file}: not UTF-8 text") from None
+        token = token.strip()
+        if not token or any(c.isspace() or not c.isprintable() for c in token):
+            raise ConfigError(f"--token-file {token_file}: expected one token of printable characters without spaces")
+        return token
+    if token is not None and not token.strip():
+        raise ConfigError("--token: expected a non-empty token")
+    return None if token is None else token.strip()
 
 
 def is_loopback(host: str) -> bool:
@@ -133,10 +168,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
 class _Server:
     """uvicorn in a thread, on a socket we bound ourselves (so a busy port is a one-line error)."""
 
-    def __init__(self, app: Any, sock: socket.socket) -> None:
+    def __init__(self, app: Any, sock: socket.socket, reject: Any = None, limits: Any = None) -> None:
         import uvicorn
 
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+        from rlscale.controller.limits import HttpLimits, RejectLog, limited_protocol
+
+        protocol = limited_protocol(limits or HttpLimits(), reject or RejectLog())
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+                                http=protocol)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="rlscale-http", daemon=True)
 
@@ -194,9 +233,8 @@ def serve(opts: ServeOptions) -> int:
     """Run ``rlscale serve`` until done or signalled; returns the exit code."""
     if opts.cluster not in CLUSTERS:
         raise ConfigError(f"--cluster {opts.cluster}: expected one of {', '.join(CLUSTERS)}")
-    if opts.token is not None and not opts.token.strip():
-        raise ConfigError("--token: expected a non-empty token")
-    check_bind(opts.host, opts.token)
+    token = resolve_token(opts.token, opts.token_file)
+    check_bind(opts.host, token)
     scenario = load_scenario(opts.scenario)
     interval = float(opts.interval if opts.interval is not None else scenario.step_s)
     if opts.cluster == "sim" and interval != scenario.step_s:
@@ -218,13 +256,18 @@ def serve(opts: ServeOptions) -> int:
 
     loop_decider = Decider(scenario, loaded.make(), config, fallback=fallback())
     api_decider = Decider(scenario, loaded.make(), config, fallback=fallback())
+    if loop_decider.mismatch and not opts.fallback_only:
+        raise ConfigError(
+            f"{loaded.name}: {loop_decider.mismatch}; pass --fallback-only to serve the HPA rule with it anyway"
+        )
     loop_decider.warm_up()
     api_decider.warm_up()
     telemetry = Telemetry(config.services, loaded.name, loaded.version, opts.dry_run)
     cluster: Any = open_cluster(opts, scenario, interval) if opts.cluster == "sim" else None
 
     run_id = uuid.uuid4().hex[:12]
-    audit = AuditLog(opts.audit_log, run=run_id)
+    audit = AuditLog(opts.audit_log, run=run_id, max_bytes=opts.audit_max_bytes, keep=opts.audit_keep,
+                     on_error=telemetry.audit_write_errors.inc)
     try:
         sock = bind_socket(opts.host, opts.port)
     except ConfigError:
@@ -233,7 +276,7 @@ def serve(opts: ServeOptions) -> int:
     if audit.repaired_bytes:
         print(f"audit log {opts.audit_log}: removed a torn last line ({audit.repaired_bytes} bytes) left by an earlier crash", file=sys.stderr)
     if loop_decider.mismatch:
-        print(f"warning: {loaded.name}: {loop_decider.mismatch}; every decision falls back to the HPA rule", file=sys.stderr)
+        print(f"warning: {loaded.name}: {loop_decider.mismatch}; --fallback-only: every decision falls back to the HPA rule", file=sys.stderr)
 
     stop = threading.Event()
     loop: Any = None
@@ -265,8 +308,11 @@ def serve(opts: ServeOptions) -> int:
             )
         from rlscale.controller.api import create_app
 
-        app = create_app(api_decider, telemetry, audit, token=opts.token, status=status, policy_name=loaded.name)
-        server = _Server(app, sock)
+        from rlscale.controller.limits import RejectLog
+
+        reject = RejectLog(lambda code: telemetry.http_rejected.labels(str(code)).inc())
+        app = create_app(api_decider, telemetry, audit, token=token, status=status, policy_name=loaded.name, reject=reject)
+        server = _Server(app, sock, reject)
         server.start()
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in str(host) else host
@@ -307,8 +353,26 @@ def serve(opts: ServeOptions) -> int:
             }
         audit.write({"kind": "event", "event": "stop", "summary": result})
         audit.close()
+        result["audit"] = audit.health()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if opts.summary:
-            write_json(Path(opts.summary), result)
+        write_summary(opts.summary, result)
     return 0
+
+
+def write_summary(path: str | None, result: dict[str, Any]) -> None:
+    """The summary at exit, wherever it can go: ``--summary`` if it can be written, else one JSON line on stderr.
+
+    A full disk must not turn a clean stop into a traceback and a lost summary.
+    """
+    if path:
+        try:
+            write_json(Path(path), result)
+            return
+        except OSError as err:
+            print(f"error: --summary {path}: cannot write ({err.strerror}); the summary follows on stderr", file=sys.stderr)
+    if path or result.get("audit", {}).get("lines_lost") or result.get("audit", {}).get("write_errors"):
+        try:
+            print(json.dumps(finite(result), separators=(",", ":")), file=sys.stderr, flush=True)
+        except OSError:
+            pass

@@ -23,6 +23,7 @@ from rlscale.controller.guards import FALLBACK_REASONS, GUARD_NAMES
 
 disable_created_metrics()  # the *_created series double the exposition and no dashboard here uses them
 
+REJECT_STATUSES = (400, 401, 408, 413, 431, 503)
 LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3, 1.0)
 
 
@@ -50,6 +51,17 @@ class Telemetry:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.audit_write_errors = Counter(
+            "rlscale_audit_write_errors", "Audit log lines the disk refused (kept in memory and retried; see /healthz).", registry=r
+        )
+        self.http_rejected = Counter(
+            "rlscale_http_rejected",
+            "HTTP requests refused before the app: 401 bad token, 413 body too large, 431 headers too large, 503 too many connections.",
+            ["status"],
+            registry=r,
+        )
+        for status in REJECT_STATUSES:
+            self.http_rejected.labels(str(status))
         self.dry_run = Gauge("rlscale_dry_run", "1 when the controller decides and logs but never acts.", registry=r)
         self.dry_run.set(1 if dry_run else 0)
         Info("rlscale_policy", "The policy being served.", registry=r).info({"name": policy_name, "version": policy_version})
