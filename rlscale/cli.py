@@ -24,16 +24,33 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain click help: wraps at the terminal's width instead of cutting text off with an ellipsis,
+    # and shows a flag as ``--json`` rather than ``--json <bool>`` (which invites ``--json true``)
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 100},
 )
 console = Console()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from rlscale import __version__
+
+        print(f"rlscale {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
     """Reinforcement-learning autoscaling: simulate, train, evaluate, export and serve policies."""
 
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+# with the other outputs under runs/, not loose in whatever directory serve was started from
+DEFAULT_AUDIT_LOG = "runs/serve/audit.jsonl"
 
 
 def user_errors(func: F) -> F:
@@ -74,13 +91,13 @@ def _fmt(metric: str, value: float) -> str:
     return f"{value:.3f}"
 
 
-@app.command()
+@app.command(short_help='One policy on one seeded episode: cost, SLO, drops, churn.')
 @user_errors
 def simulate(
     scenario: str = typer.Option("web-diurnal", help="scenario name in envs/ or a YAML path"),
-    policy: str = typer.Option("hpa", help="hpa | static | target_tracking | predictive | ppo:models/NAME"),
+    policy: str = typer.Option("hpa", help="hpa | static | target_tracking | predictive | oracle | ppo:models/NAME"),
     steps: int | None = typer.Option(None, min=1, help="decision intervals (default: the scenario's episode)"),
-    seed: int = typer.Option(10_000, help="episode seed (10000 and up: never used in training)"),
+    seed: int = typer.Option(10_000, min=0, help="episode seed (10000 and up: never used in training)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Run one policy on one seeded episode: cost, SLO violations, drops, utilisation, scaling actions."""
@@ -98,7 +115,7 @@ def simulate(
     console.print(metrics_table(f"{sc.name}, seed {seed}, {steps or sc.episode_steps} steps", {policy: values}))
 
 
-@app.command()
+@app.command(short_help='Train a PPO autoscaler (Ctrl-C or SIGTERM saves a checkpoint).')
 @user_errors
 def train(
     config: str = typer.Option(..., "--config", help="training file, e.g. train/ppo-web-diurnal.yaml"),
@@ -106,12 +123,19 @@ def train(
     seed: int | None = typer.Option(None, min=0, max=999, help="override the training seed"),
     n_envs: int | None = typer.Option(None, min=1, help="override the number of parallel simulated clusters"),
     logdir: str = typer.Option("runs", help="parent directory of the run (TensorBoard, checkpoints)"),
-    out: str | None = typer.Option(None, help="export the best policy here when done, e.g. models/web-diurnal"),
+    out: str | None = typer.Option(None, help="export the best policy here when done, e.g. models/my-policy"),
+    force: bool = typer.Option(False, "--force", help="let --out replace a policy that is already there"),
     resume: str | None = typer.Option(None, help="a run directory or checkpoint to continue from"),
     name: str | None = typer.Option(None, help="run name (default: ppo-<scenario>-s<seed>)"),
-    progress: bool = typer.Option(True, help="show a progress bar"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the run already in the run directory (default: refuse)"),
+    progress: bool = typer.Option(True, help="show progress: a bar on a terminal, a line per 5% otherwise"),
 ) -> None:
-    """Train a PPO autoscaler; Ctrl-C saves a checkpoint you can --resume."""
+    """Train a PPO autoscaler; Ctrl-C or SIGTERM saves a checkpoint you can --resume.
+
+    A new run into a run directory that already holds one is refused unless --overwrite.
+    The best checkpoint is picked by its score on held-out validation seeds: the policy's
+    cost over HPA's, plus 100 x any SLO-violation rate or drops above HPA's (lower is better).
+    """
     import shlex
     from pathlib import Path
 
@@ -123,43 +147,57 @@ def train(
     from rlscale.config import load_scenario
 
     load_scenario(cfg.scenario)
+    if out:
+        from rlscale.export import check_target
+
+        check_target(Path(out), force=force)  # before training, not after
     run_dir = Path(resume) if resume and Path(resume, "config.json").exists() else Path(logdir) / (name or f"ppo-{cfg.scenario}-s{cfg.seed}")
+    from rlscale.train import SCORE_MEANING
     from rlscale.train import train as run_training
 
     command = "rlscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    outcome = run_training(cfg, run_dir, resume=Path(resume) if resume else None, progress_bar=progress, command=command)
+    outcome = run_training(cfg, run_dir, resume=Path(resume) if resume else None, progress_bar=progress, command=command,
+                           overwrite=overwrite)
     state = "interrupted; checkpoint saved" if outcome.interrupted else "done"
-    console.print(f"{state}: {outcome.timesteps} steps in {outcome.wall_s:.0f} s, best score {outcome.best_score:.3f}")
+    console.print(f"{state}: {outcome.timesteps} steps in {outcome.wall_s:.0f} s, best score {outcome.best_score:.3f} "
+                  f"({SCORE_MEANING})", soft_wrap=True)
     console.print(f"resume with: rlscale train --config {config} --resume {run_dir}")
     console.print(f"watch with:  tensorboard --logdir {run_dir / 'tb'}")
     if out and not outcome.interrupted:
         from rlscale.export import export_run
 
-        card = export_run(run_dir, Path(out))
+        card = export_run(run_dir, Path(out), force=force)
         ev = card["evaluation"]
         console.print(f"exported to {out}: cost vs HPA {ev['cost_vs_hpa']:.3f} on held-out seeds {ev['held_out_seeds'][0]}..{ev['held_out_seeds'][-1]}")
 
 
-@app.command()
+@app.command(short_help="Write policy.npz + card.json from a run's best checkpoint.")
 @user_errors
 def export(
-    run: str = typer.Argument(..., help="a run directory, checkpoint directory or model.zip"),
-    out: str = typer.Option(..., help="output directory, e.g. models/web-diurnal"),
+    run: str = typer.Argument(..., help="a run directory (its best/ checkpoint, else last/), a checkpoint directory or a model.zip"),
+    out: str = typer.Option(..., help="output directory, e.g. models/my-policy"),
     seeds: int = typer.Option(10, min=1, help="held-out seeds for the card's evaluation against HPA"),
+    force: bool = typer.Option(False, "--force", help="replace a policy already in --out (default: refuse and say what is there)"),
 ) -> None:
-    """Write policy.npz + card.json from a training run (loadable without torch or pickle)."""
+    """Write policy.npz + card.json from a training run (loadable without torch or pickle).
+
+    From a run directory the best checkpoint is exported (the one with the best score on the
+    held-out validation seeds during training); the last checkpoint only if there is no best.
+    The card names the checkpoint it came from.
+    """
     from pathlib import Path
 
     from rlscale.export import export_run
 
-    card = export_run(Path(run), Path(out), seeds=seeds)
+    card = export_run(Path(run), Path(out), seeds=seeds, force=force)
     ev = card["evaluation"]
     console.print(metrics_table(f"{card['scenario']}: held-out seeds {ev['held_out_seeds'][0]}..{ev['held_out_seeds'][-1]}",
                                 {"ppo": ev["ppo"], "hpa": ev["hpa"]}))
-    console.print(f"cost vs HPA: {ev['cost_vs_hpa']:.3f}; wrote {out}/policy.npz and {out}/card.json")
+    console.print(f"cost vs HPA: {ev['cost_vs_hpa']:.3f}; wrote {out}/policy.npz and {out}/card.json "
+                  f"from the {card['training']['checkpoint']} checkpoint")
 
 
-@app.command()
+@app.command(short_help='Serve a policy: control loop, guard rails, HTTP API, audit log.')
 @user_errors
 def serve(
     model: str | None = typer.Option(None, help="exported policy: models/NAME or a directory with policy.npz + card.json"),
@@ -168,10 +206,10 @@ def serve(
     scenario: str = typer.Option("web-diurnal", help="scenario name in envs/ or a YAML path (the cluster's services and bounds)"),
     speedup: float = typer.Option(60.0, help="simulated seconds per wall second (sim only; 60 = one interval per second)"),
     interval: float | None = typer.Option(None, help="decision interval in cluster seconds (default: the scenario's step_s)"),
-    seed: int = typer.Option(0, help="episode seed of the simulated cluster"),
+    seed: int = typer.Option(0, min=0, help="episode seed of the simulated cluster"),
     steps: int | None = typer.Option(None, min=1, help="decisions to make (sim default: the scenario's episode)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="decide and log, never act"),
-    audit_log: str = typer.Option("audit.jsonl", help="JSONL audit log (appended; a torn last line is repaired)"),
+    audit_log: str = typer.Option(DEFAULT_AUDIT_LOG, help="JSONL audit log (appended; a torn last line is repaired)"),
     host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback needs --token"),
     port: int = typer.Option(8080, min=0, max=65535, help="port to bind (0: any free port, printed at start)"),
     token: str | None = typer.Option(None, envvar="RLSCALE_TOKEN", help="bearer token required by every endpoint but /healthz (visible in `ps`: prefer RLSCALE_TOKEN or --token-file)"),
@@ -188,8 +226,12 @@ def serve(
     audit_keep: int = typer.Option(5, min=0, max=1000, help="rotated audit logs kept (audit.jsonl.1 .. .N)"),
 ) -> None:
     """Serve a policy: control loop over a cluster + HTTP API (/v1/decide, /healthz, /metrics), with guard rails and an audit log."""
+    from pathlib import Path
+
     from rlscale.controller.serve import ServeOptions
     from rlscale.controller.serve import serve as run_serve
+
+    Path(audit_log).parent.mkdir(parents=True, exist_ok=True)
 
     code = run_serve(ServeOptions(
         model=model, policy=policy, cluster=cluster, scenario=scenario, speedup=speedup, interval=interval, seed=seed,
@@ -201,7 +243,7 @@ def serve(
     raise typer.Exit(code)
 
 
-@app.command()
+@app.command(short_help='Replay a trace as Poisson arrivals against a local URL.')
 @user_errors
 def loadgen(
     trace: str = typer.Option("web-diurnal", help="a scenario (its first service's workload) or a timestamp,value CSV"),
@@ -210,7 +252,7 @@ def loadgen(
     duration: float = typer.Option(60.0, min=0.1, max=3600.0, help="real seconds to replay"),
     peak_rps: float | None = typer.Option(None, help="scale the replayed part so its highest rate is this"),
     start_hour: float = typer.Option(0.0, min=0.0, help="trace time to start at (hours since Monday 00:00)"),
-    seed: int = typer.Option(0, help="seed of the trace and of the Poisson arrivals"),
+    seed: int = typer.Option(0, min=0, help="seed of the trace and of the Poisson arrivals"),
     max_requests: int = typer.Option(200_000, min=1, help="hard cap on requests sent"),
     timeout: float = typer.Option(10.0, min=0.1, help="per-request timeout (s)"),
     out: str | None = typer.Option(None, help="write per-request latencies and per-interval results here (JSON)"),
@@ -226,9 +268,15 @@ def loadgen(
         f"latency p50 {s['latency_p50_s'] * 1000:.1f} ms, p95 {s['latency_p95_s'] * 1000:.1f} ms, p99 {s['latency_p99_s'] * 1000:.1f} ms"
         + (f"; wrote {out}" if out else "")
     )
+    capped = result.meta.get("capped")
+    if capped:
+        console.print(
+            f"stopped at --max-requests {capped['max_requests']}: {capped['stopped_at_s']:.1f} s of the asked "
+            f"{capped['duration_s']:.1f} s were replayed ({capped['planned_requests']} requests planned); "
+            "raise --max-requests or lower --peak-rps", soft_wrap=True)
 
 
-@app.command()
+@app.command(short_help='Measure the local cluster and write its scenario file.')
 @user_errors
 def calibrate(
     cluster: str = typer.Option("local", help="the cluster to measure (local)"),
@@ -239,12 +287,24 @@ def calibrate(
     price: float = typer.Option(0.05, min=0.0, help="nominal USD per worker-hour"),
     slo: float = typer.Option(0.25, help="p95 latency SLO (s) written into the scenario"),
     level_seconds: float = typer.Option(6.0, min=3.0, help="seconds per measured load level"),
+    force: bool = typer.Option(False, "--force", help="replace the scenario, trace and calibration files already at --out"),
 ) -> None:
-    """Measure the real cluster (CPU per request, cold start, capacity, latency) and write a scenario for the simulator."""
-    if cluster != "local":
-        from rlscale.config import ConfigError
+    """Measure the real cluster (CPU per request, cold start, capacity, latency) and write a scenario for the simulator.
 
+    Writes --out, its trace (<out>-diurnal.csv) and <out>.calibration.json; refuses to replace
+    any of them (envs/local.yaml is tracked in git) unless --force.
+    """
+    from pathlib import Path
+
+    from rlscale.config import ConfigError
+
+    if cluster != "local":
         raise ConfigError(f"--cluster {cluster!r}: only 'local' can be calibrated")
+    target = Path(out)
+    existing = [str(p) for p in (target, target.with_name(f"{target.stem}-diurnal.csv"), target.with_suffix(".calibration.json"))
+                if p.exists()]
+    if existing and not force:
+        raise ConfigError(f"--out {out}: would replace {', '.join(existing)}; pass --force to overwrite, or choose another --out")
     from rlscale.clusters.local import LocalSettings
     from rlscale.clusters.local.calibrate import calibrate as run_calibration
 
@@ -258,7 +318,7 @@ def calibrate(
     console.print(f"wrote {out} (scenario {sc.name!r}) and its trace and calibration JSON")
 
 
-@app.command()
+@app.command(short_help='Compare policies on the same held-out seeds, with a report.')
 @user_errors
 def evaluate(
     scenario: str = typer.Option("web-diurnal", help="scenario name in envs/ or a YAML path"),
@@ -281,7 +341,7 @@ def evaluate(
                    trace_column=trace_column, logdir=logdir, report=report, workers=workers)
 
 
-@app.command()
+@app.command(short_help='The main job: the shipped policy against HPA and the oracle.')
 @user_errors
 def demo(
     seeds: int = typer.Option(5, min=1, help="held-out seeds"),
@@ -296,8 +356,30 @@ def demo(
     run_demo(console, seeds=seeds, steps=steps, logdir=logdir, report=report, workers=workers)
 
 
-def main() -> None:
-    app(prog_name="rlscale")
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; a usage error (unknown option, value out of range) is one line on stderr and exit code 2."""
+    try:  # typer >= 0.20 vendors click
+        from typer._click import exceptions as click
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click  # type: ignore[no-redef]
+
+    try:
+        code = app(args=argv, prog_name="rlscale", standalone_mode=False)
+    except click.NoArgsIsHelpError as err:
+        err.show()
+        return 2
+    except click.UsageError as err:
+        where = f"rlscale {err.ctx.command_path.partition(' ')[2]} --help".replace("  ", " ") if err.ctx else "rlscale --help"
+        print(f"error: {err.format_message()} (see {where})", file=sys.stderr)
+        return 2
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.Abort:
+        print("Aborted!", file=sys.stderr)
+        return 1
+    return code if isinstance(code, int) else 0
+
 
 
 if __name__ == "__main__":

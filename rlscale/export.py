@@ -18,6 +18,32 @@ from rlscale.policies.ppo import write_exported
 from rlscale.spaces import ActionSpec, ObsSpec
 
 EXPORT_SEEDS = 10
+EXPORT_FILES = ("policy.npz", "card.json")
+
+
+def check_target(out: Path, *, force: bool) -> None:
+    """Refuse (ConfigError) to replace an exported policy in ``out`` unless ``force``, naming what is there.
+
+    ``models/`` holds the shipped policies; an export with a name that is
+    already taken would silently swap one for an undertrained policy.
+    """
+    out = Path(out)
+    present = [name for name in EXPORT_FILES if (out / name).exists()]
+    if force or not present:
+        return
+    what = ""
+    try:
+        card = json.loads((out / "card.json").read_text())
+        ev, training = card.get("evaluation") or {}, card.get("training") or {}
+        parts = [f"a policy for {card.get('scenario', '?')}"]
+        if training.get("timesteps"):
+            parts.append(f"trained {int(training['timesteps']):,} steps")
+        if isinstance(ev.get("cost_vs_hpa"), (int, float)):
+            parts.append(f"cost vs HPA {ev['cost_vs_hpa']:.3f}")
+        what = " (" + ", ".join(parts) + ")"
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    raise ConfigError(f"{out}: would replace {' and '.join(present)}{what}; pass --force to overwrite, or choose another --out")
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -47,10 +73,14 @@ def versions() -> dict[str, str]:
     }
 
 
-def export_run(run: Path, out: Path, *, seeds: int = EXPORT_SEEDS) -> dict[str, Any]:
-    """Export and evaluate against HPA on ``seeds`` held-out seeds; returns the card."""
+def export_run(run: Path, out: Path, *, seeds: int = EXPORT_SEEDS, force: bool = False) -> dict[str, Any]:
+    """Export and evaluate against HPA on ``seeds`` held-out seeds; returns the card.
+
+    Refuses to replace a policy already in ``out`` unless ``force`` (see ``check_target``).
+    """
     from rlscale.train import evaluate_weights, load_checkpoint, training_scenario, weights_from_sb3
 
+    check_target(out, force=force)
     ckpt = find_checkpoint(run)
     state = json.loads((ckpt / "state.json").read_text())
     if "config" not in state:

@@ -206,11 +206,17 @@ def replay(
 ) -> LoadResult:
     """Send the plan's requests to ``target`` in real time and wait for the last answer (or timeout)."""
     check_target(target)
-    send = schedule(p, np.random.default_rng(seed + 1), max_requests)
+    planned = schedule(p, np.random.default_rng(seed + 1), 2**62)
+    send = planned[:max_requests]
     latency = np.full(send.size, math.nan)
     status = np.zeros(send.size, dtype=np.int64)
     wall, late = asyncio.run(_run(send, target, latency, status, timeout_s, max_in_flight))
-    return LoadResult(p, target, send, latency, status, wall, late)
+    meta: dict[str, Any] = {}
+    if planned.size > send.size:
+        # the cap ended the replay early: say so, or a short run looks like the whole asked duration
+        meta["capped"] = {"max_requests": int(max_requests), "planned_requests": int(planned.size),
+                          "stopped_at_s": float(send[-1]) if send.size else 0.0, "duration_s": float(p.duration_s)}
+    return LoadResult(p, target, send, latency, status, wall, late, meta)
 
 
 async def _run(send: np.ndarray, target: str, latency: np.ndarray, status: np.ndarray,

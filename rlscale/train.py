@@ -11,8 +11,12 @@ served policy would reach.
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,9 @@ from rlscale.sb3_env import SB3ClusterVecEnv
 from rlscale.spaces import ActionSpec, ObsSpec
 
 CHECKPOINT_FILES = ("model.zip", "vecnormalize.pkl", "state.json")
+# what a run directory holds; a new run refuses to start over any of these unless told to replace them
+RUN_CONTENTS = ("config.json", "last", "best", "tb", "evaluations.jsonl")
+SCORE_MEANING = "held-out cost / HPA's, plus 100 x any extra SLO-violation rate or drops; lower is better"
 
 
 def training_scenario(cfg: TrainConfig) -> Scenario:
@@ -253,6 +260,108 @@ class HeldOutEvalCallback(BaseCallback):
         return result
 
 
+class PlainProgress(BaseCallback):
+    """Progress as plain lines, for output that is not a terminal (a file, a pipe, a CI log).
+
+    A progress bar redraws one line in place, which a file only receives at the
+    end; a line per 5% (or per minute, whichever comes first) shows a training
+    run's progress while it happens.
+    """
+
+    def __init__(self, total: int, out: Any = None, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.total = max(1, int(total))
+        self.out = out
+        self.every_s = every_s
+        self.started = time.monotonic()
+        self.start_steps = 0
+        self.last_line = -1.0
+        self.last_fraction = -1.0
+
+    def _on_training_start(self) -> None:
+        self.started = time.monotonic()
+        self.start_steps = int(self.num_timesteps)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        done = int(self.num_timesteps)
+        fraction = done / self.total
+        now = time.monotonic()
+        if fraction - self.last_fraction >= 0.05 or now - self.last_line >= self.every_s or self.last_line < 0:
+            self.last_line, self.last_fraction = now, fraction
+            elapsed = now - self.started
+            rate = (done - self.start_steps) / max(elapsed, 1e-9)
+            print(f"step {done:,} / {self.total:,} ({fraction:.0%}), {rate:,.0f} env steps/s, {elapsed:.0f} s",
+                  file=self.out or sys.stdout, flush=True)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler, ``docker stop``) stops training the way Ctrl-C does.
+
+    Inside the block SIGTERM raises KeyboardInterrupt, which ``train`` turns
+    into a saved ``last/`` checkpoint; the previous handler is restored on exit.
+    Only the main thread can install handlers; elsewhere this does nothing.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[list[int]]:
+    """Hold SIGINT and SIGTERM while the final checkpoint is written (the run ends right after anyway).
+
+    A second Ctrl-C or SIGTERM while ``last/`` is being saved would otherwise
+    leave the run without the checkpoint the first one asked for.
+    """
+    caught: list[int] = []
+    try:
+        previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield caught
+        return
+    try:
+        yield caught
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def check_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """Refuse to start a new run over an existing one, or (``overwrite``) clear the old run's files.
+
+    Training into a directory that holds a run would replace its ``last/`` and
+    ``best/`` checkpoints and pile new TensorBoard events onto the old ones.
+    """
+    found = [name for name in RUN_CONTENTS if (run_dir / name).exists()]
+    if not found:
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"{run_dir}: holds a training run ({', '.join(found)}); continue it with --resume {run_dir}, "
+            "replace it with --overwrite, or pick another --name"
+        )
+    for name in found:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def write_custom_scalars(tb_dir: Path) -> None:
     """A TensorBoard layout that puts cost and SLO side by side."""
     from torch.utils.tensorboard import SummaryWriter
@@ -291,10 +400,18 @@ def train(
     resume: Path | None = None,
     progress_bar: bool = True,
     command: str = "",
+    overwrite: bool = False,
 ) -> TrainOutcome:
-    """Train (or resume) one run; Ctrl-C saves a consistent ``last/`` checkpoint and returns normally."""
+    """Train (or resume) one run; Ctrl-C or SIGTERM saves a consistent ``last/`` checkpoint and returns normally.
+
+    A new run (no ``resume``) into a directory that already holds a run is a
+    ConfigError unless ``overwrite``, which deletes the old run's files first.
+    ``progress_bar`` draws a bar on a terminal and prints plain lines otherwise.
+    """
     torch.set_num_threads(1)
     scenario = training_scenario(cfg)
+    if resume is None:
+        check_run_dir(run_dir, overwrite=overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {"config": cfg.model_dump(), "command": command, "scenario": scenario.name}
     (run_dir / "config.json").write_text(json.dumps(meta, indent=2))
@@ -310,18 +427,28 @@ def train(
     write_custom_scalars(tb_dir)
     callback = HeldOutEvalCallback(cfg, scenario, run_dir, meta, best, last_eval)
     remaining = max(0, cfg.n_timesteps - model.num_timesteps)
+    bar = progress_bar and sys.stdout.isatty()
+    callbacks: list[BaseCallback] = [callback]
+    if progress_bar and not bar:
+        callbacks.append(PlainProgress(cfg.n_timesteps))
     started = time.monotonic()
     interrupted = False
     try:
-        model.learn(remaining, callback=callback, progress_bar=progress_bar, reset_num_timesteps=resume is None)
+        with sigterm_as_interrupt():
+            model.learn(remaining, callback=callbacks, progress_bar=bar, reset_num_timesteps=resume is None)
     except KeyboardInterrupt:
         interrupted = True
     if not interrupted and (callback.last_eval < model.num_timesteps or not (run_dir / "best").exists()):
-        callback.evaluate()
-    save_checkpoint(
-        run_dir / "last", model, env,
-        {"best_score": callback.best_score, "last_eval": callback.last_eval, **meta},
-    )
+        try:
+            with sigterm_as_interrupt():
+                callback.evaluate()
+        except KeyboardInterrupt:
+            interrupted = True
+    with signals_deferred():
+        save_checkpoint(
+            run_dir / "last", model, env,
+            {"best_score": callback.best_score, "last_eval": callback.last_eval, **meta},
+        )
     history_path = run_dir / "evaluations.jsonl"
     with history_path.open("a") as f:
         for entry in callback.history:

@@ -23,6 +23,7 @@ Approximations, chosen to be simple and conservative:
 from __future__ import annotations
 
 import math
+import sys
 import types
 
 import numpy as np
@@ -601,7 +602,43 @@ step_parallel = njit(cache=True, parallel=True)(_renamed(_step_batch, "_step_bat
 PARALLEL_FROM = 256
 
 
+COMPILE_NOTICE = "compiling the simulator, once per machine, ~1 min (numba caches it on disk)"
+_ready: set[int] = set()  # id() of the kernels this process has already called
+
+
+def will_compile(dispatcher) -> bool:
+    """Whether the first call of a ``cache=True`` numba function will compile it rather than load it from disk.
+
+    True when this process has no compilation of it and the on-disk cache holds
+    none that matches the source file (numba's index is stamped with the
+    file's modification time and size, and comes back empty when they differ).
+    """
+    if dispatcher.signatures:
+        return False
+    try:
+        return not dispatcher._cache._cache_file._load_index()
+    except Exception:  # noqa: BLE001 - a numba without this cache layout: say nothing rather than fail
+        return False
+
+
+def announce_compile(dispatcher, out=None) -> bool:
+    """Print ``COMPILE_NOTICE`` once per process, to stderr, if ``dispatcher`` is about to compile; returns whether it did."""
+    global _announced
+    if _announced or not will_compile(dispatcher):
+        return False
+    _announced = True
+    print(COMPILE_NOTICE, file=out or sys.stderr, flush=True)
+    return True
+
+
+_announced = False
+
+
 def step_batch(*args):
     """Step every cluster; threads pay off only for large batches."""
     n = args[7].shape[0]
-    return (step_parallel if n >= PARALLEL_FROM else step_serial)(*args)
+    kernel = step_parallel if n >= PARALLEL_FROM else step_serial
+    if id(kernel) not in _ready:  # the first call may spend a minute compiling: say so
+        announce_compile(kernel)
+        _ready.add(id(kernel))
+    return kernel(*args)

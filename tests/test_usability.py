@@ -1,0 +1,283 @@
+"""What a new user trips on (issue 15): refusals that protect work, one-line usage errors, readable help, progress.
+
+Most checks call ``rlscale.cli.main`` in-process (what the ``rlscale`` script
+runs); the ones that need a real process (signals, a non-terminal stdout) start
+``rlscale`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from rlscale.cli import main
+
+RLSCALE = str(Path(sys.executable).with_name("rlscale"))
+COMMANDS = ("simulate", "train", "export", "serve", "loadgen", "calibrate", "evaluate", "demo")
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --------------------------------------------------------------------------- usage errors and help
+
+
+@pytest.mark.parametrize("command", ["simulate", "serve", "loadgen"])
+def test_negative_seed_is_a_one_line_usage_error(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    code, _, err = run_cli(capsys, command, "--seed", "-1")
+    assert code == 2
+    assert err.strip().count("\n") == 0, err
+    assert "--seed" in err and "greater than or equal to 0" in err
+
+
+def test_a_value_given_to_a_flag_is_a_one_line_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "simulate", "--json", "true")
+    assert code == 2
+    assert err.strip().count("\n") == 0 and err.startswith("error: ")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_fits_80_columns_and_shows_flags_without_a_value(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0
+    assert "<bool>" not in out
+    assert "…" not in out, "help text cut off"
+    too_wide = [line for line in out.splitlines() if len(line) > 80]
+    assert not too_wide, too_wide
+
+
+def test_top_level_help_lists_every_command_without_cutting_its_summary(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0
+    for command in COMMANDS:
+        line = next(line for line in out.splitlines() if line.strip().startswith(command + " "))
+        assert not line.rstrip().endswith("..."), line
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from rlscale import __version__
+
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.strip() == f"rlscale {__version__}"
+
+
+def test_simulate_help_lists_the_oracle_and_export_help_names_the_checkpoint(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    _, out, _ = run_cli(capsys, "simulate", "--help")
+    assert "oracle" in out.split("--policy", 1)[1].split("--steps", 1)[0]
+    _, out, _ = run_cli(capsys, "export", "--help")
+    assert "best checkpoint" in out and "last" in out
+
+
+def test_train_help_explains_the_best_score(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    _, out, _ = run_cli(capsys, "train", "--help")
+    assert "best checkpoint is picked by its score" in " ".join(out.split())
+
+
+# --------------------------------------------------------------------------- refusing to destroy work
+
+
+def tiny_train_config(path: Path, **extra: object) -> Path:
+    data = {"scenario": "web-diurnal", "n_envs": 4, "n_timesteps": 5_000_000, "episode_steps": 120, "n_steps": 128,
+            "batch_size": 256, "n_epochs": 2, "eval": {"freq": 10**9, "seeds": 1, "episode_steps": 30}, **extra}
+    path.write_text(json.dumps(data))  # JSON is YAML
+    return path
+
+
+def test_train_into_an_existing_run_refuses_and_names_the_ways_out(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run = tmp_path / "runs" / "ppo-web-diurnal-s0"
+    (run / "last").mkdir(parents=True)
+    (run / "last" / "model.zip").write_bytes(b"an interrupted run's checkpoint")
+    config = tiny_train_config(tmp_path / "ppo-tiny.yaml")
+    code, _, err = run_cli(capsys, "train", "--config", str(config), "--logdir", str(tmp_path / "runs"), "--no-progress")
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert str(run) in err and "--resume" in err and "--overwrite" in err
+    assert (run / "last" / "model.zip").read_bytes() == b"an interrupted run's checkpoint"
+
+
+def test_overwrite_clears_the_old_run_so_tensorboard_events_do_not_pile_up(tmp_path: Path) -> None:
+    from rlscale.train import check_run_dir
+
+    run = tmp_path / "run"
+    for sub in ("last", "best", "tb"):
+        (run / sub).mkdir(parents=True)
+        (run / sub / "file").write_text("old")
+    (run / "evaluations.jsonl").write_text("{}\n")
+    (run / "notes.txt").write_text("not the run's: kept")
+    check_run_dir(run, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    check_run_dir(tmp_path / "new", overwrite=False)  # nothing there: no complaint
+
+
+def test_export_refuses_to_replace_a_policy_and_says_what_is_there(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from helpers import export_random_policy
+
+    shipped = export_random_policy(tmp_path / "models" / "web-diurnal")
+    card = json.loads((shipped / "card.json").read_text())
+    card["training"]["timesteps"] = 3_002_368
+    card["evaluation"]["cost_vs_hpa"] = 0.784
+    (shipped / "card.json").write_text(json.dumps(card))
+    before = (shipped / "policy.npz").read_bytes()
+    code, _, err = run_cli(capsys, "export", str(tmp_path / "runs" / "x"), "--out", str(shipped))
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "policy.npz" in err and "card.json" in err and "--force" in err
+    assert "web-diurnal" in err and "3,002,368" in err and "0.784" in err
+    assert (shipped / "policy.npz").read_bytes() == before
+    # with --force the refusal is gone (and the missing run is the next thing reported)
+    code, _, err = run_cli(capsys, "export", str(tmp_path / "runs" / "x"), "--out", str(shipped), "--force")
+    assert code == 2 and "would replace" not in err and "not a training run" in err
+
+
+def test_train_refuses_an_out_that_holds_a_policy_before_training(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from helpers import export_random_policy
+
+    out = export_random_policy(tmp_path / "models" / "mine")
+    config = tiny_train_config(tmp_path / "ppo-tiny.yaml")
+    code, _, err = run_cli(capsys, "train", "--config", str(config), "--logdir", str(tmp_path / "runs"), "--out", str(out))
+    assert code == 2 and "--force" in err
+    assert not (tmp_path / "runs").exists(), "refused before any training started"
+
+
+def test_calibrate_refuses_to_rewrite_the_scenario_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "local.yaml"
+    out.write_text("name: local\n")
+    (tmp_path / "local-diurnal.csv").write_text("timestamp,value\n")
+    code, _, err = run_cli(capsys, "calibrate", "--out", str(out))
+    assert code == 2 and err.strip().count("\n") == 0
+    assert str(out) in err and "local-diurnal.csv" in err and "--force" in err
+    assert out.read_text() == "name: local\n"
+
+
+# --------------------------------------------------------------------------- loadgen stopped by its cap
+
+
+class _Ok(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_ok() -> str:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/work"
+    server.shutdown()
+    server.server_close()
+
+
+def test_loadgen_says_when_max_requests_stopped_it_early(capsys: pytest.CaptureFixture[str], http_ok: str) -> None:
+    code, out, _ = run_cli(capsys, "loadgen", "--target", http_ok, "--speedup", "480", "--duration", "30",
+                           "--peak-rps", "40", "--start-hour", "12", "--max-requests", "25")
+    assert code == 0
+    assert "25 requests" in out
+    line = next(line for line in out.splitlines() if line.startswith("stopped at --max-requests 25"))
+    assert "of the asked 30.0 s" in line
+
+
+def test_loadgen_without_the_cap_reaching_says_nothing_about_it(http_ok: str) -> None:
+    from rlscale.loadgen import run
+
+    result = run("web-diurnal", http_ok, 480.0, 0.5, peak_rps=20.0, start_s=12 * 3600.0, max_requests=10_000)
+    assert "capped" not in result.meta and result.summary()["requests"] > 0
+
+
+# --------------------------------------------------------------------------- the numba compile notice
+
+
+def test_the_first_compilation_is_announced_once_and_a_cached_one_not_at(tmp_path: Path) -> None:
+    (tmp_path / "tinykernel.py").write_text(
+        "from numba import njit\n\n@njit(cache=True)\ndef add_one(x):\n    return x + 1\n"
+    )
+    probe = (
+        "import io, tinykernel\n"
+        "from rlscale.sim import kernel as K\n"
+        "buf = io.StringIO()\n"
+        "first = K.announce_compile(tinykernel.add_one, buf)\n"
+        "tinykernel.add_one(1)\n"
+        "again = K.announce_compile(tinykernel.add_one, buf)\n"
+        "print(first, again, repr(buf.getvalue()))\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(tmp_path)}
+    cold = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert cold.stdout.startswith("True False"), cold.stderr
+    assert "compiling the simulator, once per machine, ~1 min" in cold.stdout
+    warm = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert warm.stdout.startswith("False False"), warm.stderr
+
+
+# --------------------------------------------------------------------------- serve's audit log
+
+
+@pytest.mark.slow
+def test_serve_keeps_its_audit_log_out_of_the_working_directory(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [RLSCALE, "serve", "--policy", "hpa", "--cluster", "sim", "--steps", "2", "--speedup", "6000", "--port", "0"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "audit.jsonl").exists()
+    assert (tmp_path / "runs" / "serve" / "audit.jsonl").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- SIGTERM and progress in a file
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_progress_lines_reach_a_pipe_while_training(tmp_path: Path) -> None:
+    config = tiny_train_config(tmp_path / "ppo-tiny.yaml")
+    proc = subprocess.Popen(
+        [RLSCALE, "train", "--config", str(config), "--logdir", str(tmp_path / "runs")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    lines = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("step "):
+            break
+    assert lines and lines[-1].startswith("step "), f"no progress line while training: {lines} {proc.stderr.read()}"
+    assert "env steps/s" in lines[-1] and "/ 5,000,000" in lines[-1]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted; checkpoint saved" in out
+    assert "lower is better" in out
+    state = json.loads((tmp_path / "runs" / "ppo-web-diurnal-s0" / "last" / "state.json").read_text())
+    assert 0 < state["num_timesteps"] < 5_000_000
