@@ -20,6 +20,7 @@ import numpy as np
 
 from rlscale.atomic import staged_dir
 from rlscale.config import MODELS_DIR, ConfigError, Scenario
+from rlscale.policies.model_file import check_layers, check_sha256, policy_members, read_card, read_npz
 from rlscale.spaces import Action, ActionDecoder, ActionSpec, Metrics, ObservationBuilder, ObsSpec
 
 CARD_FORMAT = "rlscale-policy/1"
@@ -125,34 +126,22 @@ def load_exported(path: str | Path) -> ExportedPolicy:
     for f in (card_path, npz_path):
         if not f.is_file():
             raise _fail(f, "missing (an exported policy has policy.npz and card.json)")
-    try:
-        card = json.loads(card_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise _fail(card_path, f"not valid JSON ({err.__class__.__name__})") from None
+    card = read_card(card_path)
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise _fail(card_path, f"field format: expected {CARD_FORMAT!r}")
-    digest = hashlib.sha256(npz_path.read_bytes()).hexdigest()
-    if card.get("policy_sha256") not in (None, digest):
-        raise _fail(npz_path, "does not match card.json's policy_sha256 (corrupted or from another export)")
+    check_sha256(npz_path, card, card_path)
     try:
         obs_spec = ObsSpec.from_dict(card["obs_spec"])
         action_spec = ActionSpec.from_dict(card["action_spec"])
         activation = str(card["network"]["activation"])
-        n_layers = int(card["network"]["layers"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise _fail(card_path, f"missing or malformed field {err}") from None
+        n_layers = check_layers(card_path, card["network"]["layers"])
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever a malformed card makes the spec parsers raise, it is one line
+        raise _fail(card_path, f"missing or malformed field ({type(err).__name__}: {str(err)[:80]})") from None
     if activation not in ACTIVATIONS:
         raise _fail(card_path, f"network.activation: expected one of {sorted(ACTIVATIONS)}")
-    try:
-        with np.load(npz_path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as err:
-        raise _fail(npz_path, f"not a readable npz archive ({err.__class__.__name__})") from None
-    needed = ["action_w", "action_b", "obs_mean", "obs_var", "obs_clip", "obs_eps"]
-    needed += [f"pi_{i}_{k}" for i in range(n_layers) for k in ("w", "b")]
-    missing = [k for k in needed if k not in arrays]
-    if missing:
-        raise _fail(npz_path, f"missing arrays {missing}")
+    arrays = read_npz(npz_path, policy_members(n_layers))  # only these members, each checked before decompressing
     layers = tuple((arrays[f"pi_{i}_w"].astype(np.float32), arrays[f"pi_{i}_b"].astype(np.float32)) for i in range(n_layers))
     weights = PolicyWeights(
         layers=layers,
@@ -180,6 +169,8 @@ def _check_shapes(path: Path, w: PolicyWeights, obs_size: int, n_logits: int) ->
         raise _fail(path, f"action layer has shape {w.action_w.shape}, expected ({n_logits}, {width})")
     if not all(np.isfinite(a).all() for a in w.to_arrays().values()):
         raise _fail(path, "contains NaN or infinite weights")
+    if (w.obs_var < 0).any() or not w.obs_eps > 0 or not w.obs_clip > 0:
+        raise _fail(path, "normalisation statistics out of range (obs_var >= 0, obs_eps > 0, obs_clip > 0)")
 
 
 class PPOPolicy:
