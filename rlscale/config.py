@@ -26,21 +26,23 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Every schema: unknown keys are errors, and no number may be NaN or infinite (``peak_rps: .inf`` was accepted)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PoolSpec(Strict):
     name: str = Field(min_length=1)
-    vcpu: float = Field(gt=0, description="allocatable vCPU per node")
-    memory_gib: float = Field(gt=0)
-    gpus: int = Field(default=0, ge=0)
-    price_per_hour: float = Field(ge=0, description="USD per node-hour, paid while provisioning too")
-    provision_delay_s: float = Field(default=120.0, ge=0)
+    vcpu: float = Field(gt=0, le=1024, description="allocatable vCPU per node")
+    memory_gib: float = Field(gt=0, le=65536)
+    gpus: int = Field(default=0, ge=0, le=64)
+    price_per_hour: float = Field(ge=0, le=10_000, description="USD per node-hour, paid while provisioning too")
+    provision_delay_s: float = Field(default=120.0, ge=0, le=86_400)
     min_nodes: int = Field(default=0, ge=0)
     max_nodes: int = Field(gt=0, le=256)
     speed: float = Field(default=1.0, gt=0, description="relative CPU speed of this node type")
     spot_interruptions_per_hour: float = Field(default=0.0, ge=0, le=1)
-    idle_release_s: float = Field(default=300.0, ge=0, description="empty nodes are released after this")
+    idle_release_s: float = Field(default=300.0, ge=0, le=7 * 86_400, description="empty nodes are released after this")
 
     @model_validator(mode="after")
     def _min_le_max(self) -> "PoolSpec":
@@ -50,9 +52,9 @@ class PoolSpec(Strict):
 
 
 class ReplicaSpec(Strict):
-    cpu: float = Field(gt=0)
-    memory_gib: float = Field(gt=0)
-    gpus: int = Field(default=0, ge=0)
+    cpu: float = Field(gt=0, le=1024)
+    memory_gib: float = Field(gt=0, le=65536)
+    gpus: int = Field(default=0, ge=0, le=64)
 
 
 class SloSpec(Strict):
@@ -78,7 +80,7 @@ class BatchArrivalSpec(Strict):
 class WorkloadSpec(Strict):
     """Arrival rate of one service (requests or work units per second)."""
 
-    peak_rps: float = Field(gt=0, description="the generated trace is scaled so its seasonal peak is this")
+    peak_rps: float = Field(gt=0, le=1e8, description="the generated trace is scaled so its seasonal peak is this")
     trough_fraction: float = Field(default=0.25, gt=0, le=1, description="night level / day peak")
     peak_hour: float = Field(default=14.0, ge=0, lt=24)
     weekend_factor: float = Field(default=0.8, gt=0, le=2)
@@ -93,13 +95,13 @@ class WorkloadSpec(Strict):
 class ServiceSpec(Strict):
     name: str = Field(min_length=1)
     kind: Literal["online", "batch"] = "online"
-    work_s: float = Field(gt=0, description="CPU-seconds (GPU-seconds when the replica asks for GPUs) per request at speed 1")
+    work_s: float = Field(gt=0, le=86_400, description="CPU-seconds (GPU-seconds when the replica asks for GPUs) per request at speed 1")
     replica: ReplicaSpec
-    cold_start_s: float = Field(default=30.0, ge=0)
+    cold_start_s: float = Field(default=30.0, ge=0, le=86_400)
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(gt=0, le=512)
     initial_replicas: int | None = Field(default=None, ge=0)
-    queue_limit: float = Field(default=10_000.0, gt=0, description="requests held in the queue before drops")
+    queue_limit: float = Field(default=10_000.0, gt=0, le=1e12, description="requests held in the queue before drops")
     slo: SloSpec
     pools: list[str] = Field(min_length=1, description="pool preference order")
     workload: WorkloadSpec
@@ -161,9 +163,9 @@ class RandomisationSpec(Strict):
 class Scenario(Strict):
     name: str = Field(min_length=1)
     description: str = ""
-    step_s: float = Field(default=60.0, gt=0, le=3600)
+    step_s: float = Field(default=60.0, ge=1.0, le=3600, description="decision interval; below 1 s no real autoscaler acts")
     substeps: int = Field(default=6, ge=1, le=60)
-    episode_steps: int = Field(default=1440, ge=1)
+    episode_steps: int = Field(default=1440, ge=1, le=1_000_000, description="at most ~2 years of 1-minute steps")
     pools: list[PoolSpec] = Field(min_length=1)
     services: list[ServiceSpec] = Field(min_length=1)
     actions: ActionSpec = ActionSpec()
@@ -312,6 +314,35 @@ class PolicyKwargs(Strict):
     activation_fn: Literal["tanh", "relu"] = "tanh"
 
 
+class GeneralRanges(Strict):
+    """What the generalist's training clusters are drawn from; the card states these as the policy's range."""
+
+    step_s: list[float] = Field(default=[30.0, 60.0, 60.0, 120.0], min_length=1)
+    peak_replicas: float = Field(default=250.0, gt=2, description="peak demand in replicas at 100% utilisation")
+    max_replicas: int = Field(default=512, ge=3, le=512)
+    slo_over_work: tuple[float, float] = (2.5, 40.0)
+    provision_delay_s: tuple[float, float] = (15.0, 300.0)
+    cold_start_s: tuple[float, float] = (0.0, 180.0)
+    capacity_error: float = Field(default=0.2, ge=0, lt=1, description="declared vs true per-replica capacity")
+
+
+class GeneralSpec(Strict):
+    """Training the generalist (``train/general.yaml``): the cluster and traffic distribution and the reward."""
+
+    engines: int = Field(default=4, ge=1, le=256, description="cluster slots, each re-drawn when its episodes end")
+    episode_steps: int = Field(default=720, ge=16, le=100_000)
+    trace: str | None = Field(default=None, description="a real timestamp,value CSV whose first days are replayed")
+    trace_train_days: float = Field(default=5.0, gt=0)
+    batch_fraction: float = Field(default=0.1, ge=0, le=1)
+    spot_fraction: float = Field(default=0.3, ge=0, le=1)
+    extra_pool_fraction: float = Field(default=0.2, ge=0, le=1)
+    w_slo: float = Field(default=20.0, ge=0)
+    w_drop: float = Field(default=50.0, ge=0)
+    w_churn: float = Field(default=0.05, ge=0)
+    ranges: GeneralRanges = GeneralRanges()
+    validation: list[str] = Field(default=["web-diurnal", "flash-crowd", "mixed-pools", "ml-platform"], min_length=1)
+
+
 class TrainConfig(Strict):
     """One rl-zoo3-style training file (``train/ppo-<scenario>.yaml``)."""
 
@@ -340,6 +371,7 @@ class TrainConfig(Strict):
         default=None, description="overrides the scenario's reward weights for training (rl-zoo3's env_kwargs)"
     )
     eval: EvalSpec = EvalSpec()
+    general: GeneralSpec | None = Field(default=None, description="train the generalist instead of a specialist")
 
     @model_validator(mode="after")
     def _check_lr(self) -> "TrainConfig":

@@ -7,6 +7,7 @@ only adapts its reset/step conventions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,8 +79,10 @@ class ClusterEpisodes:
         episode_steps: int | None = None,
         randomise: bool = False,
         trace: np.ndarray | None = None,
+        sampler: Callable[[np.random.Generator, int, float, float], np.ndarray] | None = None,
     ) -> None:
         self.scenario = load_scenario(scenario)
+        self.sampler = sampler
         self.n = n
         self.episode_steps = int(episode_steps or self.scenario.episode_steps)
         self.randomise = randomise
@@ -111,7 +114,9 @@ class ClusterEpisodes:
         sc = self.scenario
         day = int(rng.integers(7)) if sc.randomisation.random_start_day else 0
         start_s = day * SECONDS_PER_DAY
-        for j, svc in enumerate(sc.services):
+        if self.sampler is not None:
+            self.arrivals[index] = self.sampler(rng, self.episode_steps + 1, sc.step_s, start_s)
+        for j, svc in enumerate(sc.services if self.sampler is None else ()):
             spec = workload.randomise(svc.workload, sc.randomisation, rng) if self.randomise else svc.workload
             if self.fixed_trace is not None:
                 self.arrivals[index, :, j] = self.fixed_trace[: self.episode_steps + 1, j]

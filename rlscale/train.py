@@ -61,9 +61,18 @@ def learning_rate(value: float | str) -> float | Callable[[float], float]:
 
 
 def make_env(cfg: TrainConfig, scenario: Scenario) -> VecNormalize:
-    env = SB3ClusterVecEnv(
-        scenario, cfg.n_envs, episode_steps=cfg.episode_steps, randomise=cfg.randomise, seed=cfg.seed * 1000
-    )
+    env: Any
+    if cfg.general is not None:
+        from rlscale.learn.general_env import GeneralVecEnv
+
+        engines = cfg.general.engines
+        if cfg.n_envs % engines:
+            raise ConfigError(f"n_envs ({cfg.n_envs}): expected a multiple of general.engines ({engines})")
+        env = GeneralVecEnv(cfg.general, engines, cfg.n_envs // engines, seed=cfg.seed * 1000)
+    else:
+        env = SB3ClusterVecEnv(
+            scenario, cfg.n_envs, episode_steps=cfg.episode_steps, randomise=cfg.randomise, seed=cfg.seed * 1000
+        )
     n = cfg.normalize
     return VecNormalize(
         env, norm_obs=n.norm_obs, norm_reward=n.norm_reward, clip_obs=n.clip_obs, gamma=n.gamma or cfg.gamma
@@ -161,14 +170,19 @@ def evaluate_weights(
 # --------------------------------------------------------------------------- checkpoints
 
 
+def _rngs(env: VecNormalize) -> list[np.random.Generator]:
+    """The training env's generators (its whole random state): the specialist's engine's, or the generalist's slots'."""
+    venv: Any = env.venv
+    return venv.rngs if hasattr(venv, "rngs") else venv.engine.rngs
+
+
 def save_checkpoint(target: Path, model: PPO, env: VecNormalize, extra: dict[str, Any]) -> None:
-    engine = env.venv.engine  # type: ignore[attr-defined]
     with staged_dir(target) as tmp:
         model.save(tmp / "model.zip")
         env.save(str(tmp / "vecnormalize.pkl"))
         state = {
             "num_timesteps": int(model.num_timesteps),
-            "rng_states": [rng.bit_generator.state for rng in engine.rngs],
+            "rng_states": [rng.bit_generator.state for rng in _rngs(env)],
             **extra,
         }
         (tmp / "state.json").write_text(json.dumps(state, default=_json_default))
@@ -195,8 +209,7 @@ def load_checkpoint(path: Path, cfg: TrainConfig, scenario: Scenario) -> tuple[P
     env = VecNormalize.load(str(path / "vecnormalize.pkl"), base.venv)
     state = json.loads((path / "state.json").read_text())
     model = PPO.load(path / "model.zip", env=env, device="cpu")
-    engine = env.venv.engine  # type: ignore[attr-defined]
-    for rng, s in zip(engine.rngs, state["rng_states"]):
+    for rng, s in zip(_rngs(env), state["rng_states"]):
         rng.bit_generator.state = s
     return model, env, state
 
@@ -208,9 +221,11 @@ class HeldOutEvalCallback(BaseCallback):
     """Evaluates on held-out seeds, logs ``eval/*`` to TensorBoard, keeps the best model by score."""
 
     def __init__(self, cfg: TrainConfig, scenario: Scenario, run_dir: Path, run_meta: dict[str, Any],
-                 best_score: float = float("inf"), last_eval: int = 0) -> None:
+                 best_score: float = float("inf"), last_eval: int = 0,
+                 on_evaluation: Callable[[HeldOutEvalCallback, dict[str, Any]], None] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.on_evaluation = on_evaluation
         self.scenario = scenario
         self.run_dir = run_dir
         self.run_meta = run_meta
@@ -239,8 +254,14 @@ class HeldOutEvalCallback(BaseCallback):
         env = self.model.get_env()
         assert isinstance(env, VecNormalize)
         weights = weights_from_sb3(self.model, env)  # type: ignore[arg-type]
-        result = evaluate_weights(weights, self.scenario, self.seeds, self.steps, self.hpa)
-        self.hpa = result.hpa
+        result: Any
+        if self.cfg.general is not None:
+            from rlscale.learn.general_eval import evaluate_general
+
+            result = evaluate_general(weights, self.cfg.general, self.seeds, self.steps)
+        else:
+            result = evaluate_weights(weights, self.scenario, self.seeds, self.steps, self.hpa)
+            self.hpa = result.hpa
         mean = result.policy.mean()
         for key in ("cost_usd", "slo_violation_rate", "dropped_fraction", "utilisation", "episode_reward"):
             self.logger.record(f"eval/{key}", mean[key])
@@ -257,6 +278,8 @@ class HeldOutEvalCallback(BaseCallback):
         if result.score < self.best_score:
             self.best_score = result.score
             save_checkpoint(self.run_dir / "best", self.model, env, {"evaluation": entry, **self.run_meta})
+        if self.on_evaluation is not None:
+            self.on_evaluation(self, entry)
         return result
 
 
@@ -401,6 +424,7 @@ def train(
     progress_bar: bool = True,
     command: str = "",
     overwrite: bool = False,
+    on_evaluation: Callable[[HeldOutEvalCallback, dict[str, Any]], None] | None = None,
 ) -> TrainOutcome:
     """Train (or resume) one run; Ctrl-C or SIGTERM saves a consistent ``last/`` checkpoint and returns normally.
 
@@ -425,7 +449,8 @@ def train(
     tb_dir = run_dir / "tb"
     model.set_logger(configure(str(tb_dir), ["tensorboard", "csv"]))
     write_custom_scalars(tb_dir)
-    callback = HeldOutEvalCallback(cfg, scenario, run_dir, meta, best, last_eval)
+    # on_evaluation: called after each validation evaluation (and best/ update), e.g. by a sweep reporting to Ray Tune
+    callback = HeldOutEvalCallback(cfg, scenario, run_dir, meta, best, last_eval, on_evaluation)
     remaining = max(0, cfg.n_timesteps - model.num_timesteps)
     bar = progress_bar and sys.stdout.isatty()
     callbacks: list[BaseCallback] = [callback]

@@ -24,6 +24,7 @@ from rlscale.policies.model_file import check_layers, check_sha256, policy_membe
 from rlscale.spaces import Action, ActionDecoder, ActionSpec, Metrics, ObservationBuilder, ObsSpec
 
 CARD_FORMAT = "rlscale-policy/1"
+GENERAL_KIND = "general"
 ACTIVATIONS = {
     "tanh": np.tanh,
     "relu": lambda x: np.maximum(x, 0.0),
@@ -96,10 +97,16 @@ def deterministic_actions(weights: PolicyWeights, nvec: np.ndarray, obs: np.ndar
 
 @dataclass(frozen=True)
 class ExportedPolicy:
+    """Weights and card; a generalist card (``kind: general``) has no fixed obs/action spec."""
+
     weights: PolicyWeights
     card: dict[str, Any]
-    obs_spec: ObsSpec
-    action_spec: ActionSpec
+    obs_spec: ObsSpec  # type: ignore[assignment]
+    action_spec: ActionSpec  # type: ignore[assignment]
+
+    @property
+    def general(self) -> bool:
+        return self.card.get("kind") == GENERAL_KIND
 
 
 def _fail(path: Path, what: str) -> ConfigError:
@@ -130,9 +137,10 @@ def load_exported(path: str | Path) -> ExportedPolicy:
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise _fail(card_path, f"field format: expected {CARD_FORMAT!r}")
     check_sha256(npz_path, card, card_path)
+    general = card.get("kind") == GENERAL_KIND
     try:
-        obs_spec = ObsSpec.from_dict(card["obs_spec"])
-        action_spec = ActionSpec.from_dict(card["action_spec"])
+        obs_spec = None if general else ObsSpec.from_dict(card["obs_spec"])
+        action_spec = None if general else ActionSpec.from_dict(card["action_spec"])
         activation = str(card["network"]["activation"])
         n_layers = check_layers(card_path, card["network"]["layers"])
     except ConfigError:
@@ -153,7 +161,13 @@ def load_exported(path: str | Path) -> ExportedPolicy:
         obs_eps=float(arrays["obs_eps"]),
         activation=activation,
     )
-    _check_shapes(npz_path, weights, obs_spec.size, int(action_spec.nvec.sum()))
+    if general:
+        from rlscale.relative import LEVELS, N_FEATURES
+
+        _check_shapes(npz_path, weights, N_FEATURES, len(LEVELS) + 3)
+    else:
+        assert obs_spec is not None and action_spec is not None
+        _check_shapes(npz_path, weights, obs_spec.size, int(action_spec.nvec.sum()))
     return ExportedPolicy(weights, card, obs_spec, action_spec)
 
 
@@ -202,6 +216,11 @@ class PPOPolicy:
 
 def check_matches(exported: ExportedPolicy, scenario: Scenario, source: str) -> None:
     """A policy is only valid on a cluster with the services and pools it was trained on."""
+    if exported.general:
+        from rlscale.policies.general import check_range
+
+        check_range(exported.card, scenario, source)
+        return
     spec = ObsSpec.from_scenario(scenario)
     if spec.services != exported.obs_spec.services or spec.pools != exported.obs_spec.pools:
         raise ConfigError(
@@ -210,8 +229,13 @@ def check_matches(exported: ExportedPolicy, scenario: Scenario, source: str) -> 
         )
 
 
-def make_policy(path: str, scenario: Scenario) -> PPOPolicy:
+def make_policy(path: str, scenario: Scenario) -> Any:
+    """A specialist must match the scenario's services and pools; a generalist must cover its ranges."""
     exported = load_exported(path)
+    if exported.general:
+        from rlscale.policies.general import GeneralPolicy
+
+        return GeneralPolicy(exported, scenario, name=f"ppo:{path}")
     check_matches(exported, scenario, path)
     return PPOPolicy(exported, name=f"ppo:{path}")
 

@@ -1,0 +1,227 @@
+"""The generalist's training environment: randomised clusters and traffic, one row per service.
+
+Each of ``engines`` slots runs ``clusters`` episodes of one randomly drawn
+single-service cluster (its pools, prices, delays, limits and load all
+drawn from ``sample_cluster``) on traffic from ``rlscale.learn.traffic``;
+when the slot's episodes end, it draws a new cluster. The simulator runs
+the *true* cluster while the policy is told a declaration whose per-replica
+capacity is off by up to 20%, as a user's would be. Observations, actions
+and the node drain go through ``GeneralPolicy``, the object that serves the
+exported policy, so training and serving share one code path.
+
+The reward is scale-free: cost over what running the episode's mean demand at
+70% utilisation would cost, plus weighted SLO violations, dropped fraction and
+scaling actions (a count, not replicas moved).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv
+
+from rlscale.config import PROJECT_ROOT, ConfigError, GeneralSpec, Scenario, parse_model
+from rlscale.episode import ClusterEpisodes
+from rlscale.learn.traffic import Replay, make_sampler
+from rlscale.policies.general import NVEC, GeneralPolicy
+from rlscale.relative import CLIP, N_FEATURES
+
+REFERENCE_UTILISATION = 0.7
+
+
+def resolve_trace(path: str) -> Path:
+    """A training trace by path, relative to the working directory or else to the project root."""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists() and (PROJECT_ROOT / p).exists():
+        p = PROJECT_ROOT / p
+    if not p.is_file():
+        raise ConfigError(f"general.trace: {path}: file not found")
+    return p
+NODE_VCPUS = (2, 4, 8, 16, 32, 64)
+REPLICA_CPUS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def sample_cluster(rng: np.random.Generator, spec: GeneralSpec) -> tuple[Scenario, Scenario, float]:
+    """(true scenario, declared scenario, peak rps): one single-service cluster of the training distribution."""
+    r = spec.ranges
+    step_s = float(rng.choice(r.step_s))
+    batch = rng.random() < spec.batch_fraction
+    cpu = float(rng.choice(REPLICA_CPUS))
+    work = _log_uniform(rng, 0.005, 0.5) * (20.0 if batch else 1.0)
+    rps = cpu / work
+    peak_replicas = _log_uniform(rng, 2.0, r.peak_replicas)
+    min_r = int(rng.integers(1, 4))
+    headroom = float(rng.uniform(1.8, 3.0)) if rng.random() > 0.1 else float(rng.uniform(1.2, 1.6))
+    max_r = int(min(r.max_replicas, max(min_r + 2, math.ceil(peak_replicas * headroom))))
+    slo = work * _log_uniform(rng, *r.slo_over_work)
+    vcpus = [v for v in NODE_VCPUS if v >= cpu and math.ceil(max_r / (v // cpu)) + 2 <= 250]
+    vcpu = float(rng.choice(vcpus[: max(1, len(vcpus) - 1)] if len(vcpus) > 1 else vcpus))
+    price_vcpu = _log_uniform(rng, 0.01, 0.1)
+    delay = float(rng.uniform(*r.provision_delay_s))
+    cold = float(rng.uniform(*r.cold_start_s))
+    per_node = int(vcpu // cpu)
+    nodes = math.ceil(max_r / per_node) + 2
+    pools: list[dict[str, Any]] = [dict(
+        name="on-demand", vcpu=vcpu, memory_gib=4 * vcpu, price_per_hour=price_vcpu * vcpu,
+        provision_delay_s=delay, min_nodes=int(rng.integers(0, 2)), max_nodes=nodes,
+        idle_release_s=float(rng.uniform(60, 600)),
+    )]
+    order = ["on-demand"]
+    if rng.random() < spec.spot_fraction:
+        pools.append(dict(
+            name="spot", vcpu=vcpu, memory_gib=4 * vcpu, price_per_hour=price_vcpu * vcpu * float(rng.uniform(0.3, 0.7)),
+            provision_delay_s=delay * float(rng.uniform(0.8, 1.5)), max_nodes=nodes,
+            spot_interruptions_per_hour=float(rng.uniform(0.0, 0.2)), idle_release_s=float(rng.uniform(60, 600)),
+        ))
+        order = ["spot", "on-demand"] if rng.random() < 0.5 else ["on-demand", "spot"]
+    if rng.random() < spec.extra_pool_fraction:
+        big = float(min(64.0, vcpu * 2))
+        if math.ceil(max_r / int(big // cpu)) + 2 <= 250:
+            pools.append(dict(
+                name="large", vcpu=big, memory_gib=4 * big, price_per_hour=price_vcpu * big * float(rng.uniform(0.85, 1.3)),
+                provision_delay_s=delay * float(rng.uniform(1.0, 2.0)), max_nodes=math.ceil(max_r / int(big // cpu)) + 2,
+                idle_release_s=float(rng.uniform(60, 600)),
+            ))
+            order.append("large")
+    slo_spec = {"max_backlog_age_s": slo * 50} if batch else {"p95_latency_s": slo}
+    service: dict[str, Any] = dict(
+        name="svc", kind="batch" if batch else "online", work_s=work, replica=dict(cpu=cpu, memory_gib=2 * cpu),
+        cold_start_s=cold, min_replicas=min_r, max_replicas=max_r, queue_limit=max(1000.0, peak_replicas * rps * 60),
+        slo=slo_spec, pools=order, workload=dict(peak_rps=peak_replicas * rps),
+    )
+    declared = parse_model(Scenario, dict(
+        name="general-train", step_s=step_s, episode_steps=spec.episode_steps, pools=pools, services=[service],
+        reward=dict(cost_scale=1.0), imbalance=dict(drift_sigma=float(rng.uniform(0.0, 0.04)),
+                                                     drift_reversion=0.05, contention=float(rng.uniform(0.0, 0.3))),
+    ), "general training cluster")
+    off = float(rng.uniform(1.0 - r.capacity_error, 1.0 + r.capacity_error))
+    true_svc = declared.services[0].model_copy(update={"work_s": work * off})
+    true = declared.model_copy(update={"services": [true_svc]})
+    return true, declared, peak_replicas * rps
+
+
+class GeneralVecEnv(VecEnv):
+    """``engines * clusters`` rows for SB3; each slot re-draws its cluster when its episodes end."""
+
+    render_mode = None
+
+    def __init__(self, spec: GeneralSpec | dict[str, Any], engines: int, clusters: int, seed: int = 0) -> None:
+        self.spec = spec if isinstance(spec, GeneralSpec) else parse_model(GeneralSpec, spec, "general")
+        self.engines_n, self.clusters = engines, clusters
+        obs = spaces.Box(-CLIP, CLIP, shape=(N_FEATURES,), dtype=np.float32)
+        super().__init__(engines * clusters, obs, spaces.MultiDiscrete(NVEC))
+        replay = Replay(str(resolve_trace(self.spec.trace)), self.spec.trace_train_days) if self.spec.trace else None
+        self._shape = make_sampler(replay)
+        self._seed = seed
+        self.seed(seed)
+        self._actions: np.ndarray | None = None
+
+    # the generators are the whole random state: checkpoints save and restore them
+    @property
+    def rngs(self) -> list[np.random.Generator]:
+        return self._slot_rngs
+
+    def seed(self, seed: int | None = None) -> Sequence[None | int]:
+        self._seed = self._seed if seed is None else int(seed)
+        self._slot_rngs = [np.random.default_rng([self._seed, k]) for k in range(self.engines_n)]
+        return [self._seed] * self.num_envs
+
+    def _build(self, k: int) -> None:
+        rng = self._slot_rngs[k]
+        true, declared, peak = sample_cluster(rng, self.spec)
+        shape = self._shape
+
+        def sampler(r: np.random.Generator, n: int, step_s: float, start_s: float) -> np.ndarray:
+            return (peak * shape(r, n, step_s, start_s))[:, None]
+
+        eng = ClusterEpisodes(true, self.clusters, episode_steps=self.spec.episode_steps, randomise=False, sampler=sampler)
+        for i in range(self.clusters):
+            eng.set_rng(i, np.random.default_rng(int(rng.integers(0, 2**63 - 1))))
+            eng.reset(i)
+        policy = GeneralPolicy(None, declared)
+        policy.reset(self.clusters)
+        pool = declared.pools[declared.pool_index(declared.services[0].pools[0])]
+        per_replica_h = pool.price_per_hour / max(1.0, pool.vcpu // declared.services[0].replica.cpu)
+        mean_replicas = eng.arrivals[:, : eng.episode_steps].mean(axis=1)[:, 0] / (true.services[0].replica_rps * REFERENCE_UTILISATION)
+        ref = np.maximum(mean_replicas, 1.0) * per_replica_h * declared.step_s / 3600.0
+        self._slots[k] = (eng, policy, ref)
+        self._ep_reward[k] = 0.0
+        self._ep_len[k] = 0
+
+    def reset(self) -> np.ndarray:
+        self._slots: list[Any] = [None] * self.engines_n
+        self._ep_reward = np.zeros((self.engines_n, self.clusters))
+        self._ep_len = np.zeros(self.engines_n, dtype=np.int64)
+        for k in range(self.engines_n):
+            self._build(k)
+        return np.concatenate([pol.observe(eng.metrics()) for eng, pol, _ in self._slots])
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs, 2)
+
+    def step_wait(self):
+        assert self._actions is not None
+        w = self.spec
+        C = self.clusters
+        obs_out, rew_out, done_out = [], [], []
+        infos: list[dict[str, Any]] = []
+        for k in range(self.engines_n):
+            eng, pol, ref = self._slots[k]
+            act = self._actions[k * C : (k + 1) * C]
+            before = eng.sim.desired.copy()
+            action = pol.step_raw(eng.metrics(), act[:, :1], act[:, 1])
+            result, terms, truncated = eng.step_action(action)
+            changed = (eng.sim.desired != before).sum(axis=1)
+            reward = -(terms.cost_usd / ref + w.w_slo * terms.slo_violation + w.w_drop * terms.dropped_fraction
+                       + w.w_churn * changed)
+            self._ep_reward[k] += reward
+            self._ep_len[k] += 1
+            obs = pol.observe(eng.metrics())
+            slot_infos: list[dict[str, Any]] = [
+                {"cost_ratio": float(terms.cost_usd[i] / ref[i]), "slo_violation": float(terms.slo_violation[i])}
+                for i in range(C)
+            ]
+            if truncated.all():
+                for i in range(C):
+                    slot_infos[i]["terminal_observation"] = obs[i].copy()
+                    slot_infos[i]["TimeLimit.truncated"] = True
+                    slot_infos[i]["episode"] = {"r": float(self._ep_reward[k, i]), "l": int(self._ep_len[k]), "t": 0.0}
+                self._build(k)
+                eng, pol, _ = self._slots[k]
+                obs = pol.observe(eng.metrics())
+            obs_out.append(obs)
+            rew_out.append(reward.astype(np.float32))
+            done_out.append(np.repeat(bool(truncated.all()), C))
+            infos.extend(slot_infos)
+        return np.concatenate(obs_out), np.concatenate(rew_out), np.concatenate(done_out), infos
+
+    def close(self) -> None:
+        return None
+
+    def get_attr(self, attr_name: str, indices=None) -> list[Any]:
+        return [getattr(self, attr_name)] * len(self._indices(indices))
+
+    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        setattr(self, attr_name, value)
+
+    def env_method(self, method_name: str, *args, indices=None, **kwargs) -> list[Any]:
+        return [getattr(self, method_name)(*args, **kwargs) for _ in self._indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
+        return [False] * len(self._indices(indices))
+
+    def _indices(self, indices) -> list[int]:
+        if indices is None:
+            return list(range(self.num_envs))
+        if isinstance(indices, int):
+            return [indices]
+        return list(indices)

@@ -1,0 +1,102 @@
+"""Validation of the generalist during training: the same numpy policy that serves, on validation seeds only.
+
+Checkpoint selection must not touch test data (DESIGN.md section 11): the
+cases here are the shipped scenarios on validation seeds (5000 and up),
+never the generalisation suite, the held-out days of the Alibaba trace, or
+the Google/Azure series.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rlscale.config import GeneralSpec, load_scenario
+from rlscale.policies.general import GeneralPolicy
+from rlscale.policies.hpa import HPAPolicy
+from rlscale.policies.ppo import GENERAL_KIND, ExportedPolicy, PolicyWeights
+from rlscale.rollout import Rollout, run_policy
+
+
+def exported_general(weights: PolicyWeights, card: dict[str, Any]) -> ExportedPolicy:
+    return ExportedPolicy(weights, {"kind": GENERAL_KIND, **card}, None, None)  # type: ignore[arg-type]
+
+
+def card_range(spec: GeneralSpec) -> dict[str, list[float]]:
+    """The ranges a card states: those the training clusters were drawn from (``sample_cluster``)."""
+    r = spec.ranges
+    steps = [min(r.step_s), max(r.step_s)]
+    return {
+        "step_s": steps,
+        "lead_steps": [r.provision_delay_s[0] / steps[1], (r.provision_delay_s[1] * 2.0 + r.cold_start_s[1]) / steps[0]],
+        "cold_start_steps": [0.0, r.cold_start_s[1] / steps[0]],
+        "price_ratio": [1.0, 1.0 / 0.3],
+        "replicas_per_node": [1.0, 256.0],
+        "max_replicas": [1.0, float(r.max_replicas)],
+        "slo_over_work": [r.slo_over_work[0], r.slo_over_work[1] * 50.0],
+    }
+
+
+@dataclass
+class GeneralEvalResult:
+    """Per validation case: the policy's and HPA's rollouts; the score averages the cases."""
+
+    cases: dict[str, tuple[Rollout, Rollout]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def _ratio(self) -> list[float]:
+        return [float(p.episodes["cost_usd"].mean() / h.episodes["cost_usd"].mean()) for p, h in self.cases.values()]
+
+    @property
+    def cost_vs_hpa(self) -> float:
+        return float(np.mean(self._ratio()))
+
+    @property
+    def score(self) -> float:
+        """Lower is better: mean cost relative to HPA, any SLO or drop loss against HPA priced heavily per case."""
+        total = 0.0
+        for (p, h), ratio in zip(self.cases.values(), self._ratio()):
+            extra_slo = p.episodes["slo_violation_rate"].mean() - h.episodes["slo_violation_rate"].mean()
+            extra_drop = p.episodes["dropped_fraction"].mean() - h.episodes["dropped_fraction"].mean()
+            total += ratio + 100.0 * max(0.0, extra_slo) + 100.0 * max(0.0, extra_drop)
+        return total / len(self.cases)
+
+    @property
+    def policy(self) -> Rollout:
+        first = next(iter(self.cases.values()))[0]
+        return Rollout(first.policy, first.seeds, {k: np.array([np.mean([p.episodes[k].mean() for p, _ in self.cases.values()])])
+                                                  for k in first.episodes})
+
+    @property
+    def hpa(self) -> Rollout:
+        first = next(iter(self.cases.values()))[1]
+        return Rollout(first.policy, first.seeds, {k: np.array([np.mean([h.episodes[k].mean() for _, h in self.cases.values()])])
+                                                  for k in first.episodes})
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "cases": {
+                name: {"ppo": p.mean(), "hpa": h.mean(),
+                       "cost_vs_hpa": float(p.episodes["cost_usd"].mean() / h.episodes["cost_usd"].mean())}
+                for name, (p, h) in self.cases.items()
+            },
+            "cost_vs_hpa": self.cost_vs_hpa,
+            "seeds": next(iter(self.cases.values()))[0].seeds,
+        }
+
+
+_HPA_CACHE: dict[tuple[str, tuple[int, ...], int | None], Rollout] = {}
+
+
+def evaluate_general(weights: PolicyWeights, spec: GeneralSpec, seeds: list[int], steps: int | None) -> GeneralEvalResult:
+    exported = exported_general(weights, {"range": card_range(spec)})
+    cases: dict[str, tuple[Rollout, Rollout]] = {}
+    for name in spec.validation:
+        sc = load_scenario(name)
+        key = (name, tuple(seeds), steps)
+        if key not in _HPA_CACHE:
+            _HPA_CACHE[key] = run_policy(sc, HPAPolicy(sc), seeds, steps=steps)
+        cases[sc.name] = (run_policy(sc, GeneralPolicy(exported, sc, name="general"), seeds, steps=steps), _HPA_CACHE[key])
+    return GeneralEvalResult(cases)

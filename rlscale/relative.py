@@ -1,0 +1,334 @@
+"""Scale-free observations and actions for the generalist policy (DESIGN.md section 10).
+
+A user's cluster never matches a training scenario: it has other prices, other
+replica counts, other delays, another number of services. So every feature
+here is a ratio (load over the capacity a service has and will have, latency
+over its SLO, a pool's price over the cheapest one, demand now over demand k
+intervals ago), and every action is relative: a target utilisation per
+service, which the decoder turns into replicas with *that* service's own
+capacity and limits. Nothing is an absolute count, price or rate, and nothing
+is clamped to a training-time maximum.
+
+Arrays are ``[N, S]`` (N clusters, S services); a policy network sees one row
+per service (``[N * S, F]``), so one set of weights serves any number of
+services in one batched call.
+
+The decoder also owns the margin no policy can talk its way out of
+(``floor``): capacity for the demand projected over the service's lead time
+(provisioning + cold start) at ``U_MAX``, and no scale-down while the SLO is
+being violated or requests are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from rlscale.config import Scenario
+from rlscale.spaces import Action, Metrics
+
+LAGS = (1, 2, 5, 10, 15)
+HISTORY = max(LAGS) + 1
+LEVELS = (0.40, 0.50, 0.58, 0.65, 0.72, 0.78, 0.84, 0.90)
+"""Target utilisation of the capacity a service will have: the per-service action."""
+U_MAX = 0.92
+"""The floor sizes the projected demand at this utilisation: the margin the policy cannot remove."""
+TOLERANCE = 0.1
+"""As Kubernetes' HPA: a proposal within 10% of the current count is no change (bounds churn)."""
+DOWN_WINDOW_S = 180.0
+"""Scale-down takes the highest proposal of this window, as HPA's stabilisation does (bounds churn)."""
+GROWTH_CLIP = (1.0, 2.0)
+CAPACITY_CLIP = (0.5, 2.0)
+CAPACITY_EMA = 0.1
+CLIP = 10.0
+FEATURES = (
+    "load_soon", "load_ready", "utilisation", "slo_ratio", "backlog_steps", "dropped_fraction", "pending",
+    *(f"log_ratio_lag{k}" for k in LAGS),
+    "volatility", "log_forecast_lead", "forecast_load_soon", "lead_steps", "cold_steps", "capacity_vs_declared",
+    "granularity", "at_min", "to_max", "log_price_ratio", "log_replicas_per_node", "packing", "hot_spot",
+    "rebalancing", "batch", "floor_ratio",
+)
+N_FEATURES = len(FEATURES)
+
+
+@dataclass(frozen=True)
+class ServiceTraits:
+    """What a cluster declares about its services, ``[S]`` each: the only constants the generalist uses.
+
+    ``rps`` is the declared requests/s one replica serves at 100% on its
+    preferred pool; the builder corrects it online from measured utilisation,
+    so a declaration that is off by 20% does not make the policy under-provision.
+    """
+
+    services: tuple[str, ...]
+    rps: tuple[float, ...]
+    slo_s: tuple[float, ...]
+    min_replicas: tuple[int, ...]
+    max_replicas: tuple[int, ...]
+    lead_s: tuple[float, ...]
+    cold_start_s: tuple[float, ...]
+    price_ratio: tuple[float, ...]
+    replicas_per_node: tuple[float, ...]
+    batch: tuple[bool, ...]
+    step_s: float
+
+    @classmethod
+    def from_scenario(cls, scenario: Scenario) -> "ServiceTraits":
+        pools = {p.name: p for p in scenario.pools}
+        first = [pools[s.pools[0]] for s in scenario.services]
+
+        def per_replica(s: Any, p: Any) -> float:
+            fit = min(p.vcpu // s.replica.cpu, p.memory_gib // s.replica.memory_gib,
+                      p.gpus // s.replica.gpus if s.replica.gpus else float("inf"))
+            return p.price_per_hour / fit if fit >= 1 else float("inf")
+
+        def price_ratio(s: Any) -> float:
+            """The preferred pool's price per replica over the cheapest of the service's pools."""
+            prices = [per_replica(s, pools[name]) for name in s.pools]
+            cheapest = min(prices)
+            return prices[0] / cheapest if 0 < cheapest < float("inf") else 1.0
+
+        return cls(
+            services=tuple(s.name for s in scenario.services),
+            rps=tuple(s.replica_rps * p.speed for s, p in zip(scenario.services, first)),
+            slo_s=tuple(s.slo_target_s for s in scenario.services),
+            min_replicas=tuple(s.min_replicas for s in scenario.services),
+            max_replicas=tuple(s.max_replicas for s in scenario.services),
+            lead_s=tuple(p.provision_delay_s + s.cold_start_s for s, p in zip(scenario.services, first)),
+            cold_start_s=tuple(s.cold_start_s for s in scenario.services),
+            price_ratio=tuple(price_ratio(s) for s in scenario.services),
+            replicas_per_node=tuple(max(1.0, p.vcpu // s.replica.cpu) for s, p in zip(scenario.services, first)),
+            batch=tuple(s.kind == "batch" for s in scenario.services),
+            step_s=float(scenario.step_s),
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ServiceTraits":
+        return cls(**{f.name: tuple(data[f.name]) if isinstance(data[f.name], list) else data[f.name] for f in fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f.name: np.asarray(getattr(self, f.name), dtype=np.float64) for f in fields(self)
+                if f.name not in ("services", "step_s")}
+
+    @property
+    def n_services(self) -> int:
+        return len(self.services)
+
+
+def _finite(x: Any, fill: float = 0.0) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(np.isfinite(x), x, fill)
+
+
+@dataclass
+class _Clean:
+    """One interval's metrics with NaN/inf replaced, computed once per ``build``."""
+
+    arrivals: np.ndarray
+    ready: np.ndarray
+    desired: np.ndarray
+    util: np.ndarray
+    p95: np.ndarray
+    backlog: np.ndarray
+    dropped: np.ndarray
+
+    @classmethod
+    def of(cls, m: Metrics) -> "_Clean":
+        return cls(
+            arrivals=np.maximum(_finite(m.arrivals_rps), 0.0),
+            ready=np.maximum(_finite(m.ready), 0.0),
+            desired=np.rint(np.maximum(_finite(m.desired), 0.0)),
+            util=_finite(m.utilisation),
+            p95=_finite(m.latency_p95_s),
+            backlog=np.maximum(_finite(m.backlog), 0.0),
+            dropped=np.maximum(_finite(m.dropped), 0.0),
+        )
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+class RelativeObservation:
+    """Builds ``[N * S, N_FEATURES]`` per-service rows from ``Metrics``; keeps each cluster's short history.
+
+    State per cluster: the last ``HISTORY`` arrival rates and the online
+    estimate of each service's true per-replica capacity. Training (the
+    generalist env) and serving (``GeneralPolicy``) both call ``build`` once per
+    decision interval, so they cannot drift apart.
+    """
+
+    def __init__(self, traits: ServiceTraits, n: int = 1) -> None:
+        self.traits = traits
+        a = traits.arrays()
+        self._rps, self._slo = a["rps"], a["slo_s"]
+        self._min, self._max = a["min_replicas"], a["max_replicas"]
+        self._lead = a["lead_s"] / traits.step_s
+        self._cold = a["cold_start_s"] / traits.step_s
+        self._price = np.log(np.maximum(a["price_ratio"], 1e-6))
+        self._per_node = np.log(a["replicas_per_node"]) / 3.0
+        self._batch = a["batch"]
+        self._seen: tuple[Metrics | None, _Clean | None] = (None, None)
+        self.reset_all(n)
+
+    def _clean(self, m: Metrics) -> _Clean:
+        if self._seen[0] is not m:
+            self._seen = (m, _Clean.of(m))
+        c = self._seen[1]
+        assert c is not None
+        return c
+
+    def reset_all(self, n: int) -> None:
+        S = self.traits.n_services
+        self.n = n
+        self.history = np.zeros((n, HISTORY, S))
+        self.rps_hat = np.tile(self._rps, (n, 1))
+        self.count = np.zeros(n, dtype=np.int64)
+
+    def reset(self, mask: np.ndarray | None = None) -> None:
+        """Forget the masked clusters' history (all when None)."""
+        rows = slice(None) if mask is None else np.asarray(mask)
+        self.history[rows] = 0.0
+        self.rps_hat[rows] = self._rps
+        self.count[rows] = 0
+
+    def _push(self, m: Metrics) -> np.ndarray:
+        c = self._clean(m)
+        a = c.arrivals
+        self.history = np.roll(self.history, 1, axis=1)
+        fresh = self.count == 0
+        self.history[:, 0] = a
+        self.history[fresh] = a[fresh][:, None, :]
+        self.count += 1
+        ready, util = c.ready, c.util
+        ok = (ready >= 1) & (util > 0.05) & (util < 0.97) & (a > 0) & ~(_finite(m.rebalancing)[:, None] > 0)
+        measured = np.clip(_ratio(a, ready * util), self._rps * CAPACITY_CLIP[0], self._rps * CAPACITY_CLIP[1])
+        self.rps_hat = np.where(ok, (1 - CAPACITY_EMA) * self.rps_hat + CAPACITY_EMA * measured, self.rps_hat)
+        return a
+
+    def growth(self) -> np.ndarray:
+        """Demand growth projected over each service's lead time, ``[N, S]`` in ``GROWTH_CLIP``.
+
+        The per-interval rate of the last five intervals, compounded over the
+        lead time (provisioning + cold start): what a rise will have added by
+        the time capacity asked for now is ready.
+        """
+        h = self.history
+        base = np.maximum(h[:, 5], 1e-9)
+        per_step = np.clip(_ratio(h[:, 0], base), *GROWTH_CLIP) ** (1.0 / 5.0)
+        return np.clip(per_step ** np.maximum(self._lead, 1.0), *GROWTH_CLIP)
+
+    def demand_replicas(self, m: Metrics) -> np.ndarray:
+        """Replicas' worth of demand now: arrivals over estimated capacity, plus the backlog drained over the lead time."""
+        a = self.history[:, 0]
+        backlog = self._clean(m).backlog
+        drain = _ratio(backlog, self.rps_hat * self.traits.step_s * np.maximum(self._lead, 1.0))
+        return a / self.rps_hat + drain
+
+    def floor(self, m: Metrics) -> np.ndarray:
+        """The margin: ``[N, S]`` replicas the decoder never goes below (before min/max)."""
+        c = self._clean(m)
+        need = np.ceil(self.demand_replicas(m) * self.growth() / U_MAX - 1e-9)
+        hurting = (c.p95 > self._slo) | (c.dropped > 0)
+        return np.where(hurting, np.maximum(need, c.desired), need)
+
+    def build(self, m: Metrics) -> np.ndarray:
+        """float32 ``[N * S, N_FEATURES]`` (service-major within a cluster); pushes this interval into the history."""
+        a = self._push(m)
+        n, S = a.shape
+        h = self.history
+        c = self._clean(m)
+        ready, desired = c.ready, c.desired
+        cap_soon = np.maximum(desired, 1.0) * self.rps_hat
+        cap_ready = np.maximum(ready, 1.0) * self.rps_hat
+        scale = h.mean(axis=1) * 1e-3 + 1e-9
+        logs = np.log(h + scale[:, None, :])
+        steps = np.diff(logs[:, : LAGS[-1] + 1], axis=1)
+        slope = (logs[:, 0] - logs[:, 5]) / 5.0
+        lead = np.maximum(self._lead, 1.0)
+        forecast = np.clip(slope * lead, -2.0, 2.0)
+        backlog, dropped = c.backlog, c.dropped
+        floor = self.floor(m)
+        cols = [
+            a / cap_soon,
+            a / cap_ready,
+            c.util,
+            c.p95 / self._slo,
+            backlog / (cap_soon * self.traits.step_s),
+            _ratio(dropped, a * self.traits.step_s),
+            (desired - ready) / np.maximum(desired, 1.0),
+            *(logs[:, 0] - logs[:, k] for k in LAGS),
+            steps.std(axis=1) * 10.0,
+            forecast,
+            a * np.exp(forecast) / cap_soon,
+            self._lead / 10.0,
+            self._cold / 10.0,
+            self.rps_hat / self._rps,
+            1.0 / np.maximum(desired, 1.0),
+            (desired <= self._min).astype(np.float64),
+            _ratio(self._max - desired, np.maximum(desired, 1.0)),
+            self._price,
+            self._per_node,
+            _finite(m.packing, 1.0).mean(axis=1)[:, None],
+            _finite(m.hot_spot)[:, None],
+            _finite(m.rebalancing)[:, None],
+            self._batch,
+            floor / np.maximum(desired, 1.0),
+        ]
+        out = np.empty((n, S, N_FEATURES))
+        for j, col in enumerate(cols):
+            out[:, :, j] = col
+        out = np.clip(np.where(np.isnan(out), 0.0, out), -CLIP, CLIP)
+        return out.reshape(n * S, N_FEATURES).astype(np.float32)
+
+
+class RelativeDecoder:
+    """Turns a per-service target utilisation into replicas, through the churn bounds and the floor.
+
+    ``proposal = ceil(demand / level)``; scale-down takes the highest proposal
+    of the last ``DOWN_WINDOW_S``; a proposal within ``TOLERANCE`` of the
+    current count holds it; the result never goes below the observation's
+    ``floor`` and is clamped to *this* cluster's min/max only.
+    """
+
+    def __init__(self, traits: ServiceTraits, n: int = 1) -> None:
+        self.traits = traits
+        a = traits.arrays()
+        self._min = a["min_replicas"].astype(np.int64)
+        self._max = a["max_replicas"].astype(np.int64)
+        self._levels = np.asarray(LEVELS)
+        self.window = max(1, int(round(DOWN_WINDOW_S / traits.step_s)))
+        self.reset_all(n)
+
+    def reset_all(self, n: int) -> None:
+        self.recent = np.zeros((n, self.window, self.traits.n_services))
+
+    def reset(self, mask: np.ndarray | None = None) -> None:
+        rows = slice(None) if mask is None else np.asarray(mask)
+        self.recent[rows] = 0.0
+
+    def replicas(self, level_index: np.ndarray, obs: RelativeObservation, m: Metrics) -> np.ndarray:
+        """``[N, S]`` int64 desired replicas for level indices ``[N, S]`` (call after ``obs.build``)."""
+        idx = np.clip(np.asarray(level_index, dtype=np.int64), 0, len(LEVELS) - 1)
+        proposal = np.ceil(obs.demand_replicas(m) / self._levels[idx] - 1e-9)
+        self.recent = np.roll(self.recent, 1, axis=1)
+        self.recent[:, 0] = proposal
+        stable = self.recent.max(axis=1)
+        current = obs._clean(m).desired
+        target = np.where(proposal > current, proposal, np.minimum(stable, current))
+        hold = np.abs(target - current) <= TOLERANCE * np.maximum(current, 1.0)
+        target = np.where(hold, current, target)
+        target = np.maximum(target, obs.floor(m))
+        return np.clip(target, self._min, self._max).astype(np.int64)
+
+
+def decide(level_index: np.ndarray, rebalance: np.ndarray, obs: RelativeObservation, dec: RelativeDecoder,
+           m: Metrics) -> Action:
+    """The typed action for per-service levels ``[N, S]`` and a rebalance verb ``[N]``."""
+    return Action(replicas=dec.replicas(level_index, obs, m), rebalance=np.asarray(rebalance, dtype=np.int64))
