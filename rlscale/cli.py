@@ -110,7 +110,10 @@ def simulate(
     result = run_policy(sc, pol, [seed], steps=steps)
     values = result.mean()
     if as_json:
-        print(json.dumps({"scenario": sc.name, "policy": policy, "seed": seed, "metrics": values}, indent=2))
+        from rlscale.atomic import finite
+
+        # JSON has no Infinity or NaN (a ratio over a zero): such a metric is null, so the output always parses
+        print(json.dumps(finite({"scenario": sc.name, "policy": policy, "seed": seed, "metrics": values}), indent=2, allow_nan=False))
         return
     console.print(metrics_table(f"{sc.name}, seed {seed}, {steps or sc.episode_steps} steps", {policy: values}))
 

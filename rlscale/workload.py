@@ -11,6 +11,7 @@ import csv
 import functools
 import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +84,13 @@ def load_csv(path: str | Path, column: str = "value") -> tuple[np.ndarray, np.nd
 
     Raises ConfigError with one line naming the file and the problem, because a
     trace is user input referenced from a scenario file and the CLI prints the
-    message as is.
+    message as is. The message never quotes the file (a trace may be anything
+    a user pointed at, secrets included): it names lines and columns. Only a
+    regular file of at most ``MAX_TRACE_BYTES`` is read (``trace: /dev/zero``
+    read until MemoryError).
     """
     name = str(path)
+    check_trace_file(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
@@ -110,9 +115,7 @@ def load_csv(path: str | Path, column: str = "value") -> tuple[np.ndarray, np.nd
     header = [cell.strip() for cell in header]
     for wanted in ("timestamp", column):
         if wanted not in header:
-            raise ConfigError(
-                f"{name}: line {header_line}: header has no {wanted!r} column (columns are {_clip(header)})"
-            )
+            raise ConfigError(f"{name}: line {header_line}: header has no {wanted!r} column ({len(header)} columns)")
     i_ts, i_val = header.index("timestamp"), header.index(column)
 
     data = numbered[1:]
@@ -126,7 +129,7 @@ def load_csv(path: str | Path, column: str = "value") -> tuple[np.ndarray, np.nd
         ts[k] = _number(name, line, row[i_ts], "timestamp")
         vals[k] = _number(name, line, row[i_val], column)
         if vals[k] < 0:
-            raise ConfigError(f"{name}: line {line}: negative value {row[i_val].strip()!r} in column {column!r}")
+            raise ConfigError(f"{name}: line {line}: negative value in column {column!r}")
 
     lines = [line for line, _ in data]
     dt = np.diff(ts)
@@ -346,15 +349,31 @@ def _number(name: str, line: int, cell: str, column: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"{name}: line {line}: non-numeric {column} {_clip(text)!r}") from None
+        raise ConfigError(f"{name}: line {line}: non-numeric value in column {column!r}") from None
     if not math.isfinite(value):
-        raise ConfigError(f"{name}: line {line}: non-finite {column} {_clip(text)!r}")
+        raise ConfigError(f"{name}: line {line}: non-finite value in column {column!r}")
     return value
 
 
-def _clip(obj: object, limit: int = 60) -> str:
-    text = _one_line(obj)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+MAX_TRACE_BYTES = 256 * 1024 * 1024
+"""A year of one-second samples is ~20 MB; anything far beyond is not a trace."""
+
+
+def check_trace_file(path: str | Path) -> None:
+    """A trace must be a regular file of at most ``MAX_TRACE_BYTES`` (not a device, FIFO or directory)."""
+    name = str(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: trace file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{name}: cannot read trace ({err.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{name}: trace path is a directory, not a CSV file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{name}: trace is not a regular file (a device or pipe cannot be a trace)")
+    if st.st_size > MAX_TRACE_BYTES:
+        raise ConfigError(f"{name}: trace is {st.st_size} bytes; at most {MAX_TRACE_BYTES}")
 
 
 def _one_line(obj: object) -> str:

@@ -189,7 +189,7 @@ BAD_CSV = {
         (["--policies", "hpa,ppo:models/no-such-model"], "model not found"),
         (["--policies", "hpa,hpa"], "listed twice"),
         (["--trace", "{header}"], "header has no 'timestamp' column"),
-        (["--trace", "{number}"], "non-numeric value 'lots'"),
+        (["--trace", "{number}"], "line 3: non-numeric value in column 'value'"),
         (["--scenario", "no-such-scenario"], "scenario 'no-such-scenario'"),
     ],
 )
