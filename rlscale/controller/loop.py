@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,8 @@ class ControlLoop:
         self.fallbacks: Counter[str] = Counter()
         self.adjustments: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.listeners: list[Callable[[Decision], None]] = []
+        """Called with each decision after it is logged (the KEDA face reads decisions this way)."""
 
     def step(self) -> Decision:
         """One decision: read, decide, act (unless dry-run), log."""
@@ -98,6 +101,9 @@ class ControlLoop:
             self.adjustments[a.guard] += 1
         if error is not None:
             decision.extra["apply_error"] = error
+        note = getattr(self.cluster, "audit_note", None)
+        if note is not None:  # what the backend saw and did this interval (API errors, patches, evictions)
+            decision.extra.update(note())
         if self.audit is not None:
             self.audit.write(decision.audit())
         if self.telemetry is not None:
@@ -106,6 +112,8 @@ class ControlLoop:
                 self.telemetry.actions.inc()
             if decision.replicas is not None:
                 self.telemetry.set_replicas(decision.services, decision.replicas.tolist())
+        for listener in self.listeners:
+            listener(decision)
         return decision
 
     @property
