@@ -205,7 +205,7 @@ def export(
 def serve(
     model: str | None = typer.Option(None, help="exported policy: models/NAME or a directory with policy.npz + card.json"),
     policy: str | None = typer.Option(None, help="instead of --model: hpa | static | target_tracking | predictive | ppo:DIR"),
-    cluster: str = typer.Option("sim", help="sim (the simulator on an accelerated clock) | local (worker processes + HAProxy + Prometheus) | none (HTTP API only)"),
+    cluster: str = typer.Option("sim", help="sim (the simulator on an accelerated clock) | local (worker processes + HAProxy + Prometheus) | kubernetes (workloads' scale subresource; needs --cluster-config) | none (HTTP API only)"),
     scenario: str = typer.Option("web-diurnal", help="scenario name in envs/ or a YAML path (the cluster's services and bounds)"),
     speedup: float = typer.Option(60.0, help="simulated seconds per wall second (sim only; 60 = one interval per second)"),
     interval: float | None = typer.Option(None, help="decision interval in cluster seconds (default: the scenario's step_s)"),
@@ -227,6 +227,10 @@ def serve(
     fallback_only: bool = typer.Option(False, "--fallback-only", help="serve a model whose services or pools differ from the cluster's, deciding with the HPA rule only"),
     audit_max_bytes: int = typer.Option(64 * 1024 * 1024, min=1024, help="rotate the audit log when it would grow beyond this many bytes"),
     audit_keep: int = typer.Option(5, min=0, max=1000, help="rotated audit logs kept (audit.jsonl.1 .. .N)"),
+    cluster_config: str | None = typer.Option(None, help="kubernetes: YAML naming each service's workload, PromQL and bounds (docs/KUBERNETES.md)"),
+    take_over: bool = typer.Option(False, "--take-over", help="kubernetes: start even though an HPA scales the same workload (delete it: the two would fight)"),
+    keda_grpc: str | None = typer.Option(None, help="also serve the decisions as a KEDA external scaler (gRPC) on HOST:PORT, e.g. 127.0.0.1:9090"),
+    keda_tls: str | None = typer.Option(None, help="folder with tls.crt, tls.key and ca.crt: mTLS for --keda-grpc (needed off loopback)"),
 ) -> None:
     """Serve a policy: control loop over a cluster + HTTP API (/v1/decide, /healthz, /metrics), with guard rails and an audit log."""
     from pathlib import Path
@@ -242,6 +246,7 @@ def serve(
         keep_serving=keep_serving, max_step_change=max_step_change, max_change_per_minute=max_change_per_minute,
         scale_down_cooldown=scale_down_cooldown, stale_after=stale_after, run_dir=run_dir,
         token_file=token_file, fallback_only=fallback_only, audit_max_bytes=audit_max_bytes, audit_keep=audit_keep,
+        cluster_config=cluster_config, take_over=take_over, keda_grpc=keda_grpc, keda_tls=keda_tls,
     ))
     raise typer.Exit(code)
 

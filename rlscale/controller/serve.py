@@ -35,7 +35,7 @@ from rlscale.controller.decision import Decider
 from rlscale.controller.guards import GuardConfig
 from rlscale.controller.telemetry import Telemetry
 
-CLUSTERS = ("sim", "local", "none")
+CLUSTERS = ("sim", "local", "kubernetes", "none")
 
 
 @dataclass
@@ -62,6 +62,10 @@ class ServeOptions:
     scale_down_cooldown: float = 0.0
     stale_after: float | None = None
     run_dir: str | None = None
+    cluster_config: str | None = None
+    take_over: bool = False
+    keda_grpc: str | None = None
+    keda_tls: str | None = None
     token_file: str | None = None
     fallback_only: bool = False
     audit_max_bytes: int = AUDIT_MAX_BYTES
@@ -216,6 +220,13 @@ def open_cluster(opts: ServeOptions, scenario: Scenario, interval: float) -> Any
             return open_local_cluster(scenario, run_dir, local_settings(interval))
         except RuntimeError as err:
             raise ConfigError(f"--cluster local: {err}") from None
+    if opts.cluster == "kubernetes":
+        from rlscale.clusters.kubernetes import load_settings
+        from rlscale.clusters.kubernetes.backend import open_kubernetes_cluster
+
+        cluster, hpas = open_kubernetes_cluster(scenario, load_settings(opts.cluster_config), dry_run=opts.dry_run, take_over=opts.take_over)
+        cluster.taken_over = hpas
+        return cluster
     return None
 
 
@@ -236,6 +247,12 @@ def serve(opts: ServeOptions) -> int:
     token = resolve_token(opts.token, opts.token_file)
     check_bind(opts.host, token)
     scenario = load_scenario(opts.scenario)
+    if opts.cluster == "kubernetes":  # the cluster config's min/max replicas are the bounds the guard rails enforce
+        from rlscale.clusters.kubernetes import load_settings
+
+        scenario = load_settings(opts.cluster_config).bounded(scenario)
+    if opts.keda_grpc and opts.cluster == "none":
+        raise ConfigError("--keda-grpc serves the control loop's decisions: it needs --cluster sim, local or kubernetes")
     interval = float(opts.interval if opts.interval is not None else scenario.step_s)
     if opts.cluster == "sim" and interval != scenario.step_s:
         raise ConfigError(f"--interval {interval:g}: the simulated cluster of {scenario.name!r} steps every {scenario.step_s:g} s; expected that")
@@ -280,6 +297,7 @@ def serve(opts: ServeOptions) -> int:
 
     stop = threading.Event()
     loop: Any = None
+    keda: Any = None
     server: _Server | None = None
 
     def status() -> dict[str, Any]:
@@ -295,10 +313,13 @@ def serve(opts: ServeOptions) -> int:
     })
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        if opts.cluster == "local":
+        if opts.cluster in ("local", "kubernetes"):
             if not logging.getLogger().handlers:  # the backend's warnings (a dead worker, a Prometheus outage), timestamped
                 logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             cluster = open_cluster(opts, scenario, interval)
+            for hpa in getattr(cluster, "taken_over", []):
+                print(f"warning: --take-over: {hpa}; delete it or the two will fight", file=sys.stderr)
+                audit.write({"kind": "event", "event": "take_over", "hpa": hpa})
         if cluster is not None:
             from rlscale.controller.loop import ControlLoop
 
@@ -322,11 +343,20 @@ def serve(opts: ServeOptions) -> int:
             write_json(Path(where["run_dir"]) / "cluster.json", where)
             urls = ", ".join(f"{name} {url}" for name, url in where["services"].items())
             print(f"local cluster: {urls}; prometheus {where['prometheus']}; run dir {where['run_dir']}", flush=True)
+        if opts.keda_grpc and loop is not None:
+            from rlscale.controller.keda import DecisionBoard, KedaServer
+
+            board = DecisionBoard(config.services)
+            keda = KedaServer(board, opts.keda_grpc, max_age_s=max(10.0, 5 * interval / loop.speedup), tls_dir=opts.keda_tls).start()
+            loop.listeners.append(board.publish)
+            print(f"keda external scaler: grpc on {keda.host}:{keda.port}", flush=True)
         if loop is not None and not stop.is_set():
             loop.run()
         if loop is None or opts.keep_serving:
             stop.wait()
     finally:
+        if keda is not None:
+            keda.stop()
         if server is not None:
             server.stop()
         else:
