@@ -478,6 +478,19 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.lock:
+            self.server.connections.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass
+
     def do_GET(self) -> None:
         self._handle("GET")
 
@@ -686,6 +699,23 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     cluster: FakeCluster
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.lock = threading.Lock()
+        self.connections: set[Any] = set()
+
+    def drop_connections(self) -> None:
+        """Reset every open keep-alive connection, as a dead API server's would be."""
+        import socket
+
+        with self.lock:
+            conns = list(self.connections)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
 
 class FakeApiServer:
     """``FakeCluster`` behind HTTP on 127.0.0.1 (a free port unless given); ``down()``/``up()`` for outages."""
@@ -714,6 +744,7 @@ class FakeApiServer:
         """Close the listening socket: clients get "connection refused" until ``up()``."""
         self._server.shutdown()
         self._server.server_close()
+        self._server.drop_connections()
 
     def up(self) -> None:
         deadline = time.monotonic() + 5

@@ -101,11 +101,14 @@ def classify(err: BaseException) -> ApiProblem:
         if status >= 500:
             return ApiProblem(SERVER_ERROR, status, message, "the API server failed; retried next interval", retry)
         return ApiProblem(OTHER, status, message, "unexpected status", retry)
+    if isinstance(err, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ProtocolError, ConnectionError)):
+        # NewConnectionError subclasses urllib3's ConnectTimeoutError: "refused" must be tested before "timed out"
+        return ApiProblem(UNREACHABLE, None, _text(err), "the API server cannot be reached")
     if isinstance(err, (urllib3.exceptions.TimeoutError, socket.timeout, TimeoutError)):
         return ApiProblem(TIMEOUT, None, _text(err), "no answer within request_timeout_s; the outcome of a write is unknown until re-read")
     if isinstance(err, urllib3.exceptions.MaxRetryError):
         inner = err.reason
-        if isinstance(inner, (urllib3.exceptions.TimeoutError, socket.timeout, TimeoutError)):
+        if isinstance(inner, BaseException):
             return classify(inner)
         return ApiProblem(UNREACHABLE, None, _text(inner or err), "the API server cannot be reached")
     if isinstance(err, (urllib3.exceptions.HTTPError, ConnectionError, OSError)):
