@@ -364,6 +364,71 @@ def demo(
     run_demo(console, seeds=seeds, steps=steps, logdir=logdir, report=report, workers=workers)
 
 
+cluster_app = typer.Typer(
+    help="The local cluster's data plane (HAProxy, Prometheus, workers) under its own supervisor, so it outlives the "
+    "controller: `rlscale serve --cluster local --run-dir DIR` attaches to it.",
+    no_args_is_help=True,
+)
+app.add_typer(cluster_app, name="cluster", short_help="Start, stop or inspect the local cluster's data plane.")
+CLUSTER_DIR = "runs/local-cluster"
+
+
+@cluster_app.command("up", short_help="Start HAProxy, Prometheus and the workers under a detached supervisor.")
+@user_errors
+def cluster_up(
+    scenario: str = typer.Option("local", help="the local cluster's scenario (envs/local.yaml, written by `rlscale calibrate`)"),
+    run_dir: str = typer.Option(CLUSTER_DIR, help="configs, logs, Prometheus data, the supervisor's socket and state"),
+    interval: float | None = typer.Option(None, help="the rates' window in seconds (default: the scenario's step_s)"),
+) -> None:
+    """Start the local cluster detached; it runs until `rlscale cluster down`, whatever happens to the controller."""
+    from rlscale.clusters.local.supervisor import up
+
+    state = up(scenario, run_dir, interval)
+    urls = ", ".join(f"{name} {url}" for name, url in state["services"].items())
+    console.print(f"local cluster up (supervisor pid {state['pid']}): {urls}; prometheus {state['prometheus']}", markup=False, soft_wrap=True)
+    console.print(f"attach a controller with: rlscale serve --cluster local --scenario {scenario} --run-dir {run_dir} ...",
+                  markup=False)
+
+
+@cluster_app.command("down", short_help="Stop the supervisor and every process of the local cluster.")
+@user_errors
+def cluster_down(run_dir: str = typer.Option(CLUSTER_DIR, help="the run directory given to `rlscale cluster up`")) -> None:
+    """Stop everything the local cluster runs; whatever still names the run directory is killed, so nothing is left."""
+    from rlscale.clusters.local.supervisor import down
+
+    result = down(run_dir)
+    if result["remaining"]:
+        raise ConfigError(f"--run-dir {run_dir}: processes {result['remaining']} did not exit")
+    what = f"supervisor pid {result['supervisor'][0]}" if result["supervisor"] else "no supervisor was running"
+    console.print(f"local cluster down ({what}; {len(result['killed_leftovers'])} leftover processes killed)", markup=False, soft_wrap=True)
+
+
+@cluster_app.command("status", short_help="What the local cluster runs: replicas, processes, URLs.")
+@user_errors
+def cluster_status(
+    run_dir: str = typer.Option(CLUSTER_DIR, help="the run directory given to `rlscale cluster up`"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Exit 0 when the supervisor runs and answers, 1 otherwise."""
+    from rlscale.clusters.local.supervisor import status
+
+    state = status(run_dir)
+    if as_json:
+        from rlscale.atomic import finite
+
+        print(json.dumps(finite(state), indent=2, allow_nan=False))
+    elif not state["running"]:
+        console.print(f"no local cluster runs in {state['run_dir']}", markup=False, soft_wrap=True)
+    elif not state.get("answering"):
+        console.print(f"supervisor pid {state['pid']} runs but does not answer: {state.get('error')}", markup=False, soft_wrap=True)
+    else:
+        rows = ", ".join(f"{n}: {state['ready'].get(n, 0)} ready / {d} desired" for n, d in state["desired"].items())
+        console.print(f"supervisor pid {state['pid']}: {rows}; haproxy pid {state['haproxy_pid']}, "
+                      f"prometheus pid {state['prometheus_pid']}, {len(state['worker_pids'])} workers", markup=False, soft_wrap=True)
+    if not (state["running"] and state.get("answering")):
+        raise typer.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a usage error (unknown option, value out of range) is one line on stderr and exit code 2."""
     try:  # typer >= 0.20 vendors click

@@ -214,7 +214,11 @@ def open_cluster(opts: ServeOptions, scenario: Scenario, interval: float) -> Any
         return SimulatedCluster(scenario, seed=opts.seed, steps=opts.steps, speedup=opts.speedup)
     if opts.cluster == "local":
         from rlscale.clusters.local import open_local_cluster
+        from rlscale.clusters.local.supervisor import attach
 
+        attached = None if opts.run_dir is None else attach(opts.run_dir, scenario)
+        if attached is not None:  # `rlscale cluster up` runs the data plane: drive it, leave it running at exit
+            return attached
         try:
             run_dir = None if opts.run_dir is None else Path(opts.run_dir).resolve()  # HAProxy needs an absolute socket path
             return open_local_cluster(scenario, run_dir, local_settings(interval))
@@ -254,6 +258,11 @@ def serve(opts: ServeOptions) -> int:
     if opts.keda_grpc and opts.cluster == "none":
         raise ConfigError("--keda-grpc serves the control loop's decisions: it needs --cluster sim, local or kubernetes")
     interval = float(opts.interval if opts.interval is not None else scenario.step_s)
+    if opts.cluster == "local" and opts.interval is None and opts.run_dir is not None:
+        from rlscale.clusters.local.supervisor import read_state
+
+        running = read_state(Path(opts.run_dir).resolve())  # attaching: decide at the interval its rates are measured over
+        interval = float(running.get("interval_s") or interval) if running is not None else interval
     if opts.cluster == "sim" and interval != scenario.step_s:
         raise ConfigError(f"--interval {interval:g}: the simulated cluster of {scenario.name!r} steps every {scenario.step_s:g} s; expected that")
     config = GuardConfig.from_scenario(
