@@ -68,14 +68,16 @@ def user_errors(func: F) -> F:
 
 
 def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
-    """One column per policy, one row per DESIGN.md section 8 metric."""
+    """One column per policy, one row per DESIGN.md section 8 metric (and churn per hour where given)."""
     from rlscale.rollout import METRIC_NAMES
 
     table = Table(title=title, min_width=len(title) + 4)
     table.add_column("metric")
     for name in rows:
         table.add_column(name, justify="right")
-    for metric in METRIC_NAMES:
+    for metric in (*METRIC_NAMES, "scaling_actions_per_hour"):
+        if not all(metric in rows[name] for name in rows):
+            continue
         values = [rows[name][metric] for name in rows]
         table.add_row(metric, *[_fmt(metric, v) for v in values])
     return table
@@ -86,7 +88,7 @@ def _fmt(metric: str, value: float) -> str:
         return f"{value:.0f}"
     if metric == "cost_usd":
         return f"{value:.2f}"
-    if metric == "episode_reward":
+    if metric in ("episode_reward", "scaling_actions_per_hour"):
         return f"{value:.1f}"
     return f"{value:.3f}"
 
@@ -100,22 +102,34 @@ def simulate(
     seed: int = typer.Option(10_000, min=0, help="episode seed (10000 and up: never used in training)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
-    """Run one policy on one seeded episode: cost, SLO violations, drops, utilisation, scaling actions."""
+    """Run one policy on one seeded episode: cost, SLO violations, drops, utilisation, scaling actions.
+
+    Next to it, HPA on the same episode, so that churn (scaling actions per hour) has a yardstick.
+    """
     from rlscale.config import load_scenario
     from rlscale.policies import make_policy
+    from rlscale.report import per_hour
     from rlscale.rollout import run_policy
 
     sc = load_scenario(scenario)
     pol = make_policy(policy, sc)
     result = run_policy(sc, pol, [seed], steps=steps)
     values = result.mean()
+    n_steps = steps or sc.episode_steps
+    values["scaling_actions_per_hour"] = per_hour(values["scaling_actions"], n_steps, sc.step_s)
+    columns = {policy: dict(values)}
+    if policy.strip() != "hpa":
+        hpa = run_policy(sc, make_policy("hpa", sc), [seed], steps=steps).mean()
+        hpa["scaling_actions_per_hour"] = per_hour(hpa["scaling_actions"], n_steps, sc.step_s)
+        columns["hpa"] = hpa
+        values["hpa_scaling_actions_per_hour"] = hpa["scaling_actions_per_hour"]
     if as_json:
         from rlscale.atomic import finite
 
         # JSON has no Infinity or NaN (a ratio over a zero): such a metric is null, so the output always parses
         print(json.dumps(finite({"scenario": sc.name, "policy": policy, "seed": seed, "metrics": values}), indent=2, allow_nan=False))
         return
-    console.print(metrics_table(f"{sc.name}, seed {seed}, {steps or sc.episode_steps} steps", {policy: values}))
+    console.print(metrics_table(f"{sc.name}, seed {seed}, {n_steps} steps", columns))
 
 
 @app.command(short_help='Train a PPO autoscaler (Ctrl-C or SIGTERM saves a checkpoint).')
@@ -255,7 +269,8 @@ def serve(
 @user_errors
 def loadgen(
     trace: str = typer.Option("web-diurnal", help="a scenario (its first service's workload) or a timestamp,value CSV"),
-    target: str = typer.Option(..., help="URL on loopback, e.g. http://127.0.0.1:PORT/work"),
+    target: str = typer.Option(..., help="URL on loopback, e.g. http://127.0.0.1:PORT/work, or a local cluster's "
+                               "--run-dir (its cluster.json names the URL; waits for it)"),
     speedup: float = typer.Option(480.0, help="trace seconds per real second (480: a day in 3 minutes)"),
     duration: float = typer.Option(60.0, min=0.1, max=3600.0, help="real seconds to replay"),
     peak_rps: float | None = typer.Option(None, help="scale the replayed part so its highest rate is this"),

@@ -20,17 +20,20 @@ from rlscale.config import load_scenario
 from rlscale.evaluate import (
     BASELINES, HELD_OUT_SEED_BASE, Evaluation, PolicyResult, evaluate, format_estimate, make_config, shipped_model,
 )
-from rlscale.report import write_outputs
+from rlscale.report import churn, write_outputs
 
 DEMO_SCENARIO = "web-diurnal"
 DEMO_SEEDS = 5
 
 
 def results_table(data: dict[str, Any], title: str) -> Table:
-    """One row per policy: cost (mean ± 95% CI), its ratios to the oracle and to HPA, then the other metrics' means."""
+    """One row per policy: cost (mean ± 95% CI), its ratios to the oracle and to HPA, then the other metrics' means.
+
+    ``act/h`` is churn: scaling actions per hour of the episode.
+    """
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1))
     table.add_column("policy", no_wrap=True)
-    for name in ("cost USD", "/oracle", "/HPA", "SLO %", "drop %", "util", "scale", "rebal"):
+    for name in ("cost USD", "/oracle", "/HPA", "SLO %", "drop %", "util", "scale", "act/h", "rebal"):
         table.add_column(name, justify="right", no_wrap=True)
     for p in data["policies"]:
         mean = {m: p["mean"][m]["mean"] for m in p["mean"]}
@@ -40,7 +43,8 @@ def results_table(data: dict[str, Any], title: str) -> Table:
             r = p.get(f"cost_vs_{name}")
             row.append(f"{r['mean']:.2f}" if r and r["mean"] is not None else "-")
         row += [f"{100 * mean['slo_violation_rate']:.2f}", f"{100 * mean['dropped_fraction']:.2f}",
-                f"{mean['utilisation']:.2f}", f"{mean['scaling_actions']:.0f}", f"{mean['rebalances']:.0f}"]
+                f"{mean['utilisation']:.2f}", f"{mean['scaling_actions']:.0f}", f"{churn(data, p)[0]:.1f}",
+                f"{mean['rebalances']:.0f}"]
         table.add_row(*row)
     return table
 

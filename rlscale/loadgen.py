@@ -189,6 +189,32 @@ def _planned(p: Plan, width: float, n: int) -> np.ndarray:
     return p.rates[np.minimum((centres // p.interval_s).astype(np.int64), p.rates.size - 1)]
 
 
+def resolve_target(target: str, wait_s: float = 120.0) -> str:
+    """``target`` as a URL: itself, or the first service's URL of the local cluster whose run directory it names.
+
+    ``rlscale serve --cluster local --run-dir DIR`` writes ``DIR/cluster.json``
+    once the cluster is up, so ``--target DIR`` needs no copying of a printed
+    port, and may be started right after ``serve ... &`` (it waits up to
+    ``wait_s`` for the file).
+    """
+    if "://" in target:
+        return target
+    import json
+    from pathlib import Path
+
+    path = Path(target) / "cluster.json"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            services = json.loads(path.read_text())["services"]
+            return str(next(iter(services.values())))
+        except (OSError, ValueError, KeyError, StopIteration):
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"--target {target}: neither a URL nor a local cluster's run directory "
+                                  f"(no readable {path} after {wait_s:.0f} s)") from None
+            time.sleep(0.5)
+
+
 def check_target(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or parts.hostname not in LOOPBACK:
@@ -278,7 +304,7 @@ def run(
     out: str | None = None,
 ) -> LoadResult:
     """The ``rlscale loadgen`` command as a function: plan, replay, optionally write JSON."""
-    check_target(target)
+    target = check_target(resolve_target(target))
     p = plan(trace, speedup, duration_s, peak_rps, seed, start_s)
     result = replay(p, target, seed=seed, max_requests=max_requests, timeout_s=timeout_s)
     result.meta["started_at_unix"] = time.time() - result.wall_s

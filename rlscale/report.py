@@ -22,11 +22,46 @@ from rlscale.rollout import METRIC_NAMES
 SECONDS_PER_DAY = 86_400.0
 
 
+def per_hour(count: float, steps: int, step_s: float) -> float:
+    """A count over an episode of ``steps`` intervals of ``step_s`` seconds, per hour (e.g. scaling actions: churn)."""
+    return float(count) / max(steps * step_s / 3600.0, 1e-12)
+
+
+def churn(data: dict[str, Any], entry: dict[str, Any]) -> tuple[float, float | None]:
+    """A policy's scaling actions per hour and their ratio to HPA's on the same episodes (None without HPA).
+
+    Churn costs: every change restarts or drains replicas, so it is reported next
+    to HPA's (DESIGN.md section 10: at most twice HPA's).
+    """
+    rate = per_hour(entry["mean"]["scaling_actions"]["mean"], data["steps"], data["step_s"])
+    hpa = next((p for p in data["policies"] if p["label"] == "hpa"), None)
+    if hpa is None:
+        return rate, None
+    ref = per_hour(hpa["mean"]["scaling_actions"]["mean"], data["steps"], data["step_s"])
+    return rate, (rate / ref if ref > 0 else None)
+
+
+def seed_table(evaluation: Evaluation, result: Any) -> str:
+    """Markdown: one row per seed, one column per metric (TensorBoard's Text tab shows it as a table)."""
+    head = ["seed", *METRIC_NAMES]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:"] * len(head)) + "|"]
+    for i, seed in enumerate(evaluation.config.seeds):
+        cells = [str(seed)] + [format_estimate(m, float(np.asarray(result.episodes[m])[i]), None) for m in METRIC_NAMES]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- TensorBoard
 
 
 def write_tensorboard(evaluation: Evaluation, logdir: Path) -> None:
-    """One run per policy: per-step series of the first seed, per-seed episode metrics, and an HParams row."""
+    """One run per policy: per-step series of the first seed, per-seed episode metrics, and an HParams row.
+
+    Per-step series are scalars (time is their axis). Per-seed episode
+    metrics are a histogram per metric at step 0 and a table in the Text tab:
+    as scalars with the seed as the step, the default smoothing would draw a
+    meaningless trend across seeds.
+    """
     from rlscale.tblog import RunWriter
 
     data = summary(evaluation)
@@ -37,7 +72,8 @@ def write_tensorboard(evaluation: Evaluation, logdir: Path) -> None:
                 if key in r.series:
                     w.scalars(tag, r.series[key][:, 0])
             for metric, values in r.episodes.items():
-                w.scalars(f"episode/{metric}", np.asarray(values))
+                w.histogram(f"episode/{metric}", np.asarray(values))
+            w.text("episode/per_seed", seed_table(evaluation, r))
             finals = {f"mean/{m}": float(entry["mean"][m]["mean"]) for m in METRIC_NAMES}
             for name in ("oracle", "hpa"):
                 if f"cost_vs_{name}" in entry:
@@ -156,7 +192,8 @@ def write_plots(evaluation: Evaluation, out: Path) -> list[str]:
 
 def comparison_table(data: dict[str, Any]) -> list[str]:
     """Markdown: one row per policy, cost with its ratios to the oracle and to HPA, then the other metrics."""
-    head = ["policy", "cost_usd", "cost / oracle", "cost / HPA", "vs HPA W/L/T/M"] + [m for m in METRIC_NAMES if m != "cost_usd"]
+    head = (["policy", "cost_usd", "cost / oracle", "cost / HPA", "vs HPA W/L/T/M"] + [m for m in METRIC_NAMES if m != "cost_usd"]
+            + ["scaling actions / h", "churn / HPA"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for p in data["policies"]:
         cells = [f"`{p['label']}`", format_estimate("cost_usd", p["mean"]["cost_usd"]["mean"], p["mean"]["cost_usd"]["ci95"])]
@@ -168,6 +205,8 @@ def comparison_table(data: dict[str, Any]) -> list[str]:
         for m in METRIC_NAMES:
             if m != "cost_usd":
                 cells.append(format_estimate(m, p["mean"][m]["mean"], p["mean"][m]["ci95"]))
+        rate, vs_hpa = churn(data, p)
+        cells += [f"{rate:.1f}", f"{vs_hpa:.2f}" if vs_hpa is not None else "n/a"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -185,7 +224,9 @@ def markdown(evaluation: Evaluation, data: dict[str, Any], command: str | None, 
         "(paired comparison). Values are means over seeds ± the half-width of a 95% confidence interval "
         "(Student's t); cost ratios are the means of the per-seed ratios. "
         "W/L/T/M counts seeds where the policy beats HPA on cost and SLO violations together "
-        "(no worse on both, better on one), loses, ties, or trades one for the other.",
+        "(no worse on both, better on one), loses, ties, or trades one for the other. "
+        "Scaling actions / h is churn (changes of a service's replica count per hour of the episode); "
+        "churn / HPA is its ratio to HPA's.",
         "",
         *comparison_table(data),
         "",

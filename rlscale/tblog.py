@@ -12,8 +12,12 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 from tensorboard.compat.proto.event_pb2 import Event
-from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary, SummaryMetadata
+from tensorboard.compat.proto.tensor_pb2 import TensorProto
+from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+from tensorboard.compat.proto.types_pb2 import DT_STRING
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -35,6 +39,33 @@ class RunWriter:
         now = time.time()
         for i, value in enumerate(values):
             self.scalar(tag, value, start_step + i, now)
+
+    def histogram(self, tag: str, values: Sequence[float], step: int = 0, bins: int = 30) -> None:
+        """A distribution of values that share one step, e.g. one metric over evaluation seeds.
+
+        Seeds are not a time axis: as scalars indexed by seed, TensorBoard's
+        default smoothing would draw a trend across them. A histogram shows
+        their spread in the Distributions and Histograms tabs.
+        """
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            return
+        counts, edges = np.histogram(v, bins=min(bins, max(1, v.size)))
+        proto = HistogramProto(
+            min=float(v.min()), max=float(v.max()), num=float(v.size), sum=float(v.sum()),
+            sum_squares=float(np.square(v).sum()), bucket_limit=[float(e) for e in edges[1:]],
+            bucket=[float(c) for c in counts],
+        )
+        summary = Summary(value=[Summary.Value(tag=tag, histo=proto)])
+        self._writer.add_event(Event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def text(self, tag: str, markdown: str, step: int = 0) -> None:
+        """Markdown in TensorBoard's Text tab (tables render as tables)."""
+        tensor = TensorProto(dtype=DT_STRING, tensor_shape=TensorShapeProto(), string_val=[markdown.encode()])
+        meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="text"))
+        summary = Summary(value=[Summary.Value(tag=tag, metadata=meta, tensor=tensor)])
+        self._writer.add_event(Event(wall_time=time.time(), step=int(step), summary=summary))
 
     def hparams(
         self,

@@ -129,11 +129,19 @@ def test_tensorboard_loads_one_run_per_policy_with_every_expected_tag(small_eval
         acc.Reload()
         tags = set(acc.Tags()["scalars"])
         assert set(STEP_TAGS.values()) <= tags
-        assert {f"episode/{m}" for m in METRIC_NAMES} <= tags and {f"mean/{m}" for m in METRIC_NAMES} <= tags
+        assert {f"mean/{m}" for m in METRIC_NAMES} <= tags
         steps = acc.Scalars("step/replicas")
         assert len(steps) == 180 and [e.step for e in steps[:3]] == [0, 1, 2]
-        assert [e.step for e in acc.Scalars("episode/cost_usd")] == [0, 1, 2]
-        assert acc.Scalars("episode/cost_usd")[1].value == pytest.approx(float(r.episodes["cost_usd"][1]), rel=1e-6)
+        # per-seed values are not a time series: no scalar indexed by seed, a distribution and a table instead
+        assert not any(t.startswith("episode/") for t in tags)
+        assert {f"episode/{m}" for m in METRIC_NAMES} <= set(acc.Tags()["histograms"])
+        (histo,) = acc.Histograms("episode/cost_usd")
+        costs = np.asarray(r.episodes["cost_usd"], dtype=float)
+        assert histo.step == 0 and histo.histogram_value.num == len(costs)
+        assert histo.histogram_value.sum == pytest.approx(costs.sum(), rel=1e-9)
+        (table,) = acc.Tensors("episode/per_seed")
+        text = table.tensor_proto.string_val[0].decode()
+        assert text.startswith("| seed | cost_usd") and len(text.splitlines()) == 2 + len(costs)
         hparams = acc.PluginTagToContent("hparams")
         assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(hparams)
 
