@@ -281,3 +281,36 @@ def test_sigterm_saves_a_checkpoint_and_progress_lines_reach_a_pipe_while_traini
     assert "lower is better" in out
     state = json.loads((tmp_path / "runs" / "ppo-web-diurnal-s0" / "last" / "state.json").read_text())
     assert 0 < state["num_timesteps"] < 5_000_000
+
+
+# --------------------------------------------------------------------------- churn next to HPA's
+
+
+def test_simulate_reports_scaling_actions_per_hour_next_to_hpas_on_the_same_episode(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run_cli(capsys, "simulate", "--policy", "static", "--steps", "120", "--json")
+    assert code == 0
+    metrics = json.loads(out)["metrics"]
+    assert metrics["scaling_actions_per_hour"] == pytest.approx(metrics["scaling_actions"] / 2.0)
+    _, hpa_out, _ = run_cli(capsys, "simulate", "--policy", "hpa", "--steps", "120", "--json")
+    hpa = json.loads(hpa_out)["metrics"]
+    assert metrics["hpa_scaling_actions_per_hour"] == pytest.approx(hpa["scaling_actions_per_hour"])
+    code, out, _ = run_cli(capsys, "simulate", "--policy", "static", "--steps", "120")
+    row = next(line for line in out.splitlines() if "scaling_actions_per_hour" in line)
+    assert f"{hpa['scaling_actions_per_hour']:.1f}" in row and "hpa" in out
+
+
+def test_the_report_table_has_churn_and_its_ratio_to_hpa() -> None:
+    from rlscale.report import comparison_table
+
+    def entry(label: str, actions: float) -> dict:
+        est = {"mean": 1.0, "ci95": 0.0}
+        return {"label": label, "mean": {m: dict(est) for m in ("cost_usd", "slo_violation_rate", "dropped_fraction",
+                                                                 "utilisation", "rebalances", "episode_reward")}
+                | {"scaling_actions": {"mean": actions, "ci95": 0.0}}}
+
+    data = {"steps": 1440, "step_s": 60.0, "policies": [entry("hpa", 96.0), entry("ppo:x", 1440.0)]}
+    head, _, hpa, ppo = comparison_table(data)
+    assert head.split(" | ")[-2:] == ["scaling actions / h", "churn / HPA |"]
+    assert hpa.split(" | ")[-2:] == ["4.0", "1.00 |"] and ppo.split(" | ")[-2:] == ["60.0", "15.00 |"]

@@ -1,0 +1,162 @@
+"""The README tells the truth: its generated blocks match the code, and every command in it runs.
+
+Commands run in the order the README gives them, in a scratch directory laid
+out like the repository (``envs/``, ``models/``, ``train/``), each in a
+shortened form: fewer steps, seeds and seconds, a tiny training config at the
+README's config path. A README command this file has no shortened form for
+fails the test, so a new command cannot slip in untried.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+TINY_TRAINING = (
+    "# the README's config, shortened by tests/test_readme.py\n"
+    "scenario: web-diurnal\nseed: 0\nn_envs: 4\nn_timesteps: 1024\nepisode_steps: 120\n"
+    "policy_kwargs: {net_arch: [64, 64], activation_fn: tanh}\nn_steps: 128\nbatch_size: 256\nn_epochs: 1\n"
+    "eval: {freq: 100000, seeds: 1, seed_base: 5000, episode_steps: 30}\n"
+)
+
+
+def _set(args: list[str], option: str, value: str) -> list[str]:
+    """``args`` with ``option`` set to ``value`` (replaced if present, else appended)."""
+    if option in args:
+        i = args.index(option)
+        return [*args[: i + 1], value, *args[i + 2:]]
+    return [*args, option, value]
+
+
+def _shorten(*pairs: tuple[str, str]) -> Callable[[list[str]], list[str]]:
+    def apply(args: list[str]) -> list[str]:
+        for option, value in pairs:
+            args = _set(args, option, value)
+        return args
+
+    return apply
+
+
+# subcommand -> how to shorten it (the training config is shortened on disk instead)
+SHORTER: dict[str, Callable[[list[str]], list[str]]] = {
+    "simulate": _shorten(("--steps", "30")),
+    "train": lambda args: args,
+    "export": _shorten(("--seeds", "2")),
+    "evaluate": _shorten(("--seeds", "1"), ("--steps", "30"), ("--workers", "1")),
+    "serve": _shorten(("--steps", "3"), ("--speedup", "6000"), ("--port", "0")),
+    "loadgen": _shorten(("--duration", "4")),
+    "calibrate": _shorten(("--level-seconds", "3"), ("--workers", "1")),
+}
+LOCAL_CLUSTER = ("--cluster", "local")
+
+
+def readme_commands(text: str) -> list[str]:
+    """Every command line of the README's ``bash`` blocks (continuations joined, comments dropped)."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"(^|\s)#.*$", "", line).strip()
+            if line:
+                commands.append(line)
+    return commands
+
+
+def needs_local_cluster(argv: list[str]) -> bool:
+    joined = " ".join(argv)
+    return " ".join(LOCAL_CLUSTER) in joined or (argv[1:2] == ["loadgen"] and "runs/local" in joined)
+
+
+def workspace(tmp: Path) -> Path:
+    """A directory laid out like the repository, with the shipped models linked and a tiny training config."""
+    shutil.copytree(ROOT / "envs", tmp / "envs")
+    (tmp / "models").mkdir()
+    for model in (ROOT / "models").iterdir():
+        (tmp / "models" / model.name).symlink_to(model, target_is_directory=True)
+    (tmp / "train").mkdir()
+    for config in (ROOT / "train").glob("*.yaml"):
+        (tmp / "train" / config.name).write_text(TINY_TRAINING)
+    return tmp
+
+
+def test_the_readmes_generated_blocks_match_the_code() -> None:
+    from readme import render
+
+    text = README.read_text()
+    assert "<!-- begin generated: results" in text and "<!-- begin generated: simulate" in text
+    _, changed = render(text)
+    assert not changed, f"README.md drifted from the code in {changed}: run python benchmarks/readme.py"
+
+
+def test_the_results_table_reports_churn_next_to_hpas() -> None:
+    from readme import results_block
+
+    head, _, *rows = results_block().splitlines()
+    assert head.split(" | ")[-2:] == ["PPO actions/h", "HPA actions/h |"]
+    assert rows and all(float(r.split(" | ")[-1].rstrip(" |")) > 0 for r in rows)
+
+
+def test_the_readme_runs_the_test_command_ci_runs() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme_commands(README.read_text()) and "\nmake test\n" in ci
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs_in_a_shortened_form(tmp_path: Path) -> None:
+    cwd = workspace(tmp_path)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "COLUMNS": "100"}
+    local_ok = shutil.which("haproxy") is not None and shutil.which("prometheus") is not None
+    background: list[tuple[str, subprocess.Popen[str]]] = []
+    ran = []
+    try:
+        for line in readme_commands(README.read_text()):
+            argv = shlex.split(line.rstrip("&").strip())
+            if argv[0] == "make":  # `make demo` / `make test`: the main job and the suite this test is part of
+                assert argv[1:] in (["demo"], ["test"]), line
+                continue
+            if argv[0] == "source":
+                assert (ROOT / argv[1]).parent.is_dir() or Path(sys.prefix, "bin", "activate").is_file(), line
+                continue
+            if argv[0] == "tensorboard":
+                assert (BIN / "tensorboard").is_file(), "tensorboard is not installed with rlscale"
+                assert (cwd / argv[argv.index("--logdir") + 1]).is_dir(), f"{line}: nothing to show yet"
+                continue
+            assert argv[0] == "rlscale", f"README command this test does not know: {line}"
+            assert argv[1] in SHORTER, f"README command without a shortened form in tests/test_readme.py: {line}"
+            if needs_local_cluster(argv) and not local_ok:
+                continue  # no HAProxy/Prometheus here; CI installs them (.ci/run)
+            short = SHORTER[argv[1]](argv)
+            if line.endswith("&"):
+                background.append((line, subprocess.Popen(short, cwd=cwd, env=env, text=True,
+                                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
+                continue
+            started = time.monotonic()
+            proc = subprocess.run(short, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, f"{line}\n(ran: {shlex.join(short)})\n{proc.stdout}\n{proc.stderr}"
+            assert "Traceback" not in proc.stderr, line
+            ran.append((shlex.join(short), round(time.monotonic() - started, 1)))
+            if argv[1] == "loadgen":
+                assert " 0 failed" in proc.stdout, proc.stdout
+        for line, proc in background:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, f"{line}\n{out}\n{err}"
+    finally:
+        for _, proc in background:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+    assert (cwd / "models" / "my-policy" / "card.json").is_file()
+    assert any(" simulate " in f" {cmd} " for cmd, _ in ran), ran
