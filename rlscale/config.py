@@ -90,6 +90,8 @@ class WorkloadSpec(Strict):
     batch: BatchArrivalSpec = BatchArrivalSpec()
     trace: str | None = Field(default=None, description="a timestamp,value CSV; replaces the generator's shape")
     trace_column: str = "value"
+    trace_start_s: float = Field(default=0.0, ge=0, le=1e9, description="replay the trace from this many seconds in "
+                                 "(e.g. a held-out tail), looping over what follows")
 
 
 class ServiceSpec(Strict):

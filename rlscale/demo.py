@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from rich.table import Table
 
 from rlscale.config import load_scenario
 from rlscale.evaluate import (
-    BASELINES, HELD_OUT_SEED_BASE, Evaluation, PolicyResult, evaluate, format_estimate, make_config, shipped_model,
+    BASELINES, HELD_OUT_SEED_BASE, EvalConfig, Evaluation, PolicyResult, evaluate, format_estimate, make_config,
+    shipped_model,
 )
+from rlscale.evaluation.tune import TunedRule
 from rlscale.report import churn, write_outputs
 
 DEMO_SCENARIO = "web-diurnal"
@@ -63,10 +66,18 @@ def run_evaluation(
     report: str | None,
     workers: int,
     command: str | None = None,
+    tune: bool = False,
 ) -> Evaluation:
-    """Check everything, evaluate, write the TensorBoard runs and the report, print the table and where they are."""
+    """Check everything, evaluate, write the TensorBoard runs and the report, print the table and where they are.
+
+    ``tune``: first sweep HPA's and the predictive policy's knobs on the same seeds and add the best tuned
+    rule (the cheapest setting within default HPA's SLO-violation rate and drops) to the policies.
+    """
     config = make_config(scenario, policies, seeds=seeds, seed_base=seed_base, steps=steps, trace=trace,
                          trace_column=trace_column, workers=workers)
+    tuned = None
+    if tune:
+        config, tuned = add_tuned_rule(console, config)
     if seed_base < HELD_OUT_SEED_BASE:
         console.print(f"note: seeds below {HELD_OUT_SEED_BASE} are the ones training draws from; these results are not held out")
     name = config.scenario.name + ("-" + Path(trace).stem if trace else "")
@@ -81,6 +92,10 @@ def run_evaluation(
     result = evaluate(config, on_done=done)
     command = command or "rlscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     data = write_outputs(result, report, logdir, command)
+    if tuned is not None:
+        from rlscale.atomic import write_json
+
+        write_json(Path(report) / "tune.json", tuned_summary(tuned))
     console.print(results_table(data, f"{name}: mean over {len(config.seeds)} held-out seeds ({result.wall_s:.0f} s)"))
     floor = data["oracle_floor_usd"]
     if "vs_oracle" in floor and floor["vs_oracle"]["mean"] is not None:
@@ -89,6 +104,39 @@ def run_evaluation(
     console.print(f"report: {report}/report.md (with results.json and the plots as PNG)")
     console.print(f"tensorboard --logdir {logdir}")
     return result
+
+
+def add_tuned_rule(console: Console, config: EvalConfig) -> tuple[EvalConfig, TunedRule]:
+    """Sweep the rules on the config's seeds (a progress bar), print the winner, add it to the policies."""
+    from rich.progress import Progress
+
+    from rlscale.evaluation.tune import best_tuned_rule, rule_grid
+
+    grid = rule_grid()
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"tuning {len(grid)} rule settings", total=len(grid))
+        tuned = best_tuned_rule(config.scenario, config.seeds, config.steps, grid=grid,
+                                on_point=lambda _: bar.advance(task))
+    if tuned.best is None:
+        console.print(f"best tuned rule: none of {len(grid)} settings stays within default HPA's SLO-violation rate "
+                      f"({tuned.hpa.slo_violation_rate:.4f}) and dropped fraction ({tuned.hpa.dropped_fraction:.4f})")
+        return config, tuned
+    b = tuned.best
+    console.print(f"best tuned rule: {b.spec}: {b.cost_usd / tuned.hpa.cost_usd:.3f} of HPA's cost at "
+                  f"{b.slo_violation_rate:.4f} SLO violations (HPA {tuned.hpa.slo_violation_rate:.4f}); "
+                  f"{len(tuned.within)} of {len(grid)} settings within HPA's SLO and drops")
+    specs = config.policies if b.spec in config.policies else (*config.policies, b.spec)
+    if "hpa" not in specs:
+        specs = (*specs, "hpa")
+    return replace(config, policies=specs), tuned
+
+
+def tuned_summary(tuned: TunedRule) -> dict[str, Any]:
+    return {
+        "hpa": asdict(tuned.hpa),
+        "best": None if tuned.best is None else asdict(tuned.best),
+        "points": [{**asdict(p), "within_hpa_slo": tuned.admissible(p)} for p in tuned.points],
+    }
 
 
 def run_demo(console: Console, *, seeds: int, steps: int | None, logdir: str, report: str, workers: int) -> Evaluation:

@@ -73,8 +73,11 @@ def versions() -> dict[str, str]:
     }
 
 
-def export_run(run: Path, out: Path, *, seeds: int = EXPORT_SEEDS, force: bool = False) -> dict[str, Any]:
+def export_run(run: Path, out: Path, *, seeds: int = EXPORT_SEEDS, force: bool = False,
+               card_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Export and evaluate against HPA on ``seeds`` held-out seeds; returns the card.
+
+    ``card_extra``: more top-level card fields, e.g. the sweep a policy was picked from (``rlscale sweep``).
 
     Refuses to replace a policy already in ``out`` unless ``force`` (see ``check_target``).
     """
@@ -91,6 +94,18 @@ def export_run(run: Path, out: Path, *, seeds: int = EXPORT_SEEDS, force: bool =
     scenario = load_scenario(cfg.scenario)
     weights = weights_from_sb3(model, env)
     held_out = list(range(TEST_SEED_BASE, TEST_SEED_BASE + seeds))
+    training = {
+        "config": cfg.model_dump(),
+        "seed": cfg.seed,
+        "timesteps": int(state["num_timesteps"]),
+        "command": state.get("command", ""),
+        "checkpoint": ckpt.name,
+    }
+    if cfg.general is not None:
+        card = general_card(out.name, weights, cfg, held_out, training)
+        card.update(card_extra or {})
+        write_exported(out, weights, card)
+        return card
     result = evaluate_weights(weights, scenario, held_out, cfg.eval.episode_steps)
     card = {
         "name": out.name,
@@ -99,15 +114,31 @@ def export_run(run: Path, out: Path, *, seeds: int = EXPORT_SEEDS, force: bool =
         "obs_spec": ObsSpec.from_scenario(scenario).to_dict(),
         "obs_features": ObsSpec.from_scenario(scenario).feature_names(),
         "action_spec": ActionSpec.from_scenario(scenario).to_dict(),
-        "training": {
-            "config": cfg.model_dump(),
-            "seed": cfg.seed,
-            "timesteps": int(state["num_timesteps"]),
-            "command": state.get("command", ""),
-            "checkpoint": ckpt.name,
-        },
+        "training": training,
         "versions": versions(),
         "evaluation": {"held_out_seeds": held_out, **result.summary()},
+        **(card_extra or {}),
     }
     write_exported(out, weights, card)
     return card
+
+
+def general_card(name: str, weights: Any, cfg: TrainConfig, held_out: list[int], training: dict[str, Any]) -> dict[str, Any]:
+    """A generalist's card: its kind, features, levels and margin, the range it covers, and held-out results."""
+    from rlscale import relative
+    from rlscale.learn.general_eval import card_range, evaluate_general
+    from rlscale.policies.ppo import GENERAL_KIND
+
+    assert cfg.general is not None
+    result = evaluate_general(weights, cfg.general, held_out, cfg.eval.episode_steps)
+    return {
+        "name": name,
+        "kind": GENERAL_KIND,
+        "obs_features": list(relative.FEATURES),
+        "action": {"levels": list(relative.LEVELS), "rebalance": ["none", "consolidate", "spread"],
+                   "u_max": relative.U_MAX, "tolerance": relative.TOLERANCE, "down_window_steps": relative.DOWN_WINDOW_STEPS},
+        "range": card_range(cfg.general),
+        "training": training,
+        "versions": versions(),
+        "evaluation": {"held_out_seeds": held_out, **result.summary()},
+    }

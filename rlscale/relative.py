@@ -37,8 +37,9 @@ U_MAX = 0.92
 """The floor sizes the projected demand at this utilisation: the margin the policy cannot remove."""
 TOLERANCE = 0.1
 """As Kubernetes' HPA: a proposal within 10% of the current count is no change (bounds churn)."""
-DOWN_WINDOW_S = 180.0
-"""Scale-down takes the highest proposal of this window, as HPA's stabilisation does (bounds churn)."""
+DOWN_WINDOW_STEPS = 3
+"""Scale-down takes the highest proposal of the last 3 intervals, as HPA's stabilisation window does (bounds churn).
+In intervals, not seconds, so a cluster on a compressed clock behaves as one on a real one."""
 GROWTH_CLIP = (1.0, 2.0)
 CAPACITY_CLIP = (0.5, 2.0)
 CAPACITY_EMA = 0.1
@@ -47,7 +48,7 @@ FEATURES = (
     "load_soon", "load_ready", "utilisation", "slo_ratio", "backlog_steps", "dropped_fraction", "pending",
     *(f"log_ratio_lag{k}" for k in LAGS),
     "volatility", "log_forecast_lead", "forecast_load_soon", "lead_steps", "cold_steps", "capacity_vs_declared",
-    "granularity", "at_min", "to_max", "log_price_ratio", "log_replicas_per_node", "packing", "hot_spot",
+    "at_min", "to_max", "log_price_ratio", "log_replicas_per_node", "packing", "hot_spot",
     "rebalancing", "batch", "floor_ratio",
 )
 N_FEATURES = len(FEATURES)
@@ -270,7 +271,6 @@ class RelativeObservation:
             self._lead / 10.0,
             self._cold / 10.0,
             self.rps_hat / self._rps,
-            1.0 / np.maximum(desired, 1.0),
             (desired <= self._min).astype(np.float64),
             _ratio(self._max - desired, np.maximum(desired, 1.0)),
             self._price,
@@ -292,7 +292,7 @@ class RelativeDecoder:
     """Turns a per-service target utilisation into replicas, through the churn bounds and the floor.
 
     ``proposal = ceil(demand / level)``; scale-down takes the highest proposal
-    of the last ``DOWN_WINDOW_S``; a proposal within ``TOLERANCE`` of the
+    of the last ``DOWN_WINDOW_STEPS`` intervals; a proposal within ``TOLERANCE`` of the
     current count holds it; the result never goes below the observation's
     ``floor`` and is clamped to *this* cluster's min/max only.
     """
@@ -303,7 +303,7 @@ class RelativeDecoder:
         self._min = a["min_replicas"].astype(np.int64)
         self._max = a["max_replicas"].astype(np.int64)
         self._levels = np.asarray(LEVELS)
-        self.window = max(1, int(round(DOWN_WINDOW_S / traits.step_s)))
+        self.window = DOWN_WINDOW_STEPS
         self.reset_all(n)
 
     def reset_all(self, n: int) -> None:

@@ -81,7 +81,7 @@ def make_env(cfg: TrainConfig, scenario: Scenario) -> VecNormalize:
 
 def make_model(cfg: TrainConfig, env: VecNormalize) -> PPO:
     activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[cfg.policy_kwargs.activation_fn]
-    return PPO(
+    model = PPO(
         cfg.policy,
         env,
         learning_rate=learning_rate(cfg.learning_rate),
@@ -99,6 +99,11 @@ def make_model(cfg: TrainConfig, env: VecNormalize) -> PPO:
         device="cpu",
         verbose=0,
     )
+    if cfg.general is not None:
+        from rlscale.learn.general_env import start_at_rule
+
+        start_at_rule(model)
+    return model
 
 
 def weights_from_sb3(model: PPO, env: VecNormalize) -> PolicyWeights:

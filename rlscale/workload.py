@@ -63,6 +63,11 @@ def generate(
 
     if spec.trace is not None:
         profile = _trace_profile(spec.trace, spec.trace_column, float(step_s))
+        skip = int(round(spec.trace_start_s / step_s))
+        if skip >= profile.size:
+            raise ConfigError(f"{spec.trace}: trace_start_s {spec.trace_start_s:g} is beyond the trace's "
+                              f"{profile.size * step_s:g} s")
+        profile = profile[skip:]
         rate = np.interp(t, step_s * np.arange(profile.size), profile, period=profile.size * step_s)
         rate *= spec.peak_rps
     else:

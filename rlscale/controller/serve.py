@@ -142,6 +142,11 @@ def load_policy(
         root = resolve_model_dir(model)
         version = str(exported.card.get("version") or exported.card.get("policy_sha256") or _sha256(root / "policy.npz"))
         name = f"ppo:{model}"
+        if exported.general:
+            from rlscale.policies.general import GeneralPolicy
+
+            GeneralPolicy(exported, scenario, name=name, source=model)  # outside its trained range: refuse now
+            return LoadedPolicy(name, version[:16], lambda: GeneralPolicy(exported, scenario, name=name, source=model))
         return LoadedPolicy(name, version[:16], lambda: PPOPolicy(exported, name=name))
     if policy:
         from rlscale import __version__

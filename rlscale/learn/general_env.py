@@ -29,7 +29,7 @@ from rlscale.config import PROJECT_ROOT, ConfigError, GeneralSpec, Scenario, par
 from rlscale.episode import ClusterEpisodes
 from rlscale.learn.traffic import Replay, make_sampler
 from rlscale.policies.general import NVEC, GeneralPolicy
-from rlscale.relative import CLIP, N_FEATURES
+from rlscale.relative import CLIP, LEVELS as NVEC_LEVELS, N_FEATURES
 
 REFERENCE_UTILISATION = 0.7
 
@@ -107,6 +107,26 @@ def sample_cluster(rng: np.random.Generator, spec: GeneralSpec) -> tuple[Scenari
     true_svc = declared.services[0].model_copy(update={"work_s": work * off})
     true = declared.model_copy(update={"services": [true_svc]})
     return true, declared, peak_replicas * rps
+
+
+START_LEVEL = 4
+START_PREFERENCE = 2.0
+
+
+def start_at_rule(model: Any) -> None:
+    """Bias a fresh policy's action layer towards level ``START_LEVEL`` (72%) and no rebalance.
+
+    With these fixed, the decoder alone is a sound rule (at or below HPA's cost
+    at no more SLO violations on the shipped scenarios), so PPO starts from a
+    safe rule and learns when to deviate, instead of from uniform actions that
+    rebalance two intervals in three.
+    """
+    import torch
+
+    with torch.no_grad():
+        bias = model.policy.action_net.bias
+        bias[START_LEVEL] += START_PREFERENCE
+        bias[len(NVEC_LEVELS)] += 2 * START_PREFERENCE
 
 
 class GeneralVecEnv(VecEnv):

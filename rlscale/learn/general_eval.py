@@ -29,8 +29,7 @@ def card_range(spec: GeneralSpec) -> dict[str, list[float]]:
     r = spec.ranges
     steps = [min(r.step_s), max(r.step_s)]
     return {
-        "step_s": steps,
-        "lead_steps": [r.provision_delay_s[0] / steps[1], (r.provision_delay_s[1] * 2.0 + r.cold_start_s[1]) / steps[0]],
+        "lead_steps": [0.0, (r.provision_delay_s[1] * 2.0 + r.cold_start_s[1]) / steps[0]],
         "cold_start_steps": [0.0, r.cold_start_s[1] / steps[0]],
         "price_ratio": [1.0, 1.0 / 0.3],
         "replicas_per_node": [1.0, 256.0],

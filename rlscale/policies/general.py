@@ -35,7 +35,6 @@ def trait_values(scenario: Scenario) -> dict[str, np.ndarray]:
     a = t.arrays()
     work = np.array([s.work_s for s in scenario.services])
     return {
-        "step_s": np.array([t.step_s]),
         "lead_steps": a["lead_s"] / t.step_s,
         "cold_start_steps": a["cold_start_s"] / t.step_s,
         "price_ratio": a["price_ratio"],
@@ -58,7 +57,7 @@ def check_range(card: dict[str, Any], scenario: Scenario, source: str) -> None:
         bad = np.flatnonzero((v < lo - 1e-9) | (v > hi + 1e-9))
         if bad.size:
             i = int(bad[0])
-            where = "" if field == "step_s" else f" (service {scenario.services[i].name!r})"
+            where = f" (service {scenario.services[i].name!r})"
             raise ConfigError(
                 f"{source}: {field} = {float(v[i]):g}{where} is outside the trained range [{lo:g}, {hi:g}]; "
                 f"scenario {scenario.name!r} needs a policy trained for it"

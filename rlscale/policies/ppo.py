@@ -235,7 +235,7 @@ def make_policy(path: str, scenario: Scenario) -> Any:
     if exported.general:
         from rlscale.policies.general import GeneralPolicy
 
-        return GeneralPolicy(exported, scenario, name=f"ppo:{path}")
+        return GeneralPolicy(exported, scenario, name=f"ppo:{path}", source=path)
     check_matches(exported, scenario, path)
     return PPOPolicy(exported, name=f"ppo:{path}")
 

