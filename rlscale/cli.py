@@ -214,6 +214,47 @@ def export(
                   f"from the {card['training']['checkpoint']} checkpoint")
 
 
+@app.command(short_help="Sweep seeds and hyperparameters of a training config on Ray Tune.")
+@user_errors
+def sweep(
+    config: str = typer.Option(..., "--config", help="sweep file, e.g. train/sweeps/web-diurnal-seeds.yaml"),
+    address: str | None = typer.Option(None, help="a Ray cluster: auto | ray://HOST:PORT (default: a private local Ray on 127.0.0.1)"),
+    max_concurrent: int | None = typer.Option(None, "--max-concurrent", min=1, help="trials at once (default: the sweep file's, else one per CPU)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted sweep (finished trials are kept)"),
+    logdir: str = typer.Option("sweeps", help="parent directory of the sweep (sweeps/NAME: runs, Tune results, tables)"),
+    out: str | None = typer.Option(None, help="export the best trial here (default: sweeps/NAME/policy)"),
+    force: bool = typer.Option(False, "--force", help="let --out replace a policy already there"),
+) -> None:
+    """Train every trial of a sweep file on Ray Tune, tabulate them, and export the best (needs rlscale[ray]).
+
+    Each trial is `rlscale train` in a Ray worker with 1 CPU; Ctrl-C stops the sweep and --resume continues it.
+    The best trial has the lowest validation score, the rule that picks a run's best checkpoint.
+    See docs/SWEEPS.md.
+    """
+    import shlex
+
+    from rlscale.learn.sweep import run_sweep
+
+    command = "rlscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    outcome = run_sweep(config, address=address, max_concurrent=max_concurrent, resume=resume, logdir=logdir,
+                        out=out, force=force, command=command,
+                        echo=lambda line: console.print(line, markup=False, highlight=False))
+    finished = sum(r.status == "finished" for r in outcome.rows)
+    md, csv_path = outcome.tables or (None, None)
+    console.print(f"{finished}/{len(outcome.rows)} trials finished in {outcome.wall_s:.0f} s; table: {md} and {csv_path}")
+    if outcome.interrupted:
+        console.print(f"interrupted; continue with: rlscale sweep --config {config} --resume"
+                      + (f" --logdir {logdir}" if logdir != "sweeps" else ""))
+        return
+    if outcome.best is None:
+        err_console.print(f"error: no trial finished; see {md}", markup=False, highlight=False)
+        raise typer.Exit(1)
+    ev = (outcome.card or {}).get("evaluation", {})
+    console.print(f"best: {outcome.best.trial.name} (validation score {outcome.best.score:.3f}); exported to "
+                  f"{outcome.export_dir}: cost vs HPA {ev.get('cost_vs_hpa', float('nan')):.3f} on held-out seeds")
+    console.print(f"watch with:  tensorboard --logdir {outcome.sweep_dir / 'runs'}")
+
+
 @app.command(short_help='Serve a policy: control loop, guard rails, HTTP API, audit log.')
 @user_errors
 def serve(

@@ -1,0 +1,210 @@
+"""Sweep speed: 4 trainings one after another vs the same 4 as a Ray Tune sweep at 2 concurrent, in one run;
+and what Ray costs on its own (start-up time, memory of its processes).
+
+    python benchmarks/sweep_speed.py                 # train/sweeps/web-diurnal-500k.yaml: 4 seeds x 500k steps
+    python benchmarks/sweep_speed.py --ray-only      # just Ray's start-up and memory (seconds, not minutes)
+
+Sequential: each trial's ``TrainConfig`` (from the sweep's own plan) through ``rlscale.train.train`` in this
+process, one after another. Sweep: ``rlscale.learn.sweep.run_sweep`` on a private local Ray with 2 trials at
+once; its time runs from before Ray starts to after Ray has shut down (the export of the best trial is timed
+apart: the sequential side exports nothing). Both sides train the same configs, so the ratio is the speed-up
+that concurrency buys minus what Ray costs. The machine's load averages are printed with every number: on a
+2-core machine shared with other jobs, 2 concurrent trials cannot get 2 free cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from machine import cpu_model  # benchmarks/machine.py
+
+CONFIG = "train/sweeps/web-diurnal-500k.yaml"
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def descendants(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+                parents[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in KiB; PSS splits shared pages (libraries, Ray's shared memory) between the processes using them."""
+    rss = pss = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, pss
+
+
+def total_memory(include_self: bool) -> tuple[int, int, int]:
+    pids = descendants(os.getpid()) + ([os.getpid()] if include_self else [])
+    rss = pss = 0
+    for pid in pids:
+        r, p = memory_kib(pid)
+        rss, pss = rss + r, pss + p
+    return len(pids), rss, pss
+
+
+class PeakMemory:
+    """Samples the PSS of this process and all its descendants every second; keeps the peak."""
+
+    def __init__(self) -> None:
+        self.peak_pss = 0
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            _, rss, pss = total_memory(include_self=True)
+            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def ray_overhead(runs: int) -> dict:
+    """Start a private local Ray (as ``rlscale sweep`` does) with no trials: time to ready, its processes' memory, shutdown."""
+    from rlscale.learn.sweep import _ray_environment
+
+    _ray_environment(local=True)
+    before_import = time.monotonic()
+    from rlscale.learn import sweep_ray  # imports ray and ray.tune
+
+    import_s = time.monotonic() - before_import
+    samples = []
+    for _ in range(runs):
+        self_rss_before = memory_kib(os.getpid())[0]
+        started = time.monotonic()
+        with sweep_ray.ray_session(None, echo=lambda line: None):
+            ready = time.monotonic() - started
+            time.sleep(3.0)  # let the prestarted idle workers finish importing
+            count, rss, pss = total_memory(include_self=False)
+            processes = sorted(((Path(f"/proc/{pid}/comm").read_text().strip(), round(memory_kib(pid)[1] / 1024))
+                                for pid in descendants(os.getpid()) if Path(f"/proc/{pid}/comm").exists()),
+                               key=lambda item: -item[1])
+            self_rss = memory_kib(os.getpid())[0]
+            stopping = time.monotonic()
+        stop_s = time.monotonic() - stopping
+        left = len(descendants(os.getpid()))
+        samples.append({"ready_s": round(ready, 2), "shutdown_s": round(stop_s, 2), "processes": count,
+                        "rss_mib": round(rss / 1024), "pss_mib": round(pss / 1024),
+                        "driver_rss_growth_mib": round((self_rss - self_rss_before) / 1024), "left_after_shutdown": left,
+                        "pss_mib_by_process": processes,
+                        "load": load()})
+    return {
+        "import_ray_tune_s": round(import_s, 2),
+        "runs": samples,
+        "ready_s_median": statistics.median(s["ready_s"] for s in samples),
+        "pss_mib_median": statistics.median(s["pss_mib"] for s in samples),
+        "rss_mib_median": statistics.median(s["rss_mib"] for s in samples),
+    }
+
+
+def sequential(config: str, root: Path) -> dict:
+    from rlscale.config import TrainConfig
+    from rlscale.learn.sweep import load_sweep, plan_trials
+    from rlscale.train import train
+
+    trials = plan_trials(load_sweep(config), config)
+    load_before = load()
+    started = time.monotonic()
+    per_trial = []
+    with PeakMemory() as mem:
+        for t in trials:
+            t0 = time.monotonic()
+            outcome = train(TrainConfig.model_validate(t.config), root / t.name, progress_bar=False,
+                            command=f"benchmarks/sweep_speed.py sequential {t.name}")
+            per_trial.append({"trial": t.name, "wall_s": round(time.monotonic() - t0, 1), "timesteps": outcome.timesteps,
+                              "best_score": round(outcome.best_score, 4)})
+            print(f"  sequential {t.name}: {per_trial[-1]['wall_s']} s, load {load()}", flush=True)
+    return {"wall_s": round(time.monotonic() - started, 1), "trials": per_trial, "load_before": load_before,
+            "load_after": load(), "peak_rss_mib": round(mem.peak_rss / 1024), "peak_pss_mib": round(mem.peak_pss / 1024)}
+
+
+def swept(config: str, root: Path, concurrent: int) -> dict:
+    from rlscale.learn.sweep import run_sweep
+
+    load_before = load()
+    started = time.monotonic()
+    with PeakMemory() as mem:
+        outcome = run_sweep(config, max_concurrent=concurrent, logdir=root, command="benchmarks/sweep_speed.py",
+                            echo=lambda line: print(f"  {line}", flush=True))
+    total = time.monotonic() - started
+    trials_s = float(outcome.ray["trials_s"])
+    return {"wall_s_trials": round(trials_s, 1), "wall_s_total_with_export": round(total, 1),
+            "ray_ready_s": outcome.ray.get("startup_s"), "finished": sum(r.status == "finished" for r in outcome.rows),
+            "best": outcome.best.trial.name if outcome.best else None,
+            "scores": {r.trial.name: round(r.score, 4) for r in outcome.rows},
+            "load_before": load_before, "load_after": load(),
+            "peak_rss_mib": round(mem.peak_rss / 1024), "peak_pss_mib": round(mem.peak_pss / 1024)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=CONFIG)
+    parser.add_argument("--concurrent", type=int, default=2)
+    parser.add_argument("--ray-runs", type=int, default=3, help="local Ray start-ups to time")
+    parser.add_argument("--ray-only", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = parser.parse_args()
+    result: dict = {"machine": f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+                    "config": args.config, "concurrent": args.concurrent}
+    print(f"machine: {result['machine']}; load {load()}", flush=True)
+    if not args.ray_only:
+        root = Path(tempfile.mkdtemp(prefix="rlscale-sweep-speed-"))
+        print("sequential: 4 trainings one after another in this process", flush=True)
+        result["sequential"] = sequential(args.config, root / "sequential")
+        print(f"sweep: the same trainings on Ray Tune, {args.concurrent} at once", flush=True)
+        result["sweep"] = swept(args.config, root / "sweeps", args.concurrent)
+        result["ratio_trials"] = round(result["sweep"]["wall_s_trials"] / result["sequential"]["wall_s"], 3)
+        result["ratio_with_export"] = round(result["sweep"]["wall_s_total_with_export"] / result["sequential"]["wall_s"], 3)
+        result["output"] = str(root)
+    result["ray"] = ray_overhead(args.ray_runs)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    if "ratio_trials" in result:
+        print(f"\nsweep / sequential wall time: {result['ratio_trials']:.3f} (target <= 0.65); "
+              f"{result['ratio_with_export']:.3f} counting the sweep's export of the best trial")
+
+
+if __name__ == "__main__":
+    main()
