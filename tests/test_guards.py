@@ -488,3 +488,40 @@ def test_under_any_metric_stream_applied_actions_respect_bounds_and_rate_limits_
         if cooldown:
             assert not ((after < before) & (t - last_up < cooldown)).any()
         last_up = np.where(after > before, t, last_up)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    lo=st.integers(0, 20), span=st.integers(0, 40), current=st.integers(0, 120), proposal=st.integers(-10_000, 10_000),
+    step=st.integers(0, 12), per_minute=st.integers(0, 30), spent=st.integers(0, 40), cooling=st.booleans(),
+)
+def test_from_any_start_in_at_or_beyond_the_bounds_any_proposal_moves_by_at_most_the_limits_towards_the_clamped_proposal(
+    lo, span, current, proposal, step, per_minute, spent, cooling
+):
+    """The guard rails as a pure function, from anywhere: below min, at min, inside, at max, far above max."""
+    hi = lo + span
+    sc = tiny_scenario()
+    config = replace(GuardConfig.from_scenario(sc, max_step_change=step, max_change_per_minute=per_minute,
+                                               scale_down_cooldown_s=30.0),
+                     min_replicas=np.array([lo, lo]), max_replicas=np.array([hi, hi]))
+    now = 100.0
+    state = GuardState(last_replicas=np.array([current, current]), changes=[(now - 10.0, np.array([spent, 0]))],
+                       last_scale_up_s=np.array([now - 10.0 if cooling else -np.inf] * 2))
+    cur = np.array([current, current])
+    final = apply_guards(np.array([proposal, proposal]), 0, cur, 0.0, now, state, config)[0]
+    target = min(max(proposal, lo), hi)
+    for s, budget in enumerate((max(per_minute - spent, 0), per_minute)):
+        limit = min(step, budget)
+        f = int(final[s])
+        assert abs(f - current) <= limit, "never more than the step and per-minute limits"
+        assert min(current, target) <= f <= max(current, target), "always towards the clamped proposal, never past it"
+        if cooling and target < current:
+            assert f == current, "no scale-down during the cooldown after a scale-up"
+            continue
+        assert f == (target if abs(target - current) <= limit else current + limit * np.sign(target - current))
+        if lo <= current <= hi:
+            assert lo <= f <= hi, "from inside the bounds, never outside"
+        if current >= hi and proposal >= hi:
+            assert f == (hi if current - limit <= hi else current - limit), "at or above max, a large proposal goes no higher"
+        if current <= lo and proposal <= lo:
+            assert f == (lo if current + limit >= lo else current + limit), "at or below min, a small proposal goes no lower"

@@ -395,6 +395,8 @@ def serve(opts: ServeOptions) -> int:
             result["local"] = {
                 "run_dir": str(cluster.run_dir), "counters": asdict(cluster.counters), "started_pids": cluster.started_pids(),
             }
+        if opts.cluster == "kubernetes" and cluster is not None:
+            result["kubernetes"] = {"counters": asdict(cluster.counters), "taken_over": list(cluster.taken_over)}
         audit.write({"kind": "event", "event": "stop", "summary": result})
         audit.close()
         result["audit"] = audit.health()
