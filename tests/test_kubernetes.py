@@ -325,5 +325,37 @@ def test_serve_drives_two_deployments_through_a_compressed_day(tmp_path: Path) -
             assert [fake.cluster.deployments[(NS, s)].replicas for s in ("api", "batch")] == final
         result = json.loads(summary.read_text())
         assert result["decisions"] == 96 and result["cluster"] == "kubernetes"
+        assert result["kubernetes"]["counters"]["patches_ok"] == len(recorded)
     finally:
         fake.close()
+
+
+def test_serving_to_kubernetes_and_keda_imports_no_torch() -> None:
+    code = ("import sys; import rlscale.clusters.kubernetes.backend, rlscale.controller.keda, rlscale.controller.serve; "
+            "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'stable_baselines3')])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-500:]
+
+
+def test_a_missing_cluster_config_is_one_line_from_the_cli(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "rlscale.cli", "serve", "--policy", "hpa", "--cluster", "kubernetes", "--port", "0",
+                           "--audit-log", str(tmp_path / "a.jsonl")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --cluster kubernetes needs --cluster-config FILE " \
+        "(the services' workloads and PromQL; docs/KUBERNETES.md)", proc.stderr[-800:]
+
+
+def test_other_mistakes_are_one_config_error_naming_the_field(tmp_path: Path) -> None:
+    from rlscale.controller.keda import DecisionBoard, KedaServer
+    from rlscale.controller.serve import ServeOptions, serve
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("services: [{service: api, name: api, min_replicas: 1, max_replicas: 3, queries: {arrivals_rps: a, utilisation: u}}]\n"
+                   "prometheus: {url: 'http://127.0.0.1:9'}\nrebalance: sometimes\n")
+    with pytest.raises(ConfigError, match=f"^{bad}: rebalance: Input should be 'none' or 'consolidate'$"):
+        serve(ServeOptions(policy="hpa", cluster="kubernetes", cluster_config=str(bad), audit_log=str(tmp_path / "a.jsonl")))
+    with pytest.raises(ConfigError, match="^--keda-grpc serves the control loop's decisions"):
+        serve(ServeOptions(policy="hpa", cluster="none", keda_grpc="127.0.0.1:0", audit_log=str(tmp_path / "a.jsonl")))
+    with pytest.raises(ConfigError, match="^--keda-grpc 0.0.0.0:9090: a non-loopback address needs --keda-tls"):
+        KedaServer(DecisionBoard(("api",)), "0.0.0.0:9090", max_age_s=10)
+    with pytest.raises(ConfigError, match="^--keda-grpc 9090: expected HOST:PORT"):
+        KedaServer(DecisionBoard(("api",)), "9090", max_age_s=10)
