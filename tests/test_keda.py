@@ -156,3 +156,35 @@ def test_serve_sim_answers_keda_with_the_loops_decisions_and_fast(tmp_path: Path
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def test_mutual_tls_admits_a_client_with_a_certificate_from_the_ca_and_no_other(tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=test-ca", cwd=tmp_path)
+    for name, ext in (("tls", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=tmp_path)
+        (tmp_path / f"{name}.ext").write_text(ext + "\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", f"{name}.crt",
+                 "-days", "1", "-extfile", f"{name}.ext", cwd=tmp_path)
+    board = DecisionBoard(("api",))
+    board.set({"api": 3})
+    server = KedaServer(board, "127.0.0.1:0", max_age_s=30.0, tls_dir=str(tmp_path)).start()
+    try:
+        ca = (tmp_path / "ca.crt").read_bytes()
+        good = grpc.ssl_channel_credentials(ca, (tmp_path / "client.key").read_bytes(), (tmp_path / "client.crt").read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{server.port}", good) as channel:
+            reply = pb_grpc.ExternalScalerStub(channel).GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref("api")), timeout=10)
+            assert reply.metricValues[0].metricValueFloat == 3.0
+        with grpc.secure_channel(f"127.0.0.1:{server.port}", grpc.ssl_channel_credentials(ca)) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                pb_grpc.ExternalScalerStub(channel).GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref("api")), timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop()
