@@ -420,6 +420,11 @@ def demo(
     run_demo(console, seeds=seeds, steps=steps, logdir=logdir, report=report, workers=workers)
 
 
+from rlscale.assess.commands import register as _register_assess  # noqa: E402 - assess, shadow, shadow-report
+
+_register_assess(app, user_errors, console)
+
+
 cluster_app = typer.Typer(
     help="The local cluster's data plane (HAProxy, Prometheus, workers) under its own supervisor, so it outlives the "
     "controller: `rlscale serve --cluster local --run-dir DIR` attaches to it.",

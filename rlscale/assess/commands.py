@@ -1,0 +1,75 @@
+"""The ``rlscale assess | shadow | shadow-report`` commands, registered on the CLI's Typer app by ``rlscale.cli``.
+
+They live here so the CLI module only wires them in; the work is in
+``rlscale.assess`` and ``rlscale.evaluation.shadow_report``, imported when a
+command runs (the CLI starts without numba, matplotlib or the simulator).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+
+def register(app: typer.Typer, user_errors: Callable[[Any], Any], console: Any) -> None:
+    """Add the three commands to ``app``; ``user_errors`` turns ConfigError into one line and exit code 2."""
+
+    @app.command()
+    @user_errors
+    def assess(
+        prometheus: str = typer.Option(..., help="Prometheus base URL, e.g. http://127.0.0.1:9090"),
+        config: str = typer.Option(..., help="service.yaml: PromQL templates, SLO, limits, node price (envs/services/)"),
+        days: float = typer.Option(..., help="days of history up to --end (fractions are fine: 0.25 = 6 hours)"),
+        out: str = typer.Option(..., help="scenario to write, e.g. envs/my-service.yaml (traces beside it)"),
+        end: float | None = typer.Option(None, help="end of the history, unix seconds (default: now)"),
+        report: str | None = typer.Option(None, help="fit report folder (default: reports/assess-<NAME>)"),
+    ) -> None:
+        """Fit a scenario to a service's Prometheus history: trace CSVs, scenario YAML, fit report (Markdown + PNG)."""
+        from rlscale.assess.run import assess as run_assess
+        from rlscale.assess.run import describe
+
+        command = "rlscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        result = run_assess(prometheus, config, days, out, end=end, report=report, command=command)
+        for line in describe(result):
+            console.print(line, markup=False, highlight=False)
+        console.print(f"wrote {out}; train with a config whose scenario is {out}", markup=False, highlight=False)
+
+    @app.command()
+    @user_errors
+    def shadow(
+        prometheus: str = typer.Option(..., help="Prometheus base URL of the running service"),
+        config: str = typer.Option(..., help="the service.yaml used for assess"),
+        model: str = typer.Option(..., help="exported policy, e.g. models/my-service"),
+        duration: float | None = typer.Option(None, help="seconds to run (default: until Ctrl-C)"),
+        scenario: str | None = typer.Option(None, help="the policy's scenario (default: the one in the model's card)"),
+        audit_log: str = typer.Option("shadow-audit.jsonl", help="JSONL audit log (appended)"),
+    ) -> None:
+        """Run a policy in dry-run beside the autoscaler that acts: read-only, every decision logged next to what ran."""
+        from rlscale.assess.shadow import shadow as run_shadow
+
+        summary = run_shadow(prometheus, config, model, duration_s=duration, scenario=scenario, audit_log=audit_log)
+        console.print(f"{summary['decisions']} decisions, fallbacks {summary['fallbacks'] or 'none'}; "
+                      f"audit log {audit_log}; next: rlscale shadow-report {audit_log}", markup=False, highlight=False)
+
+    @app.command("shadow-report")
+    @user_errors
+    def shadow_report(
+        audit: str = typer.Argument(..., help="the audit log `rlscale shadow` wrote"),
+        out: str | None = typer.Option(None, help="report folder (default: <audit>-report beside the log)"),
+    ) -> None:
+        """Report a shadow run: replicas policy vs actual, simulated cost and SLO of both, disagreements, guard rails."""
+        from rlscale.evaluation.shadow_report import write_report
+
+        folder, data = write_report(audit, out)
+        for label, m in data["estimates"].items():
+            if "error" in m:
+                console.print(f"{label}: {m['error']}", markup=False, highlight=False)
+            else:
+                console.print(f"{label}: cost {m['cost_usd']:.5f} USD, SLO violations {m['slo_violation_rate']:.3f}, "
+                              f"dropped {m['dropped_fraction']:.4f}", markup=False, highlight=False)
+        console.print(f"disagreements {data['disagreements']}/{data['compared']}; guard rails {data['guards_fired'] or 'none'}; "
+                      f"report {folder / 'report.md'}", markup=False, highlight=False)
