@@ -1,16 +1,21 @@
-"""Controller decision latency and HTTP ``/v1/decide`` throughput.
+"""Controller decision latency and HTTP ``/v1/decide`` throughput, each as a ratio to an anchor measured alongside.
 
 1. In-process: metrics -> action through the observation builder, the policy
    and the guard rails (``Decider.decide``), over the metrics of a simulated
-   day replayed in order, like the control loop. Target: p99 < 200 us.
+   day replayed in order, like the control loop. Anchor: SB3 ``PPO.predict``
+   (after VecNormalize's arithmetic) on the same weights and the same
+   observations, timed alternately with each decision so both see the same
+   machine. Target: decision p99 <= 0.2 x SB3 predict's p99.
 2. HTTP: ``rlscale serve --cluster none`` in its own process on 127.0.0.1,
    a bounded load (``--requests``, default 5,000) from ``--clients``
-   keep-alive connections (default 4). The client writes pre-built
-   HTTP/1.1 requests on raw sockets so that its own cost stays small next to
-   the server's on a 2-core machine. Target: >= 1,000 requests/s. Every
-   request is validated, decided and written to the audit log.
+   keep-alive connections (default 4). Anchor: a FastAPI endpoint returning a
+   constant under the same uvicorn (``anchors.BARE_SERVER``), loaded the same
+   way, rounds alternating. The client writes pre-built HTTP/1.1 requests on
+   raw sockets so that its own cost stays small next to the server's on a
+   2-core machine. Target: >= 0.6 x the bare endpoint's throughput. Every
+   decide request is validated, decided and written to the audit log.
 
-Usage: ``python benchmarks/decide_latency.py [--model models/NAME] [--append docs/BENCHMARKS.md]``.
+Usage: ``python benchmarks/decide_latency.py [--model models/NAME] [--rounds 3] [--append docs/BENCHMARKS.md]``.
 Without ``--model`` the shipped ``models/web-diurnal`` is used, or, where it
 is absent, a random-weight policy in the export format (the same 2 x 64 tanh
 network, so the same cost).
@@ -57,34 +62,48 @@ def policy_dir(model: str | None, tmp: Path) -> str:
 
 
 def in_process(model: str, passes: int) -> dict[str, float]:
+    """Decision latency over a replayed simulated day, and SB3 predict's on the same observations, alternately."""
+    import torch
+
+    from anchors import sb3_predictor
     from rlscale.clusters.simulated import SimulatedCluster
     from rlscale.config import load_scenario
     from rlscale.controller import Decider, GuardConfig, GuardState
     from rlscale.controller.guards import record_applied
     from rlscale.policies.ppo import PPOPolicy, load_exported
 
+    torch.set_num_threads(1)  # as in training; serving itself never imports torch
     scenario = load_scenario("web-diurnal")
     cluster = SimulatedCluster(scenario, seed=0)
     samples = []
     while not cluster.done:
         samples.append(cluster.read_metrics())
         cluster.hold()
-    decider = Decider(scenario, PPOPolicy(load_exported(model)), GuardConfig.from_scenario(scenario))
-    latencies, cpu = [], []
+    exported = load_exported(model)
+    builder = PPOPolicy(exported).builder
+    observations = [builder.build(sample.metrics)[0] for sample in samples]
+    sb3 = sb3_predictor(exported.weights, exported.action_spec.nvec)
+    decider = Decider(scenario, PPOPolicy(exported), GuardConfig.from_scenario(scenario))
+    latencies, cpu, anchor = [], [], []
     for _ in range(passes):
         decider.policy.reset(1)
         state = GuardState()
-        for sample in samples:
+        for sample, obs in zip(samples, observations):
             c0, t0 = time.thread_time(), time.perf_counter()
             decision = decider.decide(sample.metrics, 0.0, sample.observed_at, state)
             latencies.append(time.perf_counter() - t0)
             cpu.append(time.thread_time() - c0)
             state = record_applied(state, sample.observed_at, decision.current, decision.replicas)
+            t0 = time.perf_counter()
+            sb3(obs)
+            anchor.append(time.perf_counter() - t0)
     skip = len(samples) // 10
-    us, cpu_us = np.array(latencies[skip:]) * 1e6, np.array(cpu[skip:]) * 1e6
+    us, cpu_us, sb3_us = (np.array(x[skip:]) * 1e6 for x in (latencies, cpu, anchor))
     return {"decisions": float(us.size), "p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
             "p999_us": float(np.percentile(us, 99.9)), "mean_us": float(us.mean()),
-            "cpu_p50_us": float(np.percentile(cpu_us, 50)), "cpu_p99_us": float(np.percentile(cpu_us, 99))}
+            "cpu_p50_us": float(np.percentile(cpu_us, 50)), "cpu_p99_us": float(np.percentile(cpu_us, 99)),
+            "sb3_p50_us": float(np.percentile(sb3_us, 50)), "sb3_p99_us": float(np.percentile(sb3_us, 99)),
+            "p99_vs_sb3": float(np.percentile(us, 99) / np.percentile(sb3_us, 99))}
 
 
 async def _client(host: str, port: int, request: bytes, count: int, latencies: list[float], statuses: dict[int, int]) -> None:
@@ -124,15 +143,14 @@ async def _load(host: str, port: int, requests: int, clients: int) -> tuple[floa
     return time.perf_counter() - t0, latencies, statuses
 
 
-def http(model: str, requests: int, clients: int, tmp: Path) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "rlscale.cli", "serve", "--cluster", "none", "--model", model, "--port", "0",
-           "--audit-log", str(tmp / "audit.jsonl")]
+def _measure(cmd: list[str], requests: int, clients: int) -> dict[str, float]:
+    """Start a server process that prints its URL first, load it, stop it."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         match = re.search(r"http://([\d.]+):(\d+)", line)
         if not match:
-            raise SystemExit(f"serve did not start: {line!r} {proc.stderr.read()}")
+            raise SystemExit(f"server did not start: {line!r} {proc.stderr.read()}")
         host, port = match.group(1), int(match.group(2))
         cpu0 = _cpu_seconds(proc.pid)
         elapsed, latencies, statuses = asyncio.run(_load(host, port, requests, clients))
@@ -147,6 +165,26 @@ def http(model: str, requests: int, clients: int, tmp: Path) -> dict[str, float]
             "server_cpu_us_per_request": server_cpu / max(len(latencies), 1) * 1e6}
 
 
+def http(model: str, requests: int, clients: int, tmp: Path, rounds: int) -> dict[str, object]:
+    """``rounds`` alternating rounds of the decide endpoint and the bare one; the ratio of each round and of the bests."""
+    from anchors import BARE_SERVER
+
+    serve = [sys.executable, "-m", "rlscale.cli", "serve", "--cluster", "none", "--model", model, "--port", "0",
+             "--audit-log", str(tmp / "audit.jsonl")]
+    bare = [sys.executable, "-c", BARE_SERVER]
+    runs = []
+    for _ in range(rounds):
+        load = os.getloadavg()[0]
+        decide = _measure(serve, requests, clients)
+        anchor = _measure(bare, requests, clients)
+        runs.append({"load_avg_1min": load, "decide": decide, "bare": anchor, "ratio": decide["rps"] / anchor["rps"]})
+    best = max(runs, key=lambda r: r["decide"]["rps"])
+    best_bare = max(r["bare"]["rps"] for r in runs)
+    return {"rounds": runs, "decide": best["decide"], "bare_rps": best_bare,
+            "ratio_of_bests": best["decide"]["rps"] / best_bare,
+            "ratio_median": float(np.median([r["ratio"] for r in runs]))}
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process (Linux), so the server's own cost shows apart from the machine's load."""
     try:
@@ -158,49 +196,55 @@ def _cpu_seconds(pid: int) -> float:
 
 def machine() -> str:
     cpu = cpu_model()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, load average {load:.1f} at start"
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def markdown(local: dict[str, float], remote: dict[str, float], where: str, command: str) -> str:
-    lat_ok = "met" if local["p99_us"] < 200 else "MISSED"
-    rps_ok = "met" if remote["rps"] >= 1000 else "MISSED"
+def markdown(local: dict[str, float], remote: dict[str, object], where: str, loads: str, command: str) -> str:
+    decide = remote["decide"]
+    lat_ok = "met" if local["p99_vs_sb3"] <= 0.2 else "MISSED"
+    rps_ok = "met" if remote["ratio_median"] >= 0.6 else "MISSED"
+    rounds = ", ".join(f"{r['ratio']:.2f}" for r in remote["rounds"])
     return (
         "\n## Controller decision latency\n\n"
-        f"Machine: {where}. Command: `{command}`.\n\n"
-        "| measure | value | target |\n|---|---|---|\n"
-        f"| in-process decision p50 (builder + PPO 2x64 + guard rails) | {local['p50_us']:.0f} us | |\n"
-        f"| in-process decision p99 | {local['p99_us']:.0f} us | < 200 us ({lat_ok}) |\n"
-        f"| in-process decision p99.9 | {local['p999_us']:.0f} us | |\n"
+        f"Machine: {where}; 1-min load average {loads}. Command: `{command}`.\n\n"
+        "| measure | ratio to its anchor | target | ours | anchor |\n|---|---:|---|---:|---:|\n"
+        f"| in-process decision p99 (builder + PPO 2x64 + guard rails) vs SB3 `predict` p99 (same weights, same observations) "
+        f"| {local['p99_vs_sb3']:.2f} | <= 0.2 ({lat_ok}) | {local['p99_us']:.0f} us | {local['sb3_p99_us']:.0f} us |\n"
+        f"| in-process p50 | {local['p50_us'] / local['sb3_p50_us']:.2f} | | {local['p50_us']:.0f} us | {local['sb3_p50_us']:.0f} us |\n"
+        f"| HTTP `/v1/decide` throughput vs a bare FastAPI endpoint returning a constant ({decide['requests']:.0f} requests, "
+        f"{decide['clients']:.0f} keep-alive clients; median of rounds {rounds}) "
+        f"| {remote['ratio_median']:.2f} | >= 0.6 ({rps_ok}) | {decide['rps']:.0f} req/s | {remote['bare_rps']:.0f} req/s |\n"
+        "\nSecondary, absolute (this machine only):\n\n"
+        "| measure | value |\n|---|---|\n"
+        f"| in-process decision p99.9 | {local['p999_us']:.0f} us |\n"
         f"| in-process decision CPU time p50 / p99 (thread time: excludes waiting for a core) "
-        f"| {local['cpu_p50_us']:.0f} / {local['cpu_p99_us']:.0f} us | |\n"
-        f"| HTTP `/v1/decide` throughput ({remote['requests']:.0f} requests, {remote['clients']:.0f} keep-alive clients) "
-        f"| {remote['rps']:.0f} req/s | >= 1,000 req/s ({rps_ok}) |\n"
-        f"| HTTP latency p50 / p99 | {remote['p50_ms']:.2f} / {remote['p99_ms']:.2f} ms | |\n"
-        f"| server CPU per request (parse, validate, decide, audit line, respond) | {remote['server_cpu_us_per_request']:.0f} us "
-        f"(= {1e6 / max(remote['server_cpu_us_per_request'], 1e-9):.0f} req/s on one free core) | |\n"
-        f"| non-200 responses | {remote['non_200']:.0f} | 0 |\n"
-        "\nThe client shares the 2 cores with the server, and p99 and throughput fall with other load on the machine "
-        "(CPU time and server CPU per request show the code's own cost).\n"
+        f"| {local['cpu_p50_us']:.0f} / {local['cpu_p99_us']:.0f} us |\n"
+        f"| HTTP latency p50 / p99 | {decide['p50_ms']:.2f} / {decide['p99_ms']:.2f} ms |\n"
+        f"| server CPU per request (parse, validate, decide, audit line, respond) | {decide['server_cpu_us_per_request']:.0f} us "
+        f"(= {1e6 / max(decide['server_cpu_us_per_request'], 1e-9):.0f} req/s on one free core) |\n"
+        f"| non-200 responses | {decide['non_200']:.0f} |\n"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None, help="exported policy (default: random weights in the export format)")
+    parser.add_argument("--model", default=None, help="exported policy (default: models/web-diurnal, else random weights)")
     parser.add_argument("--passes", type=int, default=5, help="replays of the simulated day for the in-process measure")
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating HTTP rounds (decide, bare)")
     parser.add_argument("--append", default=None, help="append a Markdown section to this file (one write)")
     args = parser.parse_args()
     where = machine()
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         model = policy_dir(args.model, Path(tmp))
         local = in_process(model, args.passes)
-        remote = http(model, args.requests, args.clients, Path(tmp))
-    print(json.dumps({"in_process": local, "http": remote}, indent=2))
+        remote = http(model, args.requests, args.clients, Path(tmp), args.rounds)
+    loads = f"{load_start:.1f} at start, {os.getloadavg()[0]:.1f} at the end"
+    print(json.dumps({"in_process": local, "http": remote, "load": loads}, indent=2))
     command = "python benchmarks/decide_latency.py" + ("" if not args.model else f" --model {args.model}")
-    text = markdown(local, remote, where, command)
+    text = markdown(local, remote, where, loads, command)
     print(text)
     if args.append:
         with open(args.append, "a") as f:

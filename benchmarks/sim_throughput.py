@@ -1,5 +1,10 @@
 """Simulator throughput: single-env steps/s through Gymnasium, batched cluster-steps/s of the kernel and the engine.
 
+Every rate is also given as a ratio to an anchor measured in the same pass:
+``gym.make("CartPole-v1")`` steps/s (``anchors.cartpole_rate``), timed right
+before and right after the single-env cell (their mean is the pass's anchor).
+Target: single env >= 0.25 x CartPole's steps/s.
+
 Three measurements, each after a warm-up so numba compile time is excluded,
 and each timed over whole episodes (a simulated day: night and afternoon peak):
 
@@ -29,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from anchors import cartpole_rate  # benchmarks/anchors.py
 from machine import cpu_model  # benchmarks/machine.py
 
 N_VALUES = (1, 64, 1024)
@@ -176,8 +182,10 @@ def engine_steps(scenario: str, n: int, seconds: float, kernel: str) -> dict[str
 
 
 def measure(scenario: str, seconds: float) -> dict[str, Any]:
-    """One pass over every cell: {cell name: {"wall": rate, "cpu": rate}}."""
+    """One pass over every cell: {cell name: {"wall": rate, "cpu": rate}}, and the CartPole anchor around the single env."""
+    before = cartpole_rate(seconds)
     cells = {"single_env": single_env(scenario, seconds)}
+    cells["cartpole"] = {"wall": (before + cartpole_rate(seconds)) / 2.0, "cpu": float("nan")}
     for name, fn in (("simulator", simulator_steps), ("engine", engine_steps)):
         for n in N_VALUES:
             for kernel in KERNELS:
@@ -197,7 +205,10 @@ def run(scenario: str, seconds: float, runs: int) -> dict[str, Any]:
     summary = {}
     for cell in passes[0]["cells"]:
         wall = [p["cells"][cell]["wall"] for p in passes]
-        summary[cell] = {"best": max(wall), "min": min(wall), "best_per_cpu_s": max(p["cells"][cell]["cpu"] for p in passes)}
+        ratios = [p["cells"][cell]["wall"] / p["cells"]["cartpole"]["wall"] for p in passes]
+        summary[cell] = {"best": max(wall), "min": min(wall), "best_per_cpu_s": max(p["cells"][cell]["cpu"] for p in passes),
+                         "vs_cartpole": float(np.median(ratios)), "vs_cartpole_min": min(ratios),
+                         "vs_cartpole_max": max(ratios)}
     return {
         "scenario": scenario,
         "seconds_per_cell": seconds,
@@ -219,7 +230,30 @@ def markdown(r: dict[str, Any]) -> str:
         return f"{c['best']:,.0f}{spread}"
 
     loads = ", ".join(f"{a:.1f}->{b:.1f}" for a, b in (p["load_avg_1min"] for p in r["passes"]))
+    def ratio(cell: str) -> str:
+        c = s[cell]
+        spread = f" ({c['vs_cartpole_min']:.2f}-{c['vs_cartpole_max']:.2f})" if r["runs"] > 1 else ""
+        return f"{c['vs_cartpole']:.2f}{spread}"
+
+    picked = {n: r["default_kernel"][str(n)] for n in N_VALUES}
+    cart = s["cartpole"]
+    target = "met" if s["single_env"]["vs_cartpole"] >= 0.25 else "MISSED"
     lines = [
+        "| measurement | N | ratio to CartPole-v1 steps/s (median of passes, range) | target |",
+        "|---|---:|---:|---|",
+        f"| (a) single env `env.step` (Gymnasium API), steps/s | 1 | {ratio('single_env')} | >= 0.25 ({target}) |",
+    ]
+    for key, label in (("simulator", "(b) `Simulator.step`, cluster-steps/s"),
+                       ("engine", "(c) engine `step_raw` + `observe`, cluster-steps/s")):
+        for n in N_VALUES:
+            lines.append(f"| {label}, {picked[n]} kernel | {n} | {ratio(f'{key}/{n}/{picked[n]}')} | |")
+    lines += [
+        "",
+        f"Anchor: `gym.make(\"CartPole-v1\").step`, random actions, {cart['min']:,.0f}-{cart['best']:,.0f} steps/s "
+        "over the passes on this machine.",
+        "",
+        "Secondary, absolute (this machine only):",
+        "",
         f"Machine: {m['cpu']}, {m['cores']} cores (numba threads {m['numba_threads']}); "
         f"Python {m['python']}, numpy {m['numpy']}, numba {m['numba']}. Scenario `{r['scenario']}`; "
         f"{r['runs']} run(s) of at least {r['seconds_per_cell']:g} s per cell; "

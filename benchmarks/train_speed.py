@@ -1,7 +1,16 @@
-"""Training speed: env-steps/s of PPO training, and wall time until eval/cost_vs_hpa first drops below 0.8.
+"""Training speed: env-steps/s of PPO training as a ratio to SB3 PPO on CartPole, and time to a good policy.
 
-    python benchmarks/train_speed.py                      # trains train/ppo-web-diurnal.yaml into a temp dir
+    python benchmarks/train_speed.py                      # the ratio (about a minute)
+    python benchmarks/train_speed.py --full               # trains train/ppo-web-diurnal.yaml into a temp dir
     python benchmarks/train_speed.py --from-run runs/ppo-web-diurnal-s0   # reads a finished run
+
+The ratio: our PPO (the config's n_envs, n_steps, batch, epochs, network and
+VecNormalize on the batched simulator) against SB3 PPO on ``CartPole-v1``
+with the same settings (``anchors.sb3_cartpole_model``; SB3's usual
+``make_vec_env``), each ``model.learn`` for the same env steps, rounds
+alternating, one torch thread each as in ``rlscale train``. It says how much
+the simulator costs the learner. Held-out evaluations are not part of it (they
+are the time-to-0.8 figure's). Target: >= 0.75.
 
 "Below 0.8" counts only evaluations (on the validation seeds) whose SLO-violation
 rate is not above HPA's on the same seeds.
@@ -41,12 +50,54 @@ def read_run(run: Path) -> dict:
     }
 
 
+def ratio(config: str, rollouts: int, rounds: int) -> dict:
+    """Env steps/s of ``learn`` for ours and for SB3-on-CartPole with the same settings, alternating; per round and median."""
+    import numpy as np
+    import torch
+
+    from anchors import learn_rate, load_average, sb3_cartpole_model
+    from rlscale.config import load_train_config
+    from rlscale.train import make_env, make_model, training_scenario
+
+    torch.set_num_threads(1)
+    cfg = load_train_config(config)
+    steps = rollouts * cfg.n_envs * cfg.n_steps
+    ours = make_model(cfg, make_env(cfg, training_scenario(cfg)))
+    anchor = sb3_cartpole_model(cfg)
+    for model in (ours, anchor):  # warm-up: first rollout, first update
+        learn_rate(model, cfg.n_envs * cfg.n_steps)
+    runs = []
+    for _ in range(rounds):
+        load = load_average()
+        a, b = learn_rate(ours, steps), learn_rate(anchor, steps)
+        runs.append({"load_avg_1min": round(load, 1), "ours": round(a), "sb3_cartpole": round(b), "ratio": a / b})
+    return {"config": config, "n_envs": cfg.n_envs, "n_steps": cfg.n_steps, "batch_size": cfg.batch_size,
+            "n_epochs": cfg.n_epochs, "net_arch": list(cfg.policy_kwargs.net_arch), "steps_per_round": steps,
+            "rounds": runs, "ratio_median": float(np.median([r["ratio"] for r in runs]))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="train/ppo-web-diurnal.yaml")
     parser.add_argument("--from-run", type=Path, default=None)
+    parser.add_argument("--full", action="store_true", help="train the whole config (minutes) instead of the ratio")
+    parser.add_argument("--rollouts", type=int, default=5, help="rollouts per side and round (ratio mode)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (ratio mode)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.from_run is None and not args.full:
+        r = ratio(args.config, args.rollouts, args.rounds)
+        if args.json:
+            print(json.dumps({"machine": machine(), **r}, indent=2))
+            return
+        target = "met" if r["ratio_median"] >= 0.75 else "MISSED"
+        print(f"machine: {machine()}; {r['config']}: n_envs {r['n_envs']}, n_steps {r['n_steps']}, batch {r['batch_size']}, "
+              f"epochs {r['n_epochs']}, net {r['net_arch']}; {r['steps_per_round']:,} env steps per side and round\n")
+        print("| round | 1-min load | ours, env steps/s | SB3 PPO on CartPole, env steps/s | ratio |\n|---:|---:|---:|---:|---:|")
+        for i, run in enumerate(r["rounds"], 1):
+            print(f"| {i} | {run['load_avg_1min']} | {run['ours']:,} | {run['sb3_cartpole']:,} | {run['ratio']:.2f} |")
+        print(f"\nmedian ratio {r['ratio_median']:.2f} (target >= 0.75: {target})")
+        return
     if args.from_run is None:
         from rlscale.config import load_train_config
         from rlscale.train import train
