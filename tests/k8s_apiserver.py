@@ -266,6 +266,7 @@ class FakeCluster:
         self.requests: list[Request] = []
         self.rbac: dict[str, list[dict[str, Any]]] | None = None
         self.slow_s = 0.0
+        self.token = TOKEN
         self.conflict_every_other_patch = False
         self._scale_patches = 0
         self._stop = threading.Event()
@@ -524,7 +525,7 @@ class Handler(BaseHTTPRequestHandler):
             group, resource = RBAC_RESOURCE.get(route or "", ("", "unknown"))
         code = 500
         try:
-            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            if self.headers.get("Authorization") != f"Bearer {cluster.token}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")
             if route is None:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")

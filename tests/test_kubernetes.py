@@ -359,3 +359,39 @@ def test_other_mistakes_are_one_config_error_naming_the_field(tmp_path: Path) ->
         KedaServer(DecisionBoard(("api",)), "0.0.0.0:9090", max_age_s=10)
     with pytest.raises(ConfigError, match="^--keda-grpc 9090: expected HOST:PORT"):
         KedaServer(DecisionBoard(("api",)), "9090", max_age_s=10)
+
+
+def test_each_api_error_maps_to_one_reason_from_real_answers(fake: Fake, tmp_path: Path) -> None:
+    """404, 403, 409, 422, 429 and 401 as the API server sends them, through the official client, to ``errors.classify``."""
+    from kubernetes.client import V1Eviction, V1ObjectMeta
+
+    from rlscale.clusters.kubernetes.backend import CallFailed
+    from rlscale.clusters.kubernetes.errors import classify
+
+    cluster, _, _ = open_cluster(fake, tmp_path)
+    rv = cluster._read_scale(0).resource_version
+
+    def reason(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        with pytest.raises(CallFailed) as err:
+            cluster._call("test", fn, *args, **kwargs)
+        return err.value.problem
+
+    assert reason(cluster.apps.read_namespaced_deployment_scale, "nope", NS).reason == "not_found"
+    stale = reason(cluster.apps.patch_namespaced_deployment_scale, "api", NS, {"metadata": {"resourceVersion": "1"}, "spec": {"replicas": 4}})
+    assert (stale.reason, stale.status, stale.write_effect) == ("conflict", 409, "held; re-read next interval")
+    invalid = reason(cluster.apps.patch_namespaced_deployment_scale, "api", NS, {"metadata": {"resourceVersion": rv}, "spec": {"replicas": -1}})
+    assert (invalid.reason, invalid.status) == ("invalid", 422) and "spec.replicas" in invalid.message
+    fake.cluster.add_budget(NS, "api", {"app": "api"}, min_available=3)
+    with fake.cluster.lock:
+        pod = next(p.name for p in fake.cluster.pods.values() if p.namespace == NS and p.labels["app"] == "api")
+    body = V1Eviction(metadata=V1ObjectMeta(name=pod, namespace=NS))
+    budget = reason(cluster.core.create_namespaced_pod_eviction, pod, NS, body)
+    assert (budget.reason, budget.status, budget.write_effect) == ("too_many_requests", 429, "wait")
+    fake.cluster.rbac = {}
+    denied = reason(cluster.core.list_namespaced_pod, NS)
+    assert (denied.reason, denied.status) == ("forbidden", 403) and 'cannot list resource "pods"' in denied.message
+    fake.cluster.rbac = None
+    fake.cluster.token = "rotated"  # the kubeconfig's token is no longer accepted
+    assert reason(cluster.core.list_namespaced_pod, NS).reason == "unauthorized"
+    assert classify(ValueError("odd")).reason == "bad_response"
+    cluster.close()
