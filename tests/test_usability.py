@@ -314,3 +314,14 @@ def test_the_report_table_has_churn_and_its_ratio_to_hpa() -> None:
     head, _, hpa, ppo = comparison_table(data)
     assert head.split(" | ")[-2:] == ["scaling actions / h", "churn / HPA |"]
     assert hpa.split(" | ")[-2:] == ["4.0", "1.00 |"] and ppo.split(" | ")[-2:] == ["60.0", "15.00 |"]
+
+
+def test_loadgen_target_may_be_a_local_clusters_run_dir(tmp_path: Path) -> None:
+    from rlscale.config import ConfigError
+    from rlscale.loadgen import resolve_target
+
+    (tmp_path / "cluster.json").write_text(json.dumps({"services": {"api": "http://127.0.0.1:4321/work"}}))
+    assert resolve_target(str(tmp_path)) == "http://127.0.0.1:4321/work"
+    assert resolve_target("http://127.0.0.1:9/work") == "http://127.0.0.1:9/work"
+    with pytest.raises(ConfigError, match="run directory"):
+        resolve_target(str(tmp_path / "nowhere"), wait_s=0.0)
