@@ -167,5 +167,7 @@ def load_settings(path: str | os.PathLike[str] | None) -> KubernetesSettings:
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: expected a mapping with services:, prometheus: and optional kubeconfig:, rebalance:")
     settings: KubernetesSettings = parse_model(KubernetesSettings, data, str(file))
+    if settings.kubeconfig is not None and not Path(settings.kubeconfig).expanduser().is_absolute():
+        settings = settings.model_copy(update={"kubeconfig": str(file.parent / settings.kubeconfig)})  # relative to this file
     settings._source = str(file)
     return settings
