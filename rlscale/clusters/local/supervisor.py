@@ -160,6 +160,8 @@ class Supervisor:
     def run(self, stop: threading.Event) -> None:
         thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
         thread.start()
+        # cluster.json: the shape `serve` writes, so `rlscale loadgen --target RUN_DIR` finds the URL before any controller runs
+        write_json(self.run_dir / "cluster.json", {k: self.state[k] for k in ("services", "prometheus", "run_dir")})
         write_json(self.run_dir / STATE_FILE, self.state)
         stop.wait()
         self.server.shutdown()
@@ -167,6 +169,7 @@ class Supervisor:
         self.cluster.close()
         self.socket_path.unlink(missing_ok=True)
         (self.run_dir / STATE_FILE).unlink(missing_ok=True)
+        (self.run_dir / "cluster.json").unlink(missing_ok=True)
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -183,7 +186,7 @@ def _main(argv: list[str] | None = None) -> int:
     scenario = load_scenario(args.scenario)
     try:
         supervisor = Supervisor(scenario, args.scenario, run_dir, LocalSettings(interval_s=args.interval))
-    except (ConfigError, RuntimeError) as err:
+    except (ConfigError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     supervisor.run(stop)
@@ -209,6 +212,8 @@ def up(scenario: str, run_dir: str | Path, interval: float | None = None, timeou
     from rlscale.clusters.local.procs import require_binary
 
     root = Path(run_dir).resolve()
+    if len(str(root / SOCKET_FILE).encode()) > 100:  # AF_UNIX paths end at 108 bytes (HAProxy's socket lives here too)
+        raise ConfigError(f"--run-dir {run_dir}: path too long for the cluster's Unix sockets (at most ~90 characters)")
     running = read_state(root)
     if running is not None:
         raise ConfigError(f"--run-dir {run_dir}: a local cluster already runs there (supervisor pid {running['pid']})")
