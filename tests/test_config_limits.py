@@ -49,10 +49,10 @@ def test_numbers_outside_their_physical_range_are_one_line_naming_the_field(tmp_
     assert f"{path}: {field}:" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_the_cli_refuses_a_tiny_step_and_a_huge_episode_with_exit_2_and_no_traceback(tmp_path):
-    for change in (lambda d: d.update(step_s=1e-12), lambda d: d.update(episode_steps=10**12)):
-        result = cli("simulate", "--scenario", str(scenario_with(tmp_path, change)), "--steps", "2")
-        assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+def test_the_cli_refuses_a_huge_episode_with_exit_2_and_no_traceback(tmp_path):
+    result = cli("simulate", "--scenario", str(scenario_with(tmp_path, lambda d: d.update(episode_steps=10**12))))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "episode_steps" in result.stderr
 
 
 @pytest.mark.parametrize("target", ["/dev/zero", "fifo", "sparse"])
