@@ -21,7 +21,7 @@ being violated or requests are dropped.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -104,13 +104,6 @@ class ServiceTraits:
             batch=tuple(s.kind == "batch" for s in scenario.services),
             step_s=float(scenario.step_s),
         )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ServiceTraits":
-        return cls(**{f.name: tuple(data[f.name]) if isinstance(data[f.name], list) else data[f.name] for f in fields(cls)})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {f.name: np.asarray(getattr(self, f.name), dtype=np.float64) for f in fields(self)

@@ -13,7 +13,33 @@ from rlscale.env import _spaces
 from rlscale.episode import ClusterEpisodes, step_info
 
 
-class SB3ClusterVecEnv(VecEnv):
+class InProcessVecEnv(VecEnv):
+    """A ``VecEnv`` whose environments all live in this process as one object (no sub-envs to address)."""
+
+    def close(self) -> None:
+        return None
+
+    def get_attr(self, attr_name: str, indices=None) -> list[Any]:
+        return [getattr(self, attr_name)] * len(self._indices(indices))
+
+    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        setattr(self, attr_name, value)
+
+    def env_method(self, method_name: str, *args, indices=None, **kwargs) -> list[Any]:
+        return [getattr(self, method_name)(*args, **kwargs) for _ in self._indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
+        return [False] * len(self._indices(indices))
+
+    def _indices(self, indices) -> list[int]:
+        if indices is None:
+            return list(range(self.num_envs))
+        if isinstance(indices, int):
+            return [indices]
+        return list(indices)
+
+
+class SB3ClusterVecEnv(InProcessVecEnv):
     """N simulated clusters for SB3: one simulator call per step for all of them.
 
     Episode seeds come from ``seed``: cluster i draws all its episodes from
@@ -76,25 +102,3 @@ class SB3ClusterVecEnv(VecEnv):
         if truncated.any():
             obs = self.engine.observe_fresh(obs, truncated)
         return obs, rewards, truncated.copy(), infos
-
-    def close(self) -> None:
-        return None
-
-    def get_attr(self, attr_name: str, indices=None) -> list[Any]:
-        return [getattr(self, attr_name)] * len(self._indices(indices))
-
-    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
-        setattr(self, attr_name, value)
-
-    def env_method(self, method_name: str, *args, indices=None, **kwargs) -> list[Any]:
-        return [getattr(self, method_name)(*args, **kwargs) for _ in self._indices(indices)]
-
-    def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
-        return [False] * len(self._indices(indices))
-
-    def _indices(self, indices) -> list[int]:
-        if indices is None:
-            return list(range(self.num_envs))
-        if isinstance(indices, int):
-            return [indices]
-        return list(indices)

@@ -8,6 +8,7 @@ tests are what notices it.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -158,8 +159,8 @@ class TestRelativeBuilder:
         sc = load_scenario("web-diurnal")
         base = ServiceTraits.from_scenario(sc)
         k = 7.0
-        big = ServiceTraits(**{**base.to_dict(), "min_replicas": tuple(int(v * k) for v in base.min_replicas),
-                               "max_replicas": tuple(int(v * k) for v in base.max_replicas)})
+        big = replace(base, min_replicas=tuple(int(v * k) for v in base.min_replicas),
+                      max_replicas=tuple(int(v * k) for v in base.max_replicas))
         a, b = RelativeObservation(base, 1), RelativeObservation(big, 1)
         rng = np.random.default_rng(0)
         for _ in range(20):

@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
 from rlscale.config import PROJECT_ROOT, ConfigError, GeneralSpec, Scenario, parse_model
 from rlscale.episode import ClusterEpisodes
 from rlscale.learn.traffic import Replay, make_sampler
 from rlscale.policies.general import NVEC, GeneralPolicy
+from rlscale.sb3_env import InProcessVecEnv
 from rlscale.relative import CLIP, LEVELS as NVEC_LEVELS, N_FEATURES
 
 REFERENCE_UTILISATION = 0.7
@@ -129,7 +129,7 @@ def start_at_rule(model: Any) -> None:
         bias[len(NVEC_LEVELS)] += 2 * START_PREFERENCE
 
 
-class GeneralVecEnv(VecEnv):
+class GeneralVecEnv(InProcessVecEnv):
     """``engines * clusters`` rows for SB3; each slot re-draws its cluster when its episodes end."""
 
     render_mode = None
@@ -223,25 +223,3 @@ class GeneralVecEnv(VecEnv):
             done_out.append(np.repeat(bool(truncated.all()), C))
             infos.extend(slot_infos)
         return np.concatenate(obs_out), np.concatenate(rew_out), np.concatenate(done_out), infos
-
-    def close(self) -> None:
-        return None
-
-    def get_attr(self, attr_name: str, indices=None) -> list[Any]:
-        return [getattr(self, attr_name)] * len(self._indices(indices))
-
-    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
-        setattr(self, attr_name, value)
-
-    def env_method(self, method_name: str, *args, indices=None, **kwargs) -> list[Any]:
-        return [getattr(self, method_name)(*args, **kwargs) for _ in self._indices(indices)]
-
-    def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
-        return [False] * len(self._indices(indices))
-
-    def _indices(self, indices) -> list[int]:
-        if indices is None:
-            return list(range(self.num_envs))
-        if isinstance(indices, int):
-            return [indices]
-        return list(indices)
