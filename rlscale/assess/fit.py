@@ -220,34 +220,39 @@ def fit_service(config: ServiceConfig, history: History, progress: Callable[[flo
             notes.append("utilisation was never between 5% and 85% busy without a queue: capacity fitted from latency")
         capacity_from = "latency"
         x = arrivals / np.maximum(ready, 1e-9)
-        top = float(np.nanmax(x[ready > 0]))
-        mus = np.geomspace(max(top, 1e-6) * 0.5, max(top, 1e-6) * 8.0, 25)
+        top = max(float(np.nanmax(x[ready > 0])), 1e-6)
+        mu_range = (np.log(top * 0.5), np.log(top * 8.0))
     else:
-        mus = np.array([mu])
-    # the service time is at least a little below the fastest p95 seen, and at most a few times it
-    works = np.geomspace(floor * 0.2, floor * 1.5, 41)
-    best = (math.inf, float(mus[0]), float(works[0]))
-    total = mus.size * works.size
-    done = 0
-    for m in mus:
-        for w in works:
-            servers = m * w
-            r = replay(config, float(w), float(servers), arrivals, ready, step)
-            loss = _latency_loss(history, r)
-            if loss < best[0]:
-                best = (loss, float(m), float(w))
-            done += 1
-            if progress is not None:
-                progress(done / total)
-    _, mu_best, w_best = best
-    # refine the service time around the best grid point
-    ratio = works[1] / works[0]
-    for w in np.geomspace(w_best / ratio, w_best * ratio, 9):
-        r = replay(config, float(w), float(mu_best * w), arrivals, ready, step)
-        loss = _latency_loss(history, r)
-        if loss < best[0]:
-            best = (loss, mu_best, float(w))
-    _, mu_best, w_best = best
+        mu_range = (np.log(mu), np.log(mu))
+    # the service time: from a fifth of the fastest p95 seen (5th percentile) to one and a half times it
+    w_range = (np.log(floor * 0.2), np.log(floor * 1.5))
+    cache: dict[tuple[float, float], float] = {}
+
+    def loss(log_mu: float, log_w: float) -> float:
+        key = (round(log_mu, 9), round(log_w, 9))
+        if key not in cache:
+            m, w = math.exp(log_mu), math.exp(log_w)
+            cache[key] = _latency_loss(history, replay(config, w, m * w, arrivals, ready, step))
+        return cache[key]
+
+    # coarse to fine in log space: a grid, then a grid three times finer around the best point, twice
+    n_mu = 1 if mu_range[0] == mu_range[1] else 9
+    n_w = 13
+    rounds = 3
+    for r in range(rounds):
+        mus = np.linspace(*mu_range, n_mu) if n_mu > 1 else np.array([mu_range[0]])
+        ws = np.linspace(*w_range, n_w)
+        scores = np.array([[loss(m, w) for w in ws] for m in mus])
+        i, j = np.unravel_index(int(np.argmin(scores)), scores.shape)
+        best_mu, best_w = float(mus[i]), float(ws[j])
+        d_w = (w_range[1] - w_range[0]) / (n_w - 1)
+        w_range = (best_w - d_w, best_w + d_w)
+        if n_mu > 1:
+            d_mu = (mu_range[1] - mu_range[0]) / (n_mu - 1)
+            mu_range = (best_mu - d_mu, best_mu + d_mu)
+        if progress is not None:
+            progress((r + 1) / rounds)
+    mu_best, w_best = math.exp(best_mu), math.exp(best_w)
     final = replay(config, w_best, mu_best * w_best, arrivals, ready, step)
     cold, provision, source, events, more = delays(config, history)
     notes += more
