@@ -22,3 +22,5 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/sim_throughput.py
+	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/decide_latency.py

@@ -67,11 +67,11 @@ def sb3_cartpole_model(cfg: Any) -> Any:
                seed=cfg.seed, device="cpu", verbose=0)
 
 
-def learn_rate(model: Any, steps: int) -> float:
-    """Env steps/s of ``model.learn(steps)`` (rollouts and PPO updates; nothing else)."""
-    t0 = time.perf_counter()
+def learn_rate(model: Any, steps: int) -> tuple[float, float]:
+    """Env steps per wall second and per CPU second of this process of ``model.learn(steps)`` (rollouts and PPO updates)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     model.learn(steps, reset_num_timesteps=False)
-    return steps / (time.perf_counter() - t0)
+    return steps / (time.perf_counter() - t0), steps / max(time.process_time() - c0, 1e-9)
 
 
 def sb3_predictor(weights: Any, nvec: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

@@ -224,6 +224,8 @@ def markdown(local: dict[str, float], remote: dict[str, object], where: str, loa
         f"| HTTP latency p50 / p99 | {decide['p50_ms']:.2f} / {decide['p99_ms']:.2f} ms |\n"
         f"| server CPU per request (parse, validate, decide, audit line, respond) | {decide['server_cpu_us_per_request']:.0f} us "
         f"(= {1e6 / max(decide['server_cpu_us_per_request'], 1e-9):.0f} req/s on one free core) |\n"
+        f"| bare endpoint's server CPU per request (median of rounds) "
+        f"| {float(np.median([r['bare']['server_cpu_us_per_request'] for r in remote['rounds']])):.0f} us |\n"
         f"| non-200 responses | {decide['non_200']:.0f} |\n"
     )
 

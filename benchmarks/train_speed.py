@@ -69,11 +69,13 @@ def ratio(config: str, rollouts: int, rounds: int) -> dict:
     runs = []
     for _ in range(rounds):
         load = load_average()
-        a, b = learn_rate(ours, steps), learn_rate(anchor, steps)
-        runs.append({"load_avg_1min": round(load, 1), "ours": round(a), "sb3_cartpole": round(b), "ratio": a / b})
+        (a, a_cpu), (b, b_cpu) = learn_rate(ours, steps), learn_rate(anchor, steps)
+        runs.append({"load_avg_1min": round(load, 1), "ours": round(a), "sb3_cartpole": round(b), "ratio": a / b,
+                     "ours_per_cpu_s": round(a_cpu), "sb3_cartpole_per_cpu_s": round(b_cpu), "cpu_ratio": a_cpu / b_cpu})
     return {"config": config, "n_envs": cfg.n_envs, "n_steps": cfg.n_steps, "batch_size": cfg.batch_size,
             "n_epochs": cfg.n_epochs, "net_arch": list(cfg.policy_kwargs.net_arch), "steps_per_round": steps,
-            "rounds": runs, "ratio_median": float(np.median([r["ratio"] for r in runs]))}
+            "rounds": runs, "ratio_median": float(np.median([r["ratio"] for r in runs])),
+            "cpu_ratio_median": float(np.median([r["cpu_ratio"] for r in runs]))}
 
 
 def main() -> None:
@@ -93,10 +95,12 @@ def main() -> None:
         target = "met" if r["ratio_median"] >= 0.75 else "MISSED"
         print(f"machine: {machine()}; {r['config']}: n_envs {r['n_envs']}, n_steps {r['n_steps']}, batch {r['batch_size']}, "
               f"epochs {r['n_epochs']}, net {r['net_arch']}; {r['steps_per_round']:,} env steps per side and round\n")
-        print("| round | 1-min load | ours, env steps/s | SB3 PPO on CartPole, env steps/s | ratio |\n|---:|---:|---:|---:|---:|")
+        print("| round | 1-min load | ours, env steps/s | SB3 PPO on CartPole, env steps/s | ratio | ratio per CPU second |\n"
+              "|---:|---:|---:|---:|---:|---:|")
         for i, run in enumerate(r["rounds"], 1):
-            print(f"| {i} | {run['load_avg_1min']} | {run['ours']:,} | {run['sb3_cartpole']:,} | {run['ratio']:.2f} |")
-        print(f"\nmedian ratio {r['ratio_median']:.2f} (target >= 0.75: {target})")
+            print(f"| {i} | {run['load_avg_1min']} | {run['ours']:,} | {run['sb3_cartpole']:,} | {run['ratio']:.2f} "
+                  f"| {run['cpu_ratio']:.2f} |")
+        print(f"\nmedian ratio {r['ratio_median']:.2f} (target >= 0.75: {target}); per CPU second {r['cpu_ratio_median']:.2f}")
         return
     if args.from_run is None:
         from rlscale.config import load_train_config
