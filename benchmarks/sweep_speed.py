@@ -76,12 +76,28 @@ def total_memory(include_self: bool) -> tuple[int, int, int]:
     return len(pids), rss, pss
 
 
-class PeakMemory:
-    """Samples the PSS of this process and all its descendants every second; keeps the peak."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class Sampler:
+    """Every second: the PSS of this process and all its descendants (keeps the peak), and each descendant's CPU time.
+
+    CPU seconds over wall seconds is how many cores a side actually got: on an idle 2-core machine about 1
+    for one training at a time and about 2 for two, less when other jobs take their share.
+    """
 
     def __init__(self) -> None:
         self.peak_pss = 0
         self.peak_rss = 0
+        self.child_cpu: dict[int, float] = {}
+        self._self_cpu = time.process_time()
+        self.cpu_s = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -89,14 +105,17 @@ class PeakMemory:
         while not self._stop.wait(1.0):
             _, rss, pss = total_memory(include_self=True)
             self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+            for pid in descendants(os.getpid()):
+                self.child_cpu[pid] = max(self.child_cpu.get(pid, 0.0), cpu_seconds(pid))
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> "Sampler":
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.cpu_s = time.process_time() - self._self_cpu + sum(self.child_cpu.values())
 
 
 def ray_overhead(runs: int) -> dict:
@@ -146,7 +165,7 @@ def sequential(config: str, root: Path) -> dict:
     load_before = load()
     started = time.monotonic()
     per_trial = []
-    with PeakMemory() as mem:
+    with Sampler() as mem:
         for t in trials:
             t0 = time.monotonic()
             outcome = train(TrainConfig.model_validate(t.config), root / t.name, progress_bar=False,
@@ -154,8 +173,10 @@ def sequential(config: str, root: Path) -> dict:
             per_trial.append({"trial": t.name, "wall_s": round(time.monotonic() - t0, 1), "timesteps": outcome.timesteps,
                               "best_score": round(outcome.best_score, 4)})
             print(f"  sequential {t.name}: {per_trial[-1]['wall_s']} s, load {load()}", flush=True)
-    return {"wall_s": round(time.monotonic() - started, 1), "trials": per_trial, "load_before": load_before,
-            "load_after": load(), "peak_rss_mib": round(mem.peak_rss / 1024), "peak_pss_mib": round(mem.peak_pss / 1024)}
+    wall = time.monotonic() - started
+    return {"wall_s": round(wall, 1), "trials": per_trial, "load_before": load_before,
+            "load_after": load(), "peak_rss_mib": round(mem.peak_rss / 1024), "peak_pss_mib": round(mem.peak_pss / 1024),
+            "cpu_s": round(mem.cpu_s, 1), "cores_used": round(mem.cpu_s / wall, 2)}
 
 
 def swept(config: str, root: Path, concurrent: int) -> dict:
@@ -163,7 +184,7 @@ def swept(config: str, root: Path, concurrent: int) -> dict:
 
     load_before = load()
     started = time.monotonic()
-    with PeakMemory() as mem:
+    with Sampler() as mem:
         outcome = run_sweep(config, max_concurrent=concurrent, logdir=root, command="benchmarks/sweep_speed.py",
                             echo=lambda line: print(f"  {line}", flush=True))
     total = time.monotonic() - started
@@ -173,7 +194,8 @@ def swept(config: str, root: Path, concurrent: int) -> dict:
             "best": outcome.best.trial.name if outcome.best else None,
             "scores": {r.trial.name: round(r.score, 4) for r in outcome.rows},
             "load_before": load_before, "load_after": load(),
-            "peak_rss_mib": round(mem.peak_rss / 1024), "peak_pss_mib": round(mem.peak_pss / 1024)}
+            "peak_rss_mib": round(mem.peak_rss / 1024), "peak_pss_mib": round(mem.peak_pss / 1024),
+            "cpu_s": round(mem.cpu_s, 1), "cores_used": round(mem.cpu_s / total, 2)}
 
 
 def main() -> None:
@@ -203,7 +225,8 @@ def main() -> None:
         args.json.write_text(text + "\n")
     if "ratio_trials" in result:
         print(f"\nsweep / sequential wall time: {result['ratio_trials']:.3f} (target <= 0.65); "
-              f"{result['ratio_with_export']:.3f} counting the sweep's export of the best trial")
+              f"{result['ratio_with_export']:.3f} counting the sweep's export of the best trial; cores used: sequential "
+              f"{result['sequential']['cores_used']}, sweep {result['sweep']['cores_used']}")
 
 
 if __name__ == "__main__":

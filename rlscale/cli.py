@@ -242,6 +242,10 @@ def sweep(
     finished = sum(r.status == "finished" for r in outcome.rows)
     md, csv_path = outcome.tables or (None, None)
     console.print(f"{finished}/{len(outcome.rows)} trials finished in {outcome.wall_s:.0f} s; table: {md} and {csv_path}")
+    failed = [r.trial.name for r in outcome.rows if r.status == "error"]
+    if failed:
+        err_console.print(f"warning: {len(failed)} trials failed ({', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''}); "
+                          f"their errors are in {md}", markup=False, highlight=False)
     if outcome.interrupted:
         console.print(f"interrupted; continue with: rlscale sweep --config {config} --resume"
                       + (f" --logdir {logdir}" if logdir != "sweeps" else ""))

@@ -21,6 +21,8 @@ import yaml
 from rlscale.config import TRAIN_DIR, ConfigError, load_scenario
 from rlscale.learn.sweep import (
     Row,
+    _plan_document,
+    prepare_sweep_dir,
     SweepConfig,
     Trial,
     load_sweep,
@@ -100,6 +102,33 @@ def test_sweep_file_mistakes_are_one_line_naming_file_and_field(tmp_path: Path, 
     message = str(err.value)
     assert "\n" not in message
     assert re.search(expected, message), message
+
+
+@pytest.mark.parametrize("path", sorted((TRAIN_DIR / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_sweep_file_plans_valid_trials(path: Path) -> None:
+    spec = load_sweep(path)
+    trials = plan_trials(spec, str(path))
+    assert trials and len({t.name for t in trials}) == len(trials)
+    assert spec.name == path.stem
+
+
+def test_a_new_sweep_refuses_an_old_one_and_resume_refuses_a_changed_file(tmp_path: Path) -> None:
+    spec_path = write_sweep(tmp_path / "s.yaml")
+    spec = load_sweep(spec_path)
+    plan = _plan_document(spec, str(spec_path), plan_trials(spec, str(spec_path)))
+    sweep_dir = tmp_path / "sweeps" / "tiny"
+    with pytest.raises(ConfigError, match=r"tiny: no sweep to resume here"):
+        prepare_sweep_dir(sweep_dir, plan, resume=True)
+    prepare_sweep_dir(sweep_dir, plan, resume=False)
+    assert json.loads((sweep_dir / "sweep.json").read_text())["trials"][3]["axes"] == {"seed": 1, "reward.w_slo": 8.0}
+    with pytest.raises(ConfigError, match=r"tiny: holds a sweep already; continue it with --resume"):
+        prepare_sweep_dir(sweep_dir, plan, resume=False)
+    (sweep_dir / "tune").mkdir()
+    prepare_sweep_dir(sweep_dir, plan, resume=True)  # the same file: fine
+    changed = write_sweep(tmp_path / "s.yaml", axes={"seed": [0, 1, 2]})
+    spec2 = load_sweep(changed)
+    with pytest.raises(ConfigError, match=r"s\.yaml: differs from the sweep started in .*tiny \(its trials changed\)"):
+        prepare_sweep_dir(sweep_dir, _plan_document(spec2, str(changed), plan_trials(spec2, str(changed))), resume=True)
 
 
 def test_cli_reports_a_bad_sweep_file_in_one_line_with_exit_code_2(tmp_path: Path) -> None:

@@ -555,7 +555,7 @@ def run_sweep(
     plan = _plan_document(spec, source, trials)
     prepare_sweep_dir(sweep_dir, plan, resume=resume)
     export_dir = Path(out) if out else sweep_dir / "policy"
-    if out and not resume:  # fail before hours of training, not after, when --out would replace a policy
+    if out:  # fail before hours of training, not after, when --out would replace a policy
         from rlscale.export import check_target
 
         check_target(export_dir, force=force)
@@ -571,10 +571,14 @@ def run_sweep(
         raise ConfigError(f"rlscale sweep needs Ray Tune ({err.name or 'ray'} is missing): pip install 'rlscale[ray]'") from None
 
     fit_started = time.monotonic()
-    with _sigterm_as_sigint(), sweep_ray.ray_session(address, echo=echo) as info:
-        statuses, interrupted = sweep_ray.fit(
-            sweep_dir, trials, max_concurrent=concurrency, resume=resume, command=command, echo=echo,
-        )
+    info: dict[str, Any] = {}
+    try:
+        with _sigterm_as_sigint(), sweep_ray.ray_session(address, echo=echo) as info:
+            statuses, interrupted = sweep_ray.fit(
+                sweep_dir, trials, max_concurrent=concurrency, resume=resume, command=command, echo=echo,
+            )
+    except KeyboardInterrupt:  # Ctrl-C while Ray was starting or stopping (Tune handles it while trials run)
+        statuses, interrupted = {}, True
     info["trials_s"] = round(time.monotonic() - fit_started, 2)  # Ray's start and shutdown included
     rows = collect_rows(sweep_dir, trials, statuses)
     best = select_best(rows)

@@ -56,16 +56,19 @@ def ray_session(address: str | None, *, echo: Callable[[str], None] = print) -> 
     try:
         if address is None:
             temp = Path(tempfile.mkdtemp(prefix="rlscale-ray-"))
-            ray.init(
-                num_cpus=os.cpu_count() or 1,
-                include_dashboard=False,
-                _node_ip_address="127.0.0.1",
-                _temp_dir=str(temp),
-                object_store_memory=OBJECT_STORE_BYTES,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                namespace="rlscale-sweep",
-            )
+            try:
+                ray.init(
+                    num_cpus=os.cpu_count() or 1,
+                    include_dashboard=False,
+                    _node_ip_address="127.0.0.1",
+                    _temp_dir=str(temp),
+                    object_store_memory=OBJECT_STORE_BYTES,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                    namespace="rlscale-sweep",
+                )
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise ConfigError(f"could not start a local Ray: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
             node_ip = ray.util.get_node_ip_address()
             if node_ip not in LOOPBACK:
                 raise ConfigError(f"local Ray took the network address {node_ip}, not loopback; refusing to run "
@@ -73,8 +76,9 @@ def ray_session(address: str | None, *, echo: Callable[[str], None] = print) -> 
         else:
             try:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, namespace="rlscale-sweep")
-            except ConnectionError as err:
-                raise ConfigError(f"--address {address}: cannot connect to a Ray cluster ({err})") from None
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ConfigError(f"--address {address}: cannot connect to a Ray cluster ({first})") from None
         info["startup_s"] = round(time.monotonic() - started, 2)
         info["cpus"] = ray.cluster_resources().get("CPU", 0)
         info["temp_dir"] = str(temp) if temp else None
