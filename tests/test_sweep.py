@@ -121,9 +121,10 @@ def test_a_new_sweep_refuses_an_old_one_and_resume_refuses_a_changed_file(tmp_pa
         prepare_sweep_dir(sweep_dir, plan, resume=True)
     prepare_sweep_dir(sweep_dir, plan, resume=False)
     assert json.loads((sweep_dir / "sweep.json").read_text())["trials"][3]["axes"] == {"seed": 1, "reward.w_slo": 8.0}
+    prepare_sweep_dir(sweep_dir, plan, resume=False)  # only a plan, Tune never started (e.g. Ray could not): start again
+    (sweep_dir / "tune").mkdir()
     with pytest.raises(ConfigError, match=r"tiny: holds a sweep already; continue it with --resume"):
         prepare_sweep_dir(sweep_dir, plan, resume=False)
-    (sweep_dir / "tune").mkdir()
     prepare_sweep_dir(sweep_dir, plan, resume=True)  # the same file: fine
     changed = write_sweep(tmp_path / "s.yaml", axes={"seed": [0, 1, 2]})
     spec2 = load_sweep(changed)

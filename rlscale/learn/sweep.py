@@ -463,8 +463,9 @@ def prepare_sweep_dir(sweep_dir: Path, plan: dict[str, Any], *, resume: bool) ->
             raise ConfigError(f"{plan['source']}: differs from the sweep started in {sweep_dir} (its trials changed); "
                               "resume with the file it started from, or give the sweep a new name")
         return
-    if sweep_dir.exists() and any(sweep_dir.iterdir()):
+    if (sweep_dir / TUNE_DIR).exists() or (sweep_dir / "runs").exists():
         raise ConfigError(f"{sweep_dir}: holds a sweep already; continue it with --resume, or give the sweep another name")
+    # a sweep stopped before Tune started has only its plan: starting again simply replaces it
     atomic.write_json(plan_path, plan)
 
 
@@ -573,7 +574,8 @@ def run_sweep(
     fit_started = time.monotonic()
     info: dict[str, Any] = {}
     try:
-        with _sigterm_as_sigint(), sweep_ray.ray_session(address, echo=echo) as info:
+        # the SIGTERM handler goes in after ray.init, which installs its own (an exit with a traceback)
+        with sweep_ray.ray_session(address, echo=echo) as info, _sigterm_as_sigint():
             statuses, interrupted = sweep_ray.fit(
                 sweep_dir, trials, max_concurrent=concurrency, resume=resume, command=command, echo=echo,
             )
