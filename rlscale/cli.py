@@ -132,7 +132,7 @@ def simulate(
     console.print(metrics_table(f"{sc.name}, seed {seed}, {n_steps} steps", columns))
 
 
-@app.command(short_help='Train a PPO autoscaler (Ctrl-C or SIGTERM saves a checkpoint).')
+@app.command(short_help='Train a PPO policy; Ctrl-C or SIGTERM saves a checkpoint.')
 @user_errors
 def train(
     config: str = typer.Option(..., "--config", help="training file, e.g. train/ppo-web-diurnal.yaml"),
@@ -259,7 +259,7 @@ def sweep(
     console.print(f"watch with:  tensorboard --logdir {outcome.sweep_dir / 'runs'}")
 
 
-@app.command(short_help='Serve a policy: control loop, guard rails, HTTP API, audit log.')
+@app.command(short_help='Serve a policy: control loop, guard rails, API, audit log.')
 @user_errors
 def serve(
     model: str | None = typer.Option(None, help="exported policy: models/NAME or a directory with policy.npz + card.json"),
