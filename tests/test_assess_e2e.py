@@ -2,11 +2,12 @@
 
 One test, because the sequence is the thing under test and a real cluster
 costs most of its time to start and fill with history: worker processes
-behind HAProxy, Prometheus scraping them, ``rlscale loadgen`` replaying a
-web-diurnal day compressed into 64 s, and the HPA rule acting through the
-controller's loop. ``rlscale assess`` then fits a scenario from the first
-64 s of Prometheus history and ``rlscale shadow`` runs the shipped local
-policy beside the still-acting HPA, both as real commands.
+behind HAProxy, Prometheus scraping them, a 3 s capacity measurement by
+calibration's method, then ``rlscale loadgen`` replaying a web-diurnal day
+compressed into 70 s while the HPA rule acts through the controller's loop.
+``rlscale assess`` then fits a scenario from those 70 s of Prometheus history
+and ``rlscale shadow`` runs the shipped local policy beside the still-acting
+HPA, both as real commands.
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 HAVE_BINARIES = all(shutil.which(b) for b in ("haproxy", "prometheus"))
 needs_binaries = pytest.mark.skipif(not HAVE_BINARIES, reason="haproxy and prometheus are not installed (.ci/run installs them)")
 
-STEP_S = 4.0
-HISTORY_S = 64.0
-LOAD_S = 80.0
+STEP_S = 5.0
+HISTORY_S = 70.0
+LOAD_S = 85.0
 
 
 def _service_yaml(tmp: Path) -> Path:
     data = yaml.safe_load((ROOT / "envs" / "services" / "local-api.yaml").read_text())
-    data["history"].update({"step_s": STEP_S, "min_intervals": 16, "holdout": 0.25})
+    data["history"].update({"step_s": STEP_S, "min_intervals": 12, "holdout": 0.25})
     path = tmp / "service.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -54,21 +55,21 @@ def test_assess_fits_the_real_cluster_and_shadow_reports_beside_the_acting_hpa(t
     out = tmp_path / "envs" / "hist.yaml"
     report = tmp_path / "fit-report"
     audit = tmp_path / "shadow-audit.jsonl"
-    with LocalHistory("local", interval_s=STEP_S, speedup=86_400.0 / 64.0, seconds=LOAD_S, peak_rps=80.0,
-                      run_dir=tmp_path / "cluster") as history:
+    with LocalHistory("local", interval_s=STEP_S, speedup=86_400.0 / 70.0, seconds=LOAD_S, peak_rps=80.0,
+                      run_dir=tmp_path / "cluster", measure_capacity_s=3.0) as history:
         history.wait(history.started_unix + HISTORY_S)
         end = time.time()
         t0 = time.monotonic()
-        days = (end - history.started_unix + STEP_S) / 86_400.0
+        days = (end - history.started_unix) / 86_400.0
         fitted = _rlscale("assess", "--prometheus", history.prometheus_url, "--config", str(service), "--days", f"{days:.8f}",
                           "--end", f"{end:.3f}", "--out", str(out), "--report", str(report))
         assert fitted.returncode == 0, fitted.stderr
         t1 = time.monotonic()
         shadowed = _rlscale("shadow", "--prometheus", history.prometheus_url, "--config", str(service), "--model",
-                            str(ROOT / "models" / "local"), "--duration", "8", "--audit-log", str(audit))
+                            str(ROOT / "models" / "local"), "--duration", "6", "--audit-log", str(audit))
         assert shadowed.returncode == 0, shadowed.stderr
         print(f"assess {t1 - t0:.1f} s, shadow {time.monotonic() - t1:.1f} s")
-        assert history.loop is not None and history.loop.decisions > 20  # HPA kept acting throughout
+        assert history.loop is not None and history.loop.decisions >= 15  # HPA kept acting throughout
 
     # the fit: a scenario that loads, and whose replay reproduces what was measured
     scenario = load_scenario(out)
@@ -76,12 +77,18 @@ def test_assess_fits_the_real_cluster_and_shadow_reports_beside_the_acting_hpa(t
     fit = meta["fit"]
     errors = fit["errors"]
     print("fit:", json.dumps(fit))
-    assert errors["latency_intervals"] >= 16
+    assert errors["latency_intervals"] >= 12
     assert errors["latency_p95_median_ape"] <= 0.25
     assert errors["utilisation_wape"] <= 0.10
-    calibrated = json.loads((ROOT / "envs" / "local.calibration.json").read_text())["capacity_rps_per_worker"]
-    assert abs(fit["capacity_rps_per_replica"] / calibrated - 1.0) <= 0.15
-    assert fit["scale_up_events"] >= 1 and 0.5 <= fit["cold_start_s"] <= 5.0  # workers take ~1.2 s here
+    # calibrate's method (closed-loop clients saturating 2 workers), on this cluster just before the history: the
+    # machine's load moves both by ~10%, so the yardstick is measured now; the committed calibration is printed beside
+    measured = history.capacity_rps_per_worker
+    committed = json.loads((ROOT / "envs" / "local.calibration.json").read_text())["capacity_rps_per_worker"]
+    print(f"capacity: fitted {fit['capacity_rps_per_replica']:.2f}, calibrate's method now {measured:.2f}, "
+          f"envs/local.calibration.json {committed:.2f} req/s per worker")
+    assert abs(fit["capacity_rps_per_replica"] / measured - 1.0) <= 0.15
+    # workers take ~1.2 s here; HAProxy stamps its health-check state change in whole seconds
+    assert fit["scale_up_events"] >= 1 and 0.2 <= fit["cold_start_s"] <= 3.0
     svc = scenario.services[0]
     assert math.isclose(svc.replica_rps, fit["capacity_rps_per_replica"], rel_tol=1e-3)
     assert (out.parent / "hist-train.csv").exists() and (out.parent / "hist-holdout.csv").exists()

@@ -69,7 +69,7 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any], console: Any) 
             if "error" in m:
                 console.print(f"{label}: {m['error']}", markup=False, highlight=False)
             else:
-                console.print(f"{label}: cost {m['cost_usd']:.5f} USD, SLO violations {m['slo_violation_rate']:.3f}, "
+                console.print(f"{label}: cost {m['cost_usd']:.4g} USD, SLO violations {m['slo_violation_rate']:.3f}, "
                               f"dropped {m['dropped_fraction']:.4f}", markup=False, highlight=False)
         console.print(f"disagreements {data['disagreements']}/{data['compared']}; guard rails {data['guards_fired'] or 'none'}; "
                       f"report {folder / 'report.md'}", markup=False, highlight=False)

@@ -33,7 +33,7 @@ class LocalHistory:
 
     def __init__(self, scenario: Scenario | str = "local", *, interval_s: float = 5.0, speedup: float = 240.0,
                  seconds: float = 360.0, peak_rps: float = 90.0, seed: int = 0, run_dir: Path | None = None,
-                 trace: str = "web-diurnal", initial_replicas: int = 2) -> None:
+                 trace: str = "web-diurnal", initial_replicas: int = 2, measure_capacity_s: float = 0.0) -> None:
         sc = load_scenario(scenario)
         self.scenario = sc.model_copy(update={"step_s": interval_s}) if sc.step_s != interval_s else sc
         self.settings = LocalSettings(interval_s=interval_s)
@@ -47,6 +47,8 @@ class LocalHistory:
         self.loop: ControlLoop | None = None
         self.started_unix = math.nan
         self.audit: AuditLog | None = None
+        self.measure_capacity_s = measure_capacity_s
+        self.capacity_rps_per_worker = math.nan
 
     def __enter__(self) -> "LocalHistory":
         self.start()
@@ -63,6 +65,8 @@ class LocalHistory:
     def start(self) -> None:
         self.cluster = open_local_cluster(self.scenario, self.run_dir, self.settings, initial_replicas=[self.initial])
         try:
+            if self.measure_capacity_s > 0:
+                self.capacity_rps_per_worker = self._measure_capacity()
             sc = self.scenario
             config = GuardConfig.from_scenario(sc, sc.step_s, max_step_change=max(s.max_replicas for s in sc.services))
             decider = Decider(sc, scaled_policy("hpa", sc), config, fallback=scaled_policy("hpa", sc))
@@ -79,6 +83,23 @@ class LocalHistory:
         except BaseException:
             self.close()
             raise
+
+    def _measure_capacity(self) -> float:
+        """Requests/s per worker with the initial workers saturated, as ``rlscale calibrate`` measures it.
+
+        Closed-loop clients (four per worker slot) for ``measure_capacity_s``
+        seconds, before any history: the same method as calibration, on the
+        same machine at the same moment, so a fitted capacity can be held
+        against it while the machine's load is what it is now.
+        """
+        from rlscale.loadgen import closed_loop
+
+        assert self.cluster is not None
+        workers = self.initial
+        ok, _, wall = closed_loop(self.cluster.url(), 4 * workers * self.settings.concurrency, self.measure_capacity_s)
+        # the saturation must leave every rate window before the history starts
+        time.sleep((self.settings.interval_s or self.scenario.step_s) + 2 * self.settings.scrape_s)
+        return ok / wall / workers
 
     def wait(self, until_unix: float) -> None:
         """Sleep until ``until_unix`` (or until the load generator ends)."""
@@ -104,7 +125,7 @@ class LocalHistory:
 
     def summary(self) -> dict[str, Any]:
         return {"started_unix": self.started_unix, "prometheus": self.prometheus_url if self.cluster else None,
-                "decisions": self.loop.decisions if self.loop else 0}
+                "decisions": self.loop.decisions if self.loop else 0, "capacity_rps_per_worker": self.capacity_rps_per_worker}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,12 +27,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
 
-from rlscale.assess.service import OPTIONAL, ServiceConfig, render
+from rlscale.assess.service import ServiceConfig, render
 from rlscale.clusters.local.prometheus import PrometheusClient, PrometheusError
 from rlscale.config import ConfigError
 
@@ -121,13 +122,9 @@ class History:
     def get(self, name: str) -> np.ndarray | None:
         return self.series.get(name)
 
-    def slice(self, lo: int, hi: int) -> "History":
-        return History(self.step_s, self.t[lo:hi], {k: v[lo:hi] for k, v in self.series.items()}, self.filled[lo:hi],
-                       self.replica_starts, self.notes)
-
 
 def fetch(config: ServiceConfig, client: HistoryClient, start: float, end: float, source: str = "service.yaml",
-          progress: "callable[[str], None] | None" = None) -> History:  # type: ignore[valid-type]
+          progress: Callable[[str], None] | None = None) -> History:
     """Query every metric of ``config`` over [start, end] and return the checked history (see the module rules)."""
     step = config.history.step_s
     n = int(math.floor((end - start) / step + 1e-9))
@@ -141,7 +138,7 @@ def fetch(config: ServiceConfig, client: HistoryClient, start: float, end: float
             continue
         if progress is not None:
             progress(name)
-        series[name] = _on_grid(client, name, render(template, step), grid, step, source, optional=name in OPTIONAL)
+        series[name] = _on_grid(client, name, render(template, step), grid, step, source)
     if not np.isfinite(series["arrivals_rps"]).any():
         raise AssessError(f"{source}: queries.arrivals_rps: no samples between {iso(start)} and {iso(end)}")
     # trim to where both required counts exist
@@ -177,7 +174,8 @@ def fetch(config: ServiceConfig, client: HistoryClient, start: float, end: float
     return history
 
 
-def _on_grid(client: HistoryClient, name: str, promql: str, grid: np.ndarray, step: float, source: str, optional: bool) -> np.ndarray:
+def _on_grid(client: HistoryClient, name: str, promql: str, grid: np.ndarray, step: float, source: str) -> np.ndarray:
+    """One query's single series on the grid, NaN where it has no sample; no series (or several) is an error."""
     try:
         result = client.query_range(promql, float(grid[0]), float(grid[-1]), step)
     except PrometheusError as err:
@@ -194,8 +192,6 @@ def _on_grid(client: HistoryClient, name: str, promql: str, grid: np.ndarray, st
     idx = np.rint((ts - grid[0]) / step).astype(np.int64)
     ok = (idx >= 0) & (idx < grid.size) & (np.abs(ts - grid[np.clip(idx, 0, grid.size - 1)]) < 0.01 * step)
     out[idx[ok]] = vs[ok]
-    if not optional and name == "ready":
-        out[out < 0] = np.nan
     return out
 
 

@@ -12,7 +12,10 @@ What Prometheus does not say is derived, and said so in ``docs/ASSESS.md``:
 ``desired`` is ``ready`` without a desired query; ``utilisation`` without a
 query is arrivals over the ready replicas' fitted capacity (the scenario's
 ``replica_rps``); nodes are ready replicas over ``replicas_per_node``; cost
-rate is nodes times the node price; hot spots and rebalancing are 0.
+rate is nodes times the node price; hot spots and rebalancing are 0. Time
+(the policy's time-of-day features) counts from the first timestamp of the
+scenario's trace when that is a unix time (a fitted scenario), as training
+did; otherwise from the start of the shadow run, as the local backend does.
 """
 
 from __future__ import annotations
@@ -36,8 +39,26 @@ from rlscale.controller import AuditLog, ControlLoop, Decider, GuardConfig
 from rlscale.controller.decision import Decision
 from rlscale.spaces import Action, Metrics
 
-MONDAY_OFFSET_S = 3 * 86_400.0
-"""The unix epoch was a Thursday: seconds since Monday 00:00 UTC = (unix + 3 days) mod one week."""
+WEEK_S = 7 * 86_400.0
+
+
+def trace_epoch(scenario: Scenario) -> float | None:
+    """The unix time a fitted scenario's trace starts at (its first timestamp), or None (a synthetic or relative trace).
+
+    In training, time of day and week are measured from the start of the
+    trace, so serving beside the real cluster must measure them from the
+    same instant: ``time_s = now - epoch``.
+    """
+    trace = scenario.services[0].workload.trace
+    if trace is None:
+        return None
+    try:
+        with open(trace) as fh:
+            fh.readline()
+            first = float(fh.readline().split(",")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return first if first > 1e9 else None
 
 
 class PrometheusCluster:
@@ -56,6 +77,7 @@ class PrometheusCluster:
         self._capacity = svc.replica_rps * scenario.pools[scenario.pool_index(svc.pools[0])].speed
         self.last: MetricsSample | None = None
         self.errors = 0
+        self.epoch = trace_epoch(scenario)
 
     def services(self) -> list[str]:
         return [self.config.service]
@@ -98,7 +120,7 @@ class PrometheusCluster:
         cpu = ready * self.scenario.services[0].replica.cpu
         packing = cpu / (nodes * pool.vcpu) if nodes > 0 else 0.0
         metrics = Metrics(
-            time_s=np.array([(at + MONDAY_OFFSET_S) % (7 * 86_400.0)]),
+            time_s=np.array([(at - self.epoch) % WEEK_S if self.epoch is not None else self.now()]),
             arrivals_rps=np.array([[v["arrivals_rps"]]]),
             ready=np.array([[float(round(ready))]]),
             desired=np.array([[desired]]),

@@ -210,7 +210,7 @@ def markdown(data: dict[str, Any], source: str) -> str:
         if "error" in m:
             lines.append(f"| {label} | {m['error']} | | |")
         else:
-            lines.append(f"| {label} | {m['cost_usd']:.5f} | {m['slo_violation_rate']:.3f} | {m['dropped_fraction']:.4f} |")
+            lines.append(f"| {label} | {m['cost_usd']:.4g} | {m['slo_violation_rate']:.3f} | {m['dropped_fraction']:.4f} |")
     if data["savings_vs_actual"] is not None:
         lines += ["", f"The policy's logged decisions cost {1 - data['savings_vs_actual']:.3f} of what ran "
                       f"({data['savings_vs_actual']:+.1%} saved)."]
