@@ -13,6 +13,7 @@
 6. The trained policy against HPA in the simulator on the held-out day (the real rates of day 2).
 
 Writes ``<work>/demo.json`` with every number, and the fit and shadow reports under ``<work>``.
+``--held-out-only MODEL`` repeats step 6 alone for another model trained on ``<work>/envs/local-history.yaml``.
 """
 
 from __future__ import annotations
@@ -71,8 +72,13 @@ def main() -> int:
     p.add_argument("--timesteps", type=int, default=600_000)
     p.add_argument("--shadow-seconds", type=float, default=180.0)
     p.add_argument("--peak-rps", type=float, default=90.0)
+    p.add_argument("--held-out-only", metavar="MODEL", default=None,
+                   help="only step 6: MODEL (e.g. a longer training on <work>/envs/local-history.yaml) vs HPA on the held-out day")
     args = p.parse_args()
     work = (ROOT / args.work).resolve()
+    if args.held_out_only:
+        print(json.dumps(held_out(work / "envs" / "local-history.yaml", Path(args.held_out_only).resolve()), indent=2))
+        return 0
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, object] = {}
 

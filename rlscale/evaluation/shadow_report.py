@@ -180,7 +180,8 @@ def figure(path: Path, data: dict[str, Any]) -> None:
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.step(t, s["actual_ready"], where="post", color="tab:grey", label="actual: ready replicas")
     policy = np.array([np.nan if v is None else v for v in s["policy"]], dtype=float)
-    ax.step(t, policy, where="post", color="tab:orange", label=f"policy ({data['policy']}), dry run")
+    name = Path(str(data["model"])).name if data.get("model") else str(data["policy"])
+    ax.step(t, policy, where="post", color="tab:orange", label=f"policy ({name}), dry run")
     ax.set_xlabel("minutes since the shadow run started")
     ax.set_ylabel("replicas")
     twin = ax.twinx()
@@ -198,8 +199,8 @@ def markdown(data: dict[str, Any], source: str) -> str:
     lines = [
         f"# Shadow report: {data['policy']} on {data['scenario']}",
         "",
-        f"Audit log: `{source}`; {data['decisions']} decisions every {data['step_s']:g} s "
-        f"({data['policy_decisions']} by the policy, the rest by the HPA fallback); Prometheus {data['prometheus']}.",
+        f"Audit log: `{source}`; {data['decisions']} decisions every {data['step_s']:g} s, "
+        f"{data['policy_decisions']} of them by the policy (others: the HPA fallback); Prometheus {data['prometheus']}.",
         "",
         "The simulator's estimate on the arrival rates that really happened (`docs/ASSESS.md`):",
         "",
