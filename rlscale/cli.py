@@ -452,7 +452,7 @@ def cluster_up(
     urls = ", ".join(f"{name} {url}" for name, url in state["services"].items())
     console.print(f"local cluster up (supervisor pid {state['pid']}): {urls}; prometheus {state['prometheus']}", markup=False, soft_wrap=True)
     console.print(f"attach a controller with: rlscale serve --cluster local --scenario {scenario} --run-dir {run_dir} ...",
-                  markup=False)
+                  markup=False, soft_wrap=True)
 
 
 @cluster_app.command("down", short_help="Stop the supervisor and every process of the local cluster.")

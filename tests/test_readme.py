@@ -63,6 +63,7 @@ SHORTER: dict[str, Callable[[list[str]], list[str]]] = {
     "serve": _shorten(("--steps", "3"), ("--speedup", "6000"), ("--port", "0")),
     "loadgen": _shorten(("--duration", "4")),
     "calibrate": _shorten(("--level-seconds", "3"), ("--workers", "1")),
+    "cluster": lambda args: args,  # up / down / status: already as short as they get
 }
 LOCAL_CLUSTER = ("--cluster", "local")
 # options whose value is something the command reads (a missing one is the reader's own file)
@@ -110,7 +111,7 @@ def check_parses(argv: list[str]) -> None:
 
 def needs_local_cluster(argv: list[str]) -> bool:
     joined = " ".join(argv)
-    return " ".join(LOCAL_CLUSTER) in joined or (argv[1:2] == ["loadgen"] and "runs/local" in joined)
+    return " ".join(LOCAL_CLUSTER) in joined or (argv[1:2] == ["loadgen"] and "runs/local" in joined) or argv[1:2] == ["cluster"]
 
 
 def workspace(tmp: Path) -> Path:
