@@ -181,7 +181,8 @@ def main() -> int:
     day = plan("web-diurnal", 86_400 / duration, duration, peak_rps=args.peak_rps, seed=1)
     load: dict = {}
     t0 = time.time()
-    traffic = threading.Thread(target=lambda: load.update(result=replay(day, url, max_requests=500_000, timeout_s=10.0)))
+    traffic = threading.Thread(target=lambda: load.update(result=replay(day, url, max_requests=500_000, timeout_s=10.0),
+                                                          ended=time.time()))
     traffic.start()
     stop = threading.Event()
     decides: list[tuple[float, int]] = []
@@ -243,11 +244,14 @@ def main() -> int:
     leftovers = pids_with_arg(str(run_dir))
 
     result = load["result"]
+    # the load generator's clock starts when its event loop does, a fraction of a second after t0: put its send times on ours
+    offset = (load["ended"] - result.wall_s) - t0
+    sent_at = result.send_s + offset
     in_window = np.zeros(result.send_s.size, dtype=bool)
     for w in windows:
-        in_window |= (result.send_s >= w["start"]) & (result.send_s < w.get("repaired", w["start"]) + args.grace)
+        in_window |= (sent_at >= w["start"]) & (sent_at < w.get("repaired", w["start"]) + args.grace)
     failed = ~result.ok
-    by_fault = {kind: int(sum(failed[(result.send_s >= w["start"]) & (result.send_s < w.get("repaired", w["start"]) + args.grace)].sum()
+    by_fault = {kind: int(sum(failed[(sent_at >= w["start"]) & (sent_at < w.get("repaired", w["start"]) + args.grace)].sum()
                               for w in windows if w["kind"] == kind)) for kind in FAULTS}
 
     records = audit_records(ctl.audit)
@@ -285,7 +289,8 @@ def main() -> int:
         "failed_outside_fault_windows": int(failed[~in_window].sum()),
         "failed_by_fault": by_fault,
         "failed_outside_examples": [[round(float(t), 2), int(c)] for t, c in
-                                    zip(result.send_s[failed & ~in_window][:20], result.status[failed & ~in_window][:20])],
+                                    zip(sent_at[failed & ~in_window][:20], result.status[failed & ~in_window][:20])],
+        "loadgen_clock_offset_s": round(offset, 3),
         "latency_p95_s": result.summary()["latency_p95_s"],
         "loop_decisions": len(loop),
         "loop_fallbacks": sum(1 for r in loop if r.get("fallback")),
@@ -309,7 +314,9 @@ def main() -> int:
     }
     print(json.dumps(summary, indent=2))
     if args.out:
-        write_json(Path(args.out), {"summary": summary, "fault_windows": windows, "memory": memory, "work": str(work)})
+        failures = [[round(float(t), 3), int(c)] for t, c in zip(sent_at[failed], result.status[failed])]
+        write_json(Path(args.out), {"summary": summary, "fault_windows": windows, "memory": memory, "failed_requests": failures,
+                                    "decide_failures": [[round(t - t0, 3), c] for t, c in decides if c != 200], "work": str(work)})
     return 0
 
 
