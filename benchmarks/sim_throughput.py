@@ -181,11 +181,13 @@ def engine_steps(scenario: str, n: int, seconds: float, kernel: str) -> dict[str
         K.PARALLEL_FROM = saved
 
 
-def measure(scenario: str, seconds: float) -> dict[str, Any]:
+def measure(scenario: str, seconds: float, single_only: bool = False) -> dict[str, Any]:
     """One pass over every cell: {cell name: {"wall": rate, "cpu": rate}}, and the CartPole anchor around the single env."""
     before = cartpole_rate(seconds)
     cells = {"single_env": single_env(scenario, seconds)}
     cells["cartpole"] = {"wall": (before + cartpole_rate(seconds)) / 2.0, "cpu": float("nan")}
+    if single_only:
+        return cells
     for name, fn in (("simulator", simulator_steps), ("engine", engine_steps)):
         for n in N_VALUES:
             for kernel in KERNELS:
@@ -193,14 +195,14 @@ def measure(scenario: str, seconds: float) -> dict[str, Any]:
     return cells
 
 
-def run(scenario: str, seconds: float, runs: int) -> dict[str, Any]:
+def run(scenario: str, seconds: float, runs: int, single_only: bool = False) -> dict[str, Any]:
     """``runs`` passes; per cell the best wall-clock rate, the spread, and the best rate per CPU second."""
     from rlscale.sim import kernel as K
 
     passes = []
     for _ in range(runs):
         load_before = os.getloadavg()[0]
-        cells = measure(scenario, seconds)
+        cells = measure(scenario, seconds, single_only)
         passes.append({"load_avg_1min": [load_before, os.getloadavg()[0]], "cells": cells})
     summary = {}
     for cell in passes[0]["cells"]:
@@ -283,8 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per measurement")
     parser.add_argument("--runs", type=int, default=3, help="passes over every measurement; the best is reported")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
+    parser.add_argument("--single-only", action="store_true", help="only (a) and its CartPole anchor (JSON output)")
     args = parser.parse_args(argv)
-    results = run(args.scenario, args.seconds, args.runs)
+    results = run(args.scenario, args.seconds, args.runs, args.single_only)
+    if args.single_only:
+        args.json = True
     print(json.dumps(results, indent=2) if args.json else markdown(results))
     return 0
 
