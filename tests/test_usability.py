@@ -339,3 +339,23 @@ def test_loadgen_target_may_be_a_local_clusters_run_dir(tmp_path: Path) -> None:
     assert resolve_target("http://127.0.0.1:9/work") == "http://127.0.0.1:9/work"
     with pytest.raises(ConfigError, match="run directory"):
         resolve_target(str(tmp_path / "nowhere"), wait_s=0.0)
+
+
+def test_the_demo_table_shows_churn_and_fits_80_columns() -> None:
+    from rich.console import Console
+
+    from rlscale.demo import results_table
+
+    def entry(label: str, actions: float) -> dict:
+        means = {m: {"mean": 0.5, "ci95": 0.01} for m in ("slo_violation_rate", "dropped_fraction", "utilisation",
+                                                          "rebalances", "episode_reward")}
+        means |= {"cost_usd": {"mean": 52.78, "ci95": 1.23}, "scaling_actions": {"mean": actions, "ci95": 3.0}}
+        return {"label": label, "mean": means, "cost_vs_oracle": {"mean": 1.05}, "cost_vs_hpa": {"mean": 0.78}}
+
+    data = {"steps": 1440, "step_s": 60.0,
+            "policies": [entry("ppo:web-diurnal", 1437.0), entry("target_tracking", 80.0), entry("hpa", 96.0)]}
+    console = Console(width=80, record=True, color_system=None)
+    console.print(results_table(data, "web-diurnal: mean over 10 held-out seeds"))
+    text = console.export_text()
+    assert "…" not in text and "act/h" in text
+    assert "59.9" in text and "4.0" in text  # 1437 and 96 actions in a day, per hour
