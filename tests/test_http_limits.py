@@ -184,13 +184,23 @@ def _start_env(args: list[str], cwd: Path, env: dict[str, str]):
         os.environ.update(old)
 
 
-def test_token_sources_are_checked_in_one_line(tmp_path):
+def test_token_sources_are_checked_in_one_line_that_never_shows_the_token(tmp_path):
+    from rlscale.config import ConfigError
+    from rlscale.controller.serve import resolve_token
+
     (tmp_path / "empty").write_text("\n")
-    for args, message in [
-        (["--token", "a", "--token-file", str(tmp_path / "empty")], "give one of them"),
-        (["--token-file", str(tmp_path / "empty")], "expected one token"),
-        (["--token-file", str(tmp_path)], "not a regular file"),
+    (tmp_path / "two").write_text(f"{TOKEN} {TOKEN}\n")
+    for token, token_file, message in [
+        ("a", str(tmp_path / "empty"), "give one of them"),
+        (None, str(tmp_path / "empty"), "expected one token"),
+        (None, str(tmp_path / "two"), "expected one token"),
+        (None, str(tmp_path), "not a regular file"),
+        (" ", None, "expected a non-empty token"),
     ]:
-        result = subprocess.run(serve_cmd("--policy", "hpa", "--cluster", "none", *args), cwd=tmp_path, capture_output=True, text=True,
-                                timeout=60)
-        assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+        with pytest.raises(ConfigError, match=message) as err:
+            resolve_token(token, token_file)
+        assert "\n" not in str(err.value) and TOKEN not in str(err.value)
+    assert resolve_token(None, None) is None
+    result = subprocess.run(serve_cmd("--policy", "hpa", "--cluster", "none", "--token-file", str(tmp_path / "two")),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and TOKEN not in result.stderr
