@@ -36,7 +36,7 @@ LEVELS = (0.40, 0.50, 0.58, 0.65, 0.72, 0.78, 0.84, 0.90)
 U_MAX = 0.92
 """The floor sizes the projected demand at this utilisation: the margin the policy cannot remove."""
 TOLERANCE = 0.1
-"""As Kubernetes' HPA: a proposal within 10% of the current count is no change (bounds churn)."""
+"""As Kubernetes' HPA: demand within 10% of the current capacity at the target level is no change (bounds churn)."""
 DOWN_WINDOW_STEPS = 3
 """Scale-down takes the highest proposal of the last 3 intervals, as HPA's stabilisation window does (bounds churn).
 In intervals, not seconds, so a cluster on a compressed clock behaves as one on a real one."""
@@ -285,8 +285,8 @@ class RelativeDecoder:
     """Turns a per-service target utilisation into replicas, through the churn bounds and the floor.
 
     ``proposal = ceil(demand / level)``; scale-down takes the highest proposal
-    of the last ``DOWN_WINDOW_STEPS`` intervals; a proposal within ``TOLERANCE`` of the
-    current count holds it; the result never goes below the observation's
+    of the last ``DOWN_WINDOW_STEPS`` intervals; demand within ``TOLERANCE`` of the
+    current count at the level holds it; the result never goes below the observation's
     ``floor`` and is clamped to *this* cluster's min/max only.
     """
 
@@ -309,14 +309,15 @@ class RelativeDecoder:
     def replicas(self, level_index: np.ndarray, obs: RelativeObservation, m: Metrics) -> np.ndarray:
         """``[N, S]`` int64 desired replicas for level indices ``[N, S]`` (call after ``obs.build``)."""
         idx = np.clip(np.asarray(level_index, dtype=np.int64), 0, len(LEVELS) - 1)
-        proposal = np.ceil(obs.demand_replicas(m) / self._levels[idx] - 1e-9)
+        demand = obs.demand_replicas(m)
+        current = obs._clean(m).desired
+        # HPA's tolerance is on the usage ratio, not on the count: a few replicas must not flap by one
+        ratio = demand / (np.maximum(current, 1.0) * self._levels[idx])
+        proposal = np.where(np.abs(ratio - 1.0) <= TOLERANCE, current, np.ceil(demand / self._levels[idx] - 1e-9))
         self.recent = np.roll(self.recent, 1, axis=1)
         self.recent[:, 0] = proposal
         stable = self.recent.max(axis=1)
-        current = obs._clean(m).desired
         target = np.where(proposal > current, proposal, np.minimum(stable, current))
-        hold = np.abs(target - current) <= TOLERANCE * np.maximum(current, 1.0)
-        target = np.where(hold, current, target)
         target = np.maximum(target, obs.floor(m))
         return np.clip(target, self._min, self._max).astype(np.int64)
 

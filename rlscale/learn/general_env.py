@@ -110,7 +110,7 @@ def sample_cluster(rng: np.random.Generator, spec: GeneralSpec) -> tuple[Scenari
 
 
 START_LEVEL = 4
-START_PREFERENCE = 2.0
+START_PREFERENCE = 4.0
 
 
 def start_at_rule(model: Any) -> None:
