@@ -1,6 +1,6 @@
 """The whole path from a user's metrics to a trusted policy, on the real local cluster (docs/ASSESS.md, "Measured").
 
-    .venv/bin/python benchmarks/assess_demo.py --work runs/assess-demo    # about 35 minutes
+    .venv/bin/python benchmarks/assess_demo.py --work runs/assess-demo    # about 45 minutes
 
 1. ``rlscale calibrate`` measures this machine's per-worker capacity directly (the yardstick for the fit).
 2. The history generator (``rlscale.assess.generate.LocalHistory``): the local cluster under ``rlscale loadgen``
@@ -68,8 +68,8 @@ def main() -> int:
     p.add_argument("--work", default="runs/assess-demo")
     p.add_argument("--speedup", type=float, default=240.0)
     p.add_argument("--history-seconds", type=float, default=720.0)
-    p.add_argument("--train-minutes", type=float, default=9.0)
-    p.add_argument("--timesteps", type=int, default=600_000)
+    p.add_argument("--train-minutes", type=float, default=10.0)
+    p.add_argument("--timesteps", type=int, default=3_000_000)
     p.add_argument("--shadow-seconds", type=float, default=180.0)
     p.add_argument("--peak-rps", type=float, default=90.0)
     p.add_argument("--held-out-only", metavar="MODEL", default=None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import subprocess
 import sys
 import threading
@@ -141,17 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     history = LocalHistory(args.scenario, interval_s=args.interval, speedup=args.speedup, seconds=args.seconds,
                            peak_rps=args.peak_rps, seed=args.seed, run_dir=Path(args.run_dir).resolve() if args.run_dir else None)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     with history:
         print(f"prometheus {history.prometheus_url}; load on {history.cluster.url() if history.cluster else '?'}; "
               f"started {history.started_unix:.0f}; HPA acting; Ctrl-C stops everything", flush=True)
-        try:
-            while history.loadgen is not None and history.loadgen.poll() is None:
-                time.sleep(1.0)
+        while not stop.is_set() and history.loadgen is not None and history.loadgen.poll() is None:
+            stop.wait(1.0)
+        if not stop.is_set():
             print("load done; cluster and Prometheus stay up until Ctrl-C", flush=True)
-            while True:
-                time.sleep(1.0)
-        except KeyboardInterrupt:
-            pass
+        stop.wait()
+    print("stopped: load generator, HPA loop, cluster", flush=True)
     return 0
 
 
