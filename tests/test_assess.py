@@ -299,3 +299,19 @@ def test_shadow_report_estimates_both_and_counts_disagreements(tmp_path: Path, e
     text = (folder / "report.md").read_text()
     assert "| actual (replicas that ran) |" in text and "max_step_change x1" in text
     assert (folder / "replicas.png").stat().st_size > 5_000
+
+
+def test_provisioning_delay_is_the_extra_wait_of_replicas_that_needed_a_new_node(tmp_path: Path) -> None:
+    series = synthetic_history(tmp_path)
+    series["nodes"] = np.where(np.arange(N) >= 59, 4.0, 3.0)  # a node was added while p1 was starting
+    config = yaml.safe_load(service_yaml(tmp_path).read_text())
+    config["queries"]["nodes"] = "nodes"
+    config["pool"]["provision_delay_s"] = None  # estimate it
+    (tmp_path / "service.yaml").write_text(yaml.safe_dump(config))
+    cold = {"p1": (60, 100.0), "p2": (100, 45.0), "p3": (150, 43.0)}
+    with FakePrometheus(series, cold) as prom:
+        result = assess(prom.url, tmp_path / "service.yaml", N * STEP / 86_400, tmp_path / "svc.yaml", end=T0 + N * STEP,
+                        report=tmp_path / "report", quiet=True)
+    assert result.fit.cold_start_s == pytest.approx(44.0)
+    assert result.fit.provision_delay_s == pytest.approx(56.0)
+    assert load_scenario(tmp_path / "svc.yaml").pools[0].provision_delay_s == pytest.approx(56.0)
