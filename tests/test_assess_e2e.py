@@ -55,7 +55,7 @@ def test_assess_fits_the_real_cluster_and_shadow_reports_beside_the_acting_hpa(t
     out = tmp_path / "envs" / "hist.yaml"
     report = tmp_path / "fit-report"
     audit = tmp_path / "shadow-audit.jsonl"
-    with LocalHistory("local", interval_s=STEP_S, speedup=86_400.0 / 70.0, seconds=LOAD_S, peak_rps=80.0,
+    with LocalHistory("local", interval_s=STEP_S, speedup=86_400.0 / 70.0, seconds=LOAD_S, peak_rps=60.0,
                       run_dir=tmp_path / "cluster", measure_capacity_s=3.0) as history:
         history.wait(history.started_unix + HISTORY_S)
         end = time.time()

@@ -199,6 +199,8 @@ def shadow(prometheus: str, config_path: str | Path, model: str, *, duration_s: 
     loaded = load_policy(model, None, sc)
     guards = GuardConfig.from_scenario(sc, step)
     decider = ShadowDecider(sc, loaded.make(), guards)
+    if decider.mismatch:
+        print(f"warning: {loaded.name}: {decider.mismatch}; every decision falls back to the HPA rule", file=sys.stderr)
     decider.warm_history = _recent_arrivals(cluster, step)
     audit = AuditLog(audit_log)
     stop = stop or threading.Event()
