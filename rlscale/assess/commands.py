@@ -28,7 +28,11 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any], console: Any) 
         end: float | None = typer.Option(None, help="end of the history, unix seconds (default: now)"),
         report: str | None = typer.Option(None, help="fit report folder (default: reports/assess-<NAME>)"),
     ) -> None:
-        """Fit a scenario to a service's Prometheus history: trace CSVs, scenario YAML, fit report (Markdown + PNG)."""
+        """Fit a scenario to a service's Prometheus history.
+
+        Writes the scenario YAML, its trace CSVs and a fit report (Markdown + PNG)
+        whose replay of the history gives the p95 and utilisation errors.
+        """
         from rlscale.assess.run import assess as run_assess
         from rlscale.assess.run import describe
 
@@ -48,7 +52,10 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any], console: Any) 
         scenario: str | None = typer.Option(None, help="the policy's scenario (default: the one in the model's card)"),
         audit_log: str = typer.Option("shadow-audit.jsonl", help="JSONL audit log (appended)"),
     ) -> None:
-        """Run a policy in dry-run beside the autoscaler that acts: read-only, every decision logged next to what ran."""
+        """Dry-run a policy beside the autoscaler that acts.
+
+        Read-only: every decision is logged next to what the cluster ran.
+        """
         from rlscale.assess.shadow import shadow as run_shadow
 
         summary = run_shadow(prometheus, config, model, duration_s=duration, scenario=scenario, audit_log=audit_log)
@@ -61,7 +68,11 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any], console: Any) 
         audit: str = typer.Argument(..., help="the audit log `rlscale shadow` wrote"),
         out: str | None = typer.Option(None, help="report folder (default: <audit>-report beside the log)"),
     ) -> None:
-        """Report a shadow run: replicas policy vs actual, simulated cost and SLO of both, disagreements, guard rails."""
+        """Report a shadow run: what the policy would have cost.
+
+        Replicas policy vs actual, the simulator's cost and SLO for both,
+        disagreements and the guard rails that fired.
+        """
         from rlscale.evaluation.shadow_report import write_report
 
         folder, data = write_report(audit, out)
