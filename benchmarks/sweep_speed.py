@@ -1,4 +1,5 @@
-"""Sweep speed: 4 trainings one after another vs the same 4 as a Ray Tune sweep at 2 concurrent, in one run;
+"""Sweep speed: 4 trainings one after another vs the same 4 as a Ray Tune sweep at 2 concurrent, in one run
+(and, between them, the same 4 in 2 plain processes: what the machine gives two trainings without Ray);
 and what Ray costs on its own (start-up time, memory of its processes).
 
     python benchmarks/sweep_speed.py                 # train/sweeps/web-diurnal-500k.yaml: 4 seeds x 500k steps
@@ -179,6 +180,43 @@ def sequential(config: str, root: Path) -> dict:
             "cpu_s": round(mem.cpu_s, 1), "cores_used": round(mem.cpu_s / wall, 2)}
 
 
+def _train_one(job: tuple[dict, str, str]) -> dict:
+    """One training in a fresh process (``parallel``): what a Ray worker does, without Ray."""
+    import torch
+
+    from rlscale.config import TrainConfig
+    from rlscale.train import train
+
+    torch.set_num_threads(1)
+    config, run_dir, name = job
+    t0 = time.monotonic()
+    outcome = train(TrainConfig.model_validate(config), Path(run_dir), progress_bar=False,
+                    command=f"benchmarks/sweep_speed.py parallel {name}")
+    return {"trial": name, "wall_s": round(time.monotonic() - t0, 1), "best_score": round(outcome.best_score, 4)}
+
+
+def parallel(config: str, root: Path, concurrent: int) -> dict:
+    """The same trainings in ``concurrent`` plain processes (spawned, so each imports torch as a Ray worker does).
+
+    What this machine gives two trainings at once right now, without Ray: the sweep's ratio to this is Ray's cost,
+    this one's ratio to the sequential run is the machine's (its free cores, or how far two busy vCPUs slow each other).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from rlscale.learn.sweep import load_sweep, plan_trials
+
+    trials = plan_trials(load_sweep(config), config)
+    jobs = [(t.config, str(root / t.name), t.name) for t in trials]
+    load_before = load()
+    started = time.monotonic()
+    with Sampler() as mem, ProcessPoolExecutor(concurrent, mp_context=multiprocessing.get_context("spawn")) as pool:
+        per_trial = list(pool.map(_train_one, jobs))
+    wall = time.monotonic() - started
+    return {"wall_s": round(wall, 1), "trials": per_trial, "load_before": load_before, "load_after": load(),
+            "peak_pss_mib": round(mem.peak_pss / 1024), "cpu_s": round(mem.cpu_s, 1), "cores_used": round(mem.cpu_s / wall, 2)}
+
+
 def swept(config: str, root: Path, concurrent: int) -> dict:
     from rlscale.learn.sweep import run_sweep
 
@@ -204,6 +242,7 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=2)
     parser.add_argument("--ray-runs", type=int, default=3, help="local Ray start-ups to time")
     parser.add_argument("--ray-only", action="store_true")
+    parser.add_argument("--no-parallel", action="store_true", help="skip the plain-process parallel side")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args()
     result: dict = {"machine": f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -213,9 +252,15 @@ def main() -> None:
         root = Path(tempfile.mkdtemp(prefix="rlscale-sweep-speed-"))
         print("sequential: 4 trainings one after another in this process", flush=True)
         result["sequential"] = sequential(args.config, root / "sequential")
+        if not args.no_parallel:
+            print(f"parallel: the same trainings in {args.concurrent} plain processes (no Ray)", flush=True)
+            result["parallel"] = parallel(args.config, root / "parallel", args.concurrent)
+            result["ratio_parallel_no_ray"] = round(result["parallel"]["wall_s"] / result["sequential"]["wall_s"], 3)
         print(f"sweep: the same trainings on Ray Tune, {args.concurrent} at once", flush=True)
         result["sweep"] = swept(args.config, root / "sweeps", args.concurrent)
         result["ratio_trials"] = round(result["sweep"]["wall_s_trials"] / result["sequential"]["wall_s"], 3)
+        if "parallel" in result:
+            result["ratio_sweep_to_parallel"] = round(result["sweep"]["wall_s_trials"] / result["parallel"]["wall_s"], 3)
         result["ratio_with_export"] = round(result["sweep"]["wall_s_total_with_export"] / result["sequential"]["wall_s"], 3)
         result["output"] = str(root)
     result["ray"] = ray_overhead(args.ray_runs)
@@ -227,6 +272,9 @@ def main() -> None:
         print(f"\nsweep / sequential wall time: {result['ratio_trials']:.3f} (target <= 0.65); "
               f"{result['ratio_with_export']:.3f} counting the sweep's export of the best trial; cores used: sequential "
               f"{result['sequential']['cores_used']}, sweep {result['sweep']['cores_used']}")
+        if "parallel" in result:
+            print(f"plain processes / sequential: {result['ratio_parallel_no_ray']:.3f} (cores used "
+                  f"{result['parallel']['cores_used']}); sweep / plain processes: {result['ratio_sweep_to_parallel']:.3f}")
 
 
 if __name__ == "__main__":
