@@ -168,7 +168,7 @@ def train(
         from rlscale.export import check_target
 
         check_target(Path(out), force=force)  # before training, not after
-    run_dir = Path(resume) if resume and Path(resume, "config.json").exists() else Path(logdir) / (name or f"ppo-{cfg.scenario}-s{cfg.seed}")
+    run_dir = Path(resume) if resume and Path(resume, "config.json").exists() else Path(logdir) / (name or f"ppo-{'general' if cfg.general else cfg.scenario}-s{cfg.seed}")
     from rlscale.train import SCORE_MEANING
     from rlscale.train import train as run_training
 
@@ -208,6 +208,13 @@ def export(
 
     card = export_run(Path(run), Path(out), seeds=seeds, force=force)
     ev = card["evaluation"]
+    if card.get("kind") == "general":
+        for name, case in ev["cases"].items():
+            console.print(metrics_table(f"{name}: held-out seeds {ev['held_out_seeds'][0]}..{ev['held_out_seeds'][-1]}",
+                                        {"general": case["ppo"], "hpa": case["hpa"]}))
+        console.print(f"mean cost vs HPA: {ev['cost_vs_hpa']:.3f}; wrote {out}/policy.npz and {out}/card.json "
+                      f"from the {card['training']['checkpoint']} checkpoint")
+        return
     console.print(metrics_table(f"{card['scenario']}: held-out seeds {ev['held_out_seeds'][0]}..{ev['held_out_seeds'][-1]}",
                                 {"ppo": ev["ppo"], "hpa": ev["hpa"]}))
     console.print(f"cost vs HPA: {ev['cost_vs_hpa']:.3f}; wrote {out}/policy.npz and {out}/card.json "
@@ -401,12 +408,18 @@ def evaluate(
     logdir: str | None = typer.Option(None, help="TensorBoard log dir (default: runs/eval-<scenario>)"),
     report: str | None = typer.Option(None, help="report folder (default: reports/<scenario>)"),
     workers: int = typer.Option(2, min=1, max=2, help="processes (at most 2)"),
+    tune: bool = typer.Option(False, "--tune", help="first sweep HPA and predictive settings on the same seeds and add "
+                              "the best tuned rule (cheapest within default HPA's SLO violations and drops)"),
 ) -> None:
-    """Evaluate policies on the same held-out episodes: table, TensorBoard runs, report (Markdown, JSON, PNG)."""
+    """Evaluate policies on the same held-out episodes: table, TensorBoard runs, report (Markdown, JSON, PNG).
+
+    Baselines take parameters: hpa:target=0.8:window=150, predictive:target=0.8:headroom=1.1:down=0.1,
+    target_tracking:target=0.6:in_cooldown=300.
+    """
     from rlscale.demo import run_evaluation
 
     run_evaluation(console, scenario, policies, seeds=seeds, seed_base=seed_base, steps=steps, trace=trace,
-                   trace_column=trace_column, logdir=logdir, report=report, workers=workers)
+                   trace_column=trace_column, logdir=logdir, report=report, workers=workers, tune=tune)
 
 
 @app.command(short_help='The main job: the shipped policy against HPA and the oracle.')
@@ -513,11 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as err:
         err.show()
         return err.exit_code
-    except click.Abort:
+    except getattr(click, "Abort", KeyboardInterrupt):  # this vendored click has no Abort: Ctrl-C at a prompt
         print("Aborted!", file=sys.stderr)
         return 1
     return code if isinstance(code, int) else 0
-
 
 
 if __name__ == "__main__":
