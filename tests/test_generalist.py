@@ -203,3 +203,58 @@ def test_evaluate_tune_adds_the_best_rule_and_writes_the_sweep(tmp_path: Path) -
     labels = [p["label"] for p in results["policies"]]
     if sweep["best"] is not None:
         assert sweep["best"]["spec"] in labels
+
+
+def test_the_rule_twin_replays_the_same_episode_so_the_rule_itself_scores_zero() -> None:
+    from rlscale.learn.general_env import START_LEVEL, GeneralVecEnv
+
+    env = GeneralVecEnv(GeneralSpec(rule_twin=True, episode_steps=40), engines=2, clusters=3, seed=7)
+    env.reset()
+    rule = np.stack([np.full(6, START_LEVEL), np.zeros(6, dtype=np.int64)], axis=1)
+    for _ in range(60):  # crosses an episode end, where the slots draw new clusters
+        env.step_async(rule)
+        _, reward, _, _ = env.step_wait()
+        assert (reward == 0.0).all()
+    env.step_async(np.stack([np.zeros(6, dtype=np.int64), np.zeros(6, dtype=np.int64)], axis=1))
+    _, reward, _, _ = env.step_wait()
+    assert (reward != 0.0).any()
+
+
+def test_training_env_is_deterministic_by_seed() -> None:
+    from rlscale.learn.general_env import GeneralVecEnv
+
+    def run(seed: int) -> np.ndarray:
+        env = GeneralVecEnv(GeneralSpec(episode_steps=30), engines=2, clusters=2, seed=seed)
+        obs = [env.reset()]
+        rng = np.random.default_rng(0)
+        for _ in range(45):
+            env.step_async(np.stack([rng.integers(0, len(LEVELS), 4), rng.integers(0, 3, 4)], axis=1))
+            o, r, _, _ = env.step_wait()
+            obs += [o, r[:, None]]
+        return np.concatenate([x.reshape(x.shape[0], -1) for x in obs], axis=1)
+
+    np.testing.assert_array_equal(run(3), run(3))
+    assert not np.array_equal(run(3), run(4))
+
+
+@pytest.mark.slow
+def test_train_export_and_serve_a_tiny_generalist(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "scenario: web-diurnal\nn_envs: 8\nn_timesteps: 2048\nn_steps: 128\nbatch_size: 256\nn_epochs: 1\n"
+        "eval: {freq: 1024, seeds: 1, episode_steps: 60}\n"
+        "general: {engines: 2, episode_steps: 64, rule_twin: true, validation: [web-diurnal, mixed-pools]}\n"
+    )
+    out = tmp_path / "model"
+    proc = subprocess.run([sys.executable, "-m", "rlscale.cli", "train", "--config", str(config), "--logdir",
+                           str(tmp_path / "runs"), "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    card = json.loads((out / "card.json").read_text())
+    assert card["kind"] == "general" and set(card["evaluation"]["cases"]) == {"web-diurnal", "mixed-pools"}
+    assert card["range"]["max_replicas"] == [1.0, 512.0]
+    from rlscale.controller.serve import load_policy
+
+    loaded = load_policy(str(out), None, load_scenario(SUITE / "five-services.yaml"))
+    policy = loaded.make()
+    assert isinstance(policy, GeneralPolicy) and len(policy.services) == 5

@@ -163,12 +163,25 @@ class GeneralVecEnv(InProcessVecEnv):
         def sampler(r: np.random.Generator, n: int, step_s: float, start_s: float) -> np.ndarray:
             return (peak * shape(r, n, step_s, start_s))[:, None]
 
+        seeds = [int(rng.integers(0, 2**63 - 1)) for _ in range(self.clusters)]
         eng = ClusterEpisodes(true, self.clusters, episode_steps=self.spec.episode_steps, randomise=False, sampler=sampler)
         for i in range(self.clusters):
-            eng.set_rng(i, np.random.default_rng(int(rng.integers(0, 2**63 - 1))))
+            eng.set_rng(i, np.random.default_rng(seeds[i]))
             eng.reset(i)
         policy = GeneralPolicy(None, declared)
         policy.reset(self.clusters)
+        twin = None
+        if self.spec.rule_twin:
+            # the same episodes (same seeds: traffic and simulator noise) run by the fixed 72% rule
+            twin_eng = ClusterEpisodes(true, self.clusters, episode_steps=self.spec.episode_steps, randomise=False,
+                                       sampler=sampler)
+            for i in range(self.clusters):
+                twin_eng.set_rng(i, np.random.default_rng(seeds[i]))
+                twin_eng.reset(i)
+            twin_pol = GeneralPolicy(None, declared)
+            twin_pol.reset(self.clusters)
+            twin = (twin_eng, twin_pol)
+        self._twins[k] = twin
         pool = declared.pools[declared.pool_index(declared.services[0].pools[0])]
         per_replica_h = pool.price_per_hour / max(1.0, pool.vcpu // declared.services[0].replica.cpu)
         mean_replicas = eng.arrivals[:, : eng.episode_steps].mean(axis=1)[:, 0] / (true.services[0].replica_rps * REFERENCE_UTILISATION)
@@ -179,11 +192,30 @@ class GeneralVecEnv(InProcessVecEnv):
 
     def reset(self) -> np.ndarray:
         self._slots: list[Any] = [None] * self.engines_n
+        self._twins: list[Any] = [None] * self.engines_n
         self._ep_reward = np.zeros((self.engines_n, self.clusters))
         self._ep_len = np.zeros(self.engines_n, dtype=np.int64)
         for k in range(self.engines_n):
             self._build(k)
         return np.concatenate([pol.observe(eng.metrics()) for eng, pol, _ in self._slots])
+
+    def _twin_reward(self, k: int, ref: np.ndarray) -> np.ndarray:
+        """The rule's reward on the same episode: a baseline that does not depend on the policy's actions.
+
+        Subtracting it leaves the optimum where it was and removes most of the
+        variance the traffic and the cluster draw put into the return, so PPO
+        sees how much better or worse than the rule each action was.
+        """
+        w = self.spec
+        eng, pol = self._twins[k]
+        m = eng.metrics()
+        pol.observe(m)
+        before = eng.sim.desired.copy()
+        level = np.full((self.clusters, 1), START_LEVEL, dtype=np.int64)
+        _, terms, _ = eng.step_action(pol.step_raw(m, level, np.zeros(self.clusters, dtype=np.int64)))
+        changed = (eng.sim.desired != before).sum(axis=1)
+        return -(terms.cost_usd / ref + w.w_slo * terms.slo_violation + w.w_drop * terms.dropped_fraction
+                 + w.w_churn * changed)
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs, 2)
@@ -203,6 +235,8 @@ class GeneralVecEnv(InProcessVecEnv):
             changed = (eng.sim.desired != before).sum(axis=1)
             reward = -(terms.cost_usd / ref + w.w_slo * terms.slo_violation + w.w_drop * terms.dropped_fraction
                        + w.w_churn * changed)
+            if self._twins[k] is not None:
+                reward = reward - self._twin_reward(k, ref)
             self._ep_reward[k] += reward
             self._ep_len[k] += 1
             obs = pol.observe(eng.metrics())
