@@ -2,7 +2,7 @@
 
 These shapes are not among the generalist's training families
 (``rlscale/learn/traffic.py``): a day with two peaks and hourly cron spikes,
-and week-long growth with sudden drops (a cache or a deploy resetting load).
+and growth over hours with sudden drops (a deploy or a cache reset).
 Deterministic (seed 2026); rerun with ``python benchmarks/heldout_traces.py``.
 """
 
@@ -28,15 +28,15 @@ def bimodal_cron(rng: np.random.Generator) -> np.ndarray:
 
 
 def growth_drops(rng: np.random.Generator) -> np.ndarray:
+    """Load that grows for 6-30 hours to the peak, then drops to 30-50% of it at once (a deploy, a cache reset)."""
     n = int(DAYS * 86_400 / STEP_S)
     level = np.empty(n)
-    x = 0.3
-    for i in range(n):
-        x *= 1.0 + rng.uniform(0.0, 0.0015)
-        if rng.random() < 1 / 600:
-            x *= rng.uniform(0.3, 0.6)
-        x = min(x, 1.0)
-        level[i] = x
+    i = 0
+    while i < n:
+        length = int(rng.uniform(6, 30) * 3600 / STEP_S)
+        start = rng.uniform(0.3, 0.5)
+        level[i : i + length] = np.geomspace(start, 1.0, length)[: n - i]
+        i += length
     return level * np.exp(0.04 * rng.standard_normal(n))
 
 
