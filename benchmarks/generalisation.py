@@ -22,7 +22,6 @@ writes its tables into ``docs/RESULTS.md`` (between markers) and ``docs/generali
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import sys
 import tempfile

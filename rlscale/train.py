@@ -329,18 +329,19 @@ class PlainProgress(BaseCallback):
                   file=self.out or sys.stdout, flush=True)
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt(handler: Callable[[int, Any], None] = _raise_interrupt) -> Iterator[None]:
     """SIGTERM (``kill``, a job scheduler, ``docker stop``) stops training the way Ctrl-C does.
 
-    Inside the block SIGTERM raises KeyboardInterrupt, which ``train`` turns
-    into a saved ``last/`` checkpoint; the previous handler is restored on exit.
-    Only the main thread can install handlers; elsewhere this does nothing.
+    Inside the block SIGTERM raises KeyboardInterrupt (or calls ``handler``), which
+    ``train`` turns into a saved ``last/`` checkpoint; the previous handler is
+    restored on exit. Only the main thread can install handlers; elsewhere this
+    does nothing.
     """
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
     try:
         previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread

@@ -25,7 +25,6 @@ regenerate them); they need ``grpcio`` and ``protobuf`` (``rlscale[keda]``).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import threading
 import time
 from dataclasses import dataclass
@@ -136,15 +135,6 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _credentials(tls_dir: str | None) -> Any:
     """mTLS from a folder laid out like a kubernetes.io/tls Secret plus the CA: tls.crt, tls.key, ca.crt."""
     if tls_dir is None:
@@ -168,7 +158,9 @@ class KedaServer:
     def __init__(self, board: DecisionBoard, address: str, *, max_age_s: float, tls_dir: str | None = None,
                  push_interval_s: float = 5.0) -> None:
         self.host, requested = parse_address(address)
-        if not _loopback(self.host) and tls_dir is None:
+        from rlscale.controller.serve import is_loopback
+
+        if not is_loopback(self.host) and tls_dir is None:
             raise ConfigError(f"--keda-grpc {address}: a non-loopback address needs --keda-tls DIR (tls.crt, tls.key, ca.crt: KEDA's mTLS)")
         self.board = board
         self.requested_port = requested

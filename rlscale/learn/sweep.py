@@ -38,7 +38,6 @@ import re
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -514,21 +513,11 @@ def _ray_environment(local: bool) -> None:
             os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
-@contextmanager
-def _sigterm_as_sigint() -> Iterator[None]:
+def _sigterm_as_sigint() -> Any:
     """SIGTERM stops a sweep the way Ctrl-C does: Tune saves its state, Ray is shut down, and ``--resume`` continues."""
-    def handler(signum: int, frame: Any) -> None:
-        signal.raise_signal(signal.SIGINT)
+    from rlscale.train import sigterm_as_interrupt
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return sigterm_as_interrupt(lambda signum, frame: signal.raise_signal(signal.SIGINT))
 
 
 def run_sweep(
