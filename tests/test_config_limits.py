@@ -96,7 +96,7 @@ def test_trace_errors_name_the_line_and_column_and_never_quote_the_file(tmp_path
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
         load_csv(path)
-    message = str(err.value)
+    message = str(err.value).replace(str(path), "<path>")  # the temp path itself may hold "-7" (pytest-76)
     assert "line " in message and "hunter2" not in message and "password" not in message and "-7" not in message
 
 

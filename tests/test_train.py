@@ -209,6 +209,8 @@ def test_ctrl_c_saves_a_consistent_checkpoint_and_exits_0(tmp_path: Path) -> Non
     proc = subprocess.Popen(
         [RLSCALE, "train", "--config", str(config), "--logdir", str(tmp_path / "runs"), "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell's background job inherits SIGINT ignored, and Python then installs no Ctrl-C handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     run = tmp_path / "runs" / "ppo-web-diurnal-s0"
     deadline = time.monotonic() + 120
