@@ -213,12 +213,17 @@ def test_ctrl_c_saves_a_consistent_checkpoint_and_exits_0(tmp_path: Path) -> Non
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     run = tmp_path / "runs" / "ppo-web-diurnal-s0"
-    deadline = time.monotonic() + 120
-    while not (run / "best").is_dir() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    assert (run / "best").is_dir(), "training never reached its first evaluation"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "best").is_dir() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert (run / "best").is_dir(), "training never reached its first evaluation"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # a failed test must not leave a 5M-step training behind
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 0, err
     assert "interrupted; checkpoint saved" in out
     state = json.loads((run / "last" / "state.json").read_text())
