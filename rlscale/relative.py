@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from rlscale.config import Scenario
-from rlscale.spaces import Action, Metrics
+from rlscale.spaces import Action, Metrics, ObsSpec
 
 LAGS = (1, 2, 5, 10, 15)
 HISTORY = max(LAGS) + 1
@@ -93,7 +93,7 @@ class ServiceTraits:
 
         return cls(
             services=tuple(s.name for s in scenario.services),
-            rps=tuple(s.replica_rps * p.speed for s, p in zip(scenario.services, first)),
+            rps=ObsSpec.from_scenario(scenario).replica_rps,
             slo_s=tuple(s.slo_target_s for s in scenario.services),
             min_replicas=tuple(s.min_replicas for s in scenario.services),
             max_replicas=tuple(s.max_replicas for s in scenario.services),
@@ -168,15 +168,7 @@ class RelativeObservation:
         self._price = np.log(np.maximum(a["price_ratio"], 1e-6))
         self._per_node = np.log(a["replicas_per_node"]) / 3.0
         self._batch = a["batch"]
-        self._seen: tuple[Metrics | None, _Clean | None] = (None, None)
         self.reset_all(n)
-
-    def _clean(self, m: Metrics) -> _Clean:
-        if self._seen[0] is not m:
-            self._seen = (m, _Clean.of(m))
-        c = self._seen[1]
-        assert c is not None
-        return c
 
     def reset_all(self, n: int) -> None:
         S = self.traits.n_services
@@ -184,6 +176,10 @@ class RelativeObservation:
         self.history = np.zeros((n, HISTORY, S))
         self.rps_hat = np.tile(self._rps, (n, 1))
         self.count = np.zeros(n, dtype=np.int64)
+        # what ``build`` measured for this interval's decision, [n, S] each: read by ``RelativeDecoder``
+        self.current = np.zeros((n, S))
+        self.demand = np.zeros((n, S))
+        self.floor = np.zeros((n, S))
 
     def reset(self, mask: np.ndarray | None = None) -> None:
         """Forget the masked clusters' history (all when None)."""
@@ -192,8 +188,7 @@ class RelativeObservation:
         self.rps_hat[rows] = self._rps
         self.count[rows] = 0
 
-    def _push(self, m: Metrics) -> np.ndarray:
-        c = self._clean(m)
+    def _push(self, c: _Clean, m: Metrics) -> np.ndarray:
         a = c.arrivals
         self.history = np.roll(self.history, 1, axis=1)
         fresh = self.count == 0
@@ -218,27 +213,31 @@ class RelativeObservation:
         per_step = np.clip(_ratio(h[:, 0], base), *GROWTH_CLIP) ** (1.0 / 5.0)
         return np.clip(per_step ** np.maximum(self._lead, 1.0), *GROWTH_CLIP)
 
-    def demand_replicas(self, m: Metrics) -> np.ndarray:
+    def _demand(self, c: _Clean) -> np.ndarray:
         """Replicas' worth of demand now: arrivals over estimated capacity, plus the backlog drained over the lead time."""
-        a = self.history[:, 0]
-        backlog = self._clean(m).backlog
-        drain = _ratio(backlog, self.rps_hat * self.traits.step_s * np.maximum(self._lead, 1.0))
-        return a / self.rps_hat + drain
+        drain = _ratio(c.backlog, self.rps_hat * self.traits.step_s * np.maximum(self._lead, 1.0))
+        return self.history[:, 0] / self.rps_hat + drain
 
-    def floor(self, m: Metrics) -> np.ndarray:
+    def _floor(self, c: _Clean, demand: np.ndarray) -> np.ndarray:
         """The margin: ``[N, S]`` replicas the decoder never goes below (before min/max)."""
-        c = self._clean(m)
-        need = np.ceil(self.demand_replicas(m) * self.growth() / U_MAX - 1e-9)
+        need = np.ceil(demand * self.growth() / U_MAX - 1e-9)
         hurting = (c.p95 > self._slo) | (c.dropped > 0)
         return np.where(hurting, np.maximum(need, c.desired), need)
 
     def build(self, m: Metrics) -> np.ndarray:
-        """float32 ``[N * S, N_FEATURES]`` (service-major within a cluster); pushes this interval into the history."""
-        a = self._push(m)
+        """float32 ``[N * S, N_FEATURES]`` (service-major within a cluster); pushes this interval into the history.
+
+        Also leaves this interval's ``current``, ``demand`` and ``floor`` for the decoder, so the
+        decision sizes with exactly the numbers the policy saw.
+        """
+        c = _Clean.of(m)
+        a = self._push(c, m)
         n, S = a.shape
         h = self.history
-        c = self._clean(m)
         ready, desired = c.ready, c.desired
+        self.current = desired
+        self.demand = self._demand(c)
+        self.floor = self._floor(c, self.demand)
         cap_soon = np.maximum(desired, 1.0) * self.rps_hat
         cap_ready = np.maximum(ready, 1.0) * self.rps_hat
         scale = h.mean(axis=1) * 1e-3 + 1e-9
@@ -248,7 +247,6 @@ class RelativeObservation:
         lead = np.maximum(self._lead, 1.0)
         forecast = np.clip(slope * lead, -2.0, 2.0)
         backlog, dropped = c.backlog, c.dropped
-        floor = self.floor(m)
         cols = [
             a / cap_soon,
             a / cap_ready,
@@ -272,7 +270,7 @@ class RelativeObservation:
             _finite(m.hot_spot)[:, None],
             _finite(m.rebalancing)[:, None],
             self._batch,
-            floor / np.maximum(desired, 1.0),
+            self.floor / np.maximum(desired, 1.0),
         ]
         out = np.empty((n, S, N_FEATURES))
         for j, col in enumerate(cols):
@@ -306,11 +304,10 @@ class RelativeDecoder:
         rows = slice(None) if mask is None else np.asarray(mask)
         self.recent[rows] = 0.0
 
-    def replicas(self, level_index: np.ndarray, obs: RelativeObservation, m: Metrics) -> np.ndarray:
-        """``[N, S]`` int64 desired replicas for level indices ``[N, S]`` (call after ``obs.build``)."""
+    def replicas(self, level_index: np.ndarray, obs: RelativeObservation) -> np.ndarray:
+        """``[N, S]`` int64 desired replicas for level indices ``[N, S]`` (after ``obs.build`` of this interval)."""
         idx = np.clip(np.asarray(level_index, dtype=np.int64), 0, len(LEVELS) - 1)
-        demand = obs.demand_replicas(m)
-        current = obs._clean(m).desired
+        demand, current = obs.demand, obs.current
         # HPA's tolerance is on the usage ratio, not on the count: a few replicas must not flap by one
         ratio = demand / (np.maximum(current, 1.0) * self._levels[idx])
         proposal = np.where(np.abs(ratio - 1.0) <= TOLERANCE, current, np.ceil(demand / self._levels[idx] - 1e-9))
@@ -318,11 +315,10 @@ class RelativeDecoder:
         self.recent[:, 0] = proposal
         stable = self.recent.max(axis=1)
         target = np.where(proposal > current, proposal, np.minimum(stable, current))
-        target = np.maximum(target, obs.floor(m))
+        target = np.maximum(target, obs.floor)
         return np.clip(target, self._min, self._max).astype(np.int64)
 
 
-def decide(level_index: np.ndarray, rebalance: np.ndarray, obs: RelativeObservation, dec: RelativeDecoder,
-           m: Metrics) -> Action:
+def decide(level_index: np.ndarray, rebalance: np.ndarray, obs: RelativeObservation, dec: RelativeDecoder) -> Action:
     """The typed action for per-service levels ``[N, S]`` and a rebalance verb ``[N]``."""
-    return Action(replicas=dec.replicas(level_index, obs, m), rebalance=np.asarray(rebalance, dtype=np.int64))
+    return Action(replicas=dec.replicas(level_index, obs), rebalance=np.asarray(rebalance, dtype=np.int64))

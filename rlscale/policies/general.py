@@ -112,7 +112,7 @@ class GeneralPolicy:
         """Decode levels ``[N, S]`` and verbs ``[N]`` (after ``observe`` for this interval)."""
         drain = self.nodes.rebalance(metrics)
         verb = np.where(np.asarray(rebalance) > 0, rebalance, drain)
-        return decide(levels, verb, self.builder, self.decoder, metrics)
+        return decide(levels, verb, self.builder, self.decoder)
 
     def act(self, metrics: Metrics) -> Action:
         if self.exported is None:
