@@ -36,7 +36,7 @@ import numpy as np
 from rlscale.atomic import write_json, write_text
 from rlscale.config import PROJECT_ROOT, TEST_SEED_BASE, Scenario, load_scenario
 from rlscale.evaluate import TraceSource, trace_scenario
-from rlscale.evaluation.tune import best_tuned_rule
+from rlscale.evaluation.tune import best_tuned_rule, rule_point
 from rlscale.policies import make_policy
 from rlscale.rollout import run_policy
 
@@ -80,9 +80,8 @@ def _episodes(spec: str, sc: Scenario, seeds: list[int]) -> dict[str, float]:
 
 def run_case(name: str, sc: Scenario, model: str, seeds: list[int]) -> dict[str, Any]:
     start = time.perf_counter()
-    tuned = best_tuned_rule(sc, seeds)
-    hpa = asdict(tuned.hpa)
-    hpa.update(_episodes("hpa", sc, seeds))
+    hpa = {"spec": "hpa", **_episodes("hpa", sc, seeds)}
+    tuned = best_tuned_rule(sc, seeds, hpa=rule_point("hpa", hpa))
     oracle = _episodes("oracle", sc, seeds)
     general = _episodes(f"ppo:{model}", sc, seeds)
     room = hpa["cost_usd"] - oracle["cost_usd"]

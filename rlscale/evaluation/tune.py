@@ -11,7 +11,7 @@ Specs use the policy-parameter syntax, so the winner can be passed back to
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from rlscale.config import Scenario
@@ -58,17 +58,25 @@ class TunedRule:
         return p.slo_violation_rate <= self.hpa.slo_violation_rate + 1e-12 and p.dropped_fraction <= self.hpa.dropped_fraction + 1e-12
 
 
+def rule_point(spec: str, means: Mapping[str, float]) -> RulePoint:
+    """A point from a rollout's per-metric means (``Rollout.mean()``)."""
+    return RulePoint(spec, float(means["cost_usd"]), float(means["slo_violation_rate"]),
+                     float(means["dropped_fraction"]), float(means["scaling_actions"]))
+
+
 def measure(spec: str, scenario: Scenario, seeds: Sequence[int], steps: int | None = None) -> RulePoint:
-    e = run_policy(scenario, make_policy(spec, scenario), list(seeds), steps=steps).episodes
-    return RulePoint(spec, float(e["cost_usd"].mean()), float(e["slo_violation_rate"].mean()),
-                     float(e["dropped_fraction"].mean()), float(e["scaling_actions"].mean()))
+    return rule_point(spec, run_policy(scenario, make_policy(spec, scenario), list(seeds), steps=steps).mean())
 
 
 def best_tuned_rule(scenario: Scenario, seeds: Sequence[int], steps: int | None = None, *,
                     grid: Sequence[str] | None = None,
-                    on_point: Callable[[RulePoint], None] | None = None) -> TunedRule:
-    """Sweep ``grid`` (default ``rule_grid()``) on the seeds; the cheapest admissible setting, if any."""
-    hpa = measure("hpa", scenario, seeds, steps)
+                    on_point: Callable[[RulePoint], None] | None = None,
+                    hpa: RulePoint | None = None) -> TunedRule:
+    """Sweep ``grid`` (default ``rule_grid()``) on the seeds; the cheapest admissible setting, if any.
+
+    ``hpa``: default HPA on the same seeds, when the caller has already run it.
+    """
+    hpa = hpa or measure("hpa", scenario, seeds, steps)
     points = []
     for spec in grid or rule_grid():
         p = measure(spec, scenario, seeds, steps)
