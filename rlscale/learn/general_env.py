@@ -206,35 +206,34 @@ class GeneralVecEnv(InProcessVecEnv):
         variance the traffic and the cluster draw put into the return, so PPO
         sees how much better or worse than the rule each action was.
         """
-        w = self.spec
         eng, pol = self._twins[k]
-        m = eng.metrics()
-        pol.observe(m)
-        before = eng.sim.desired.copy()
+        pol.observe(eng.metrics())
         level = np.full((self.clusters, 1), START_LEVEL, dtype=np.int64)
-        _, terms, _ = eng.step_action(pol.step_raw(m, level, np.zeros(self.clusters, dtype=np.int64)))
+        return self._advance(eng, pol, level, np.zeros(self.clusters, dtype=np.int64), ref)[2]
+
+    def _advance(self, eng: ClusterEpisodes, pol: GeneralPolicy, levels: np.ndarray, verbs: np.ndarray,
+                 ref: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
+        """One interval of a slot's clusters (observed already): reward terms, truncation flags, scale-free reward."""
+        w = self.spec
+        before = eng.sim.desired.copy()
+        _, terms, truncated = eng.step_action(pol.step_raw(eng.metrics(), levels, verbs))
         changed = (eng.sim.desired != before).sum(axis=1)
-        return -(terms.cost_usd / ref + w.w_slo * terms.slo_violation + w.w_drop * terms.dropped_fraction
-                 + w.w_churn * changed)
+        reward = -(terms.cost_usd / ref + w.w_slo * terms.slo_violation + w.w_drop * terms.dropped_fraction
+                   + w.w_churn * changed)
+        return terms, truncated, reward
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs, 2)
 
     def step_wait(self):
         assert self._actions is not None
-        w = self.spec
         C = self.clusters
         obs_out, rew_out, done_out = [], [], []
         infos: list[dict[str, Any]] = []
         for k in range(self.engines_n):
             eng, pol, ref = self._slots[k]
             act = self._actions[k * C : (k + 1) * C]
-            before = eng.sim.desired.copy()
-            action = pol.step_raw(eng.metrics(), act[:, :1], act[:, 1])
-            result, terms, truncated = eng.step_action(action)
-            changed = (eng.sim.desired != before).sum(axis=1)
-            reward = -(terms.cost_usd / ref + w.w_slo * terms.slo_violation + w.w_drop * terms.dropped_fraction
-                       + w.w_churn * changed)
+            terms, truncated, reward = self._advance(eng, pol, act[:, :1], act[:, 1], ref)
             if self._twins[k] is not None:
                 reward = reward - self._twin_reward(k, ref)
             self._ep_reward[k] += reward
