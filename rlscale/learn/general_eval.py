@@ -62,17 +62,19 @@ class GeneralEvalResult:
             total += ratio + 100.0 * max(0.0, extra_slo) + 100.0 * max(0.0, extra_drop)
         return total / len(self.cases)
 
+    def _pooled(self, side: int) -> Rollout:
+        """One side (0 the policy, 1 HPA) as a single 'episode' holding each metric's mean over the cases."""
+        runs = [pair[side] for pair in self.cases.values()]
+        means = {k: np.array([np.mean([r.episodes[k].mean() for r in runs])]) for k in runs[0].episodes}
+        return Rollout(runs[0].policy, runs[0].seeds, means)
+
     @property
     def policy(self) -> Rollout:
-        first = next(iter(self.cases.values()))[0]
-        return Rollout(first.policy, first.seeds, {k: np.array([np.mean([p.episodes[k].mean() for p, _ in self.cases.values()])])
-                                                  for k in first.episodes})
+        return self._pooled(0)
 
     @property
     def hpa(self) -> Rollout:
-        first = next(iter(self.cases.values()))[1]
-        return Rollout(first.policy, first.seeds, {k: np.array([np.mean([h.episodes[k].mean() for _, h in self.cases.values()])])
-                                                  for k in first.episodes})
+        return self._pooled(1)
 
     def summary(self) -> dict[str, Any]:
         return {
