@@ -18,6 +18,9 @@ from rlscale.controller.externalscaler import externalscaler_pb2 as pb
 from rlscale.controller.externalscaler import externalscaler_pb2_grpc as pb_grpc
 from rlscale.controller.keda import METRIC_NAME, DecisionBoard, KedaServer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from keda_getmetrics import poll  # noqa: E402  (the benchmark's pollers: one load for the test and the benchmark)
+
 ROOT = Path(__file__).resolve().parents[1]
 PROTO = "rlscale/controller/externalscaler/externalscaler.proto"
 
@@ -101,25 +104,6 @@ def test_a_default_tolerance_band_would_swallow_a_5_percent_step(scaler) -> None
     assert HpaStandIn(stub, ref("api"), 20, tolerance=0.0).sync() == 21
 
 
-async def _poll(port: int, objects: int, seconds: float, period: float) -> list[float]:
-    """``objects`` ScaledObjects, each asking every ``period`` s (KEDA's default pollingInterval is 30 s)."""
-    latencies: list[float] = []
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:  # KEDA shares one connection per scaler address
-        stub = pb_grpc.ExternalScalerStub(channel)
-        deadline = time.monotonic() + seconds
-
-        async def one(i: int) -> None:
-            req = pb.GetMetricsRequest(scaledObjectRef=ref(f"so-{i}", service="api"), metricName=METRIC_NAME)
-            while time.monotonic() < deadline:
-                t = time.perf_counter()
-                await stub.GetMetrics(req)
-                latencies.append(time.perf_counter() - t)
-                await asyncio.sleep(period)
-
-        await asyncio.gather(*(one(i) for i in range(objects)))
-    return latencies
-
-
 @pytest.mark.slow
 def test_serve_sim_answers_keda_with_the_loops_decisions_and_fast(tmp_path: Path) -> None:
     """``rlscale serve --cluster sim --keda-grpc``: values are the audit log's decisions; GetMetrics p99 with 100 ScaledObjects."""
@@ -148,7 +132,7 @@ def test_serve_sim_answers_keda_with_the_loops_decisions_and_fast(tmp_path: Path
                 assert value.metricValueFloat in decided[-3:]
                 seen.append(value.metricValue)
                 time.sleep(0.3)
-        latencies = sorted(asyncio.run(_poll(port, objects=100, seconds=4.0, period=0.5)))
+        latencies = sorted(asyncio.run(poll(port, objects=100, seconds=4.0, period=0.5)))  # benchmarks/keda_getmetrics.py
         p99 = latencies[int(0.99 * (len(latencies) - 1))]
         print(f"GetMetrics with 100 ScaledObjects: {len(latencies)} calls, p50 {latencies[len(latencies) // 2] * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms")
         assert len(latencies) > 500
