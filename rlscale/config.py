@@ -225,13 +225,18 @@ def parse_model(model: type[BaseModel], data: Any, source: str) -> Any:
         raise ConfigError(_format_validation_error(source, err)) from None
 
 
-def read_yaml(path: Path) -> Any:
+def read_user_text(path: Path, what: str = "file") -> str:
+    """A file the user named, or one ConfigError line: '<path>: <what> not found' or 'cannot read (why)'."""
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        raise ConfigError(f"{path}: {what} not found") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def read_yaml(path: Path) -> Any:
+    text = read_user_text(path)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:

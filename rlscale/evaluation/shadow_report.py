@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from rlscale.atomic import staged_dir, write_json, write_text
-from rlscale.config import ConfigError, Scenario, parse_model
+from rlscale.config import ConfigError, Scenario, parse_model, read_user_text
 from rlscale.sim import Simulator
 from rlscale.sim.kernel import O_VIOLATION
 from rlscale.spaces import Action
@@ -50,12 +50,7 @@ class ShadowLog:
 def read_log(path: str | Path) -> ShadowLog:
     """The shadow run's start event and decisions; a wrong file is one ConfigError line."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: audit log not found") from None
-    except OSError as err:
-        raise ConfigError(f"{p}: cannot read ({err.strerror})") from None
+    text = read_user_text(p, "audit log")
     start: dict[str, Any] | None = None
     decisions: list[dict[str, Any]] = []
     for number, line in enumerate(text.splitlines(), 1):
