@@ -104,6 +104,9 @@ class ServiceSpec(Strict):
     max_replicas: int = Field(gt=0, le=512)
     initial_replicas: int | None = Field(default=None, ge=0)
     queue_limit: float = Field(default=10_000.0, gt=0, le=1e12, description="requests held in the queue before drops")
+    service_cv: float = Field(default=1.0, ge=0, le=4, description=(
+        "coefficient of variation of the service time: 1 = exponential (M/M/c), 0 = constant; "
+        "scales the queueing wait by Kingman's (1 + cv^2) / 2"))
     slo: SloSpec
     pools: list[str] = Field(min_length=1, description="pool preference order")
     workload: WorkloadSpec
@@ -128,6 +131,11 @@ class ServiceSpec(Strict):
     def servers_per_replica(self) -> float:
         """Parallel servers inside a replica: its GPUs if it asks for any, else its vCPUs."""
         return float(self.replica.gpus) if self.replica.gpus > 0 else self.replica.cpu
+
+    @property
+    def wait_scale(self) -> float:
+        """Kingman's factor on the M/M/c queueing wait, for Poisson arrivals: a real service is rarely exponential."""
+        return 0.5 * (1.0 + self.service_cv * self.service_cv)
 
     @property
     def replica_rps(self) -> float:

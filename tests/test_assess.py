@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import yaml
 
-from rlscale.assess.fit import replay
-from rlscale.assess.history import AssessError
+from rlscale.assess.fit import fit_service, replay
+from rlscale.assess.history import AssessError, History
 from rlscale.assess.run import assess
 from rlscale.assess.service import load_service
 from rlscale.clusters.local.procs import free_port
@@ -52,13 +52,13 @@ def service_yaml(tmp: Path, **history: object) -> Path:
     return path
 
 
-def synthetic_history(tmp: Path) -> dict[str, np.ndarray]:
+def synthetic_history(tmp: Path, service_cv: float = 1.0, night_rps: float = 40.0) -> dict[str, np.ndarray]:
     """A day-shaped load served by an HPA-like replica count, measured by replaying it in the simulator."""
     k = np.arange(N)
-    rates = 40.0 + 60.0 * np.sin(np.pi * k / N) ** 2 + 3.0 * np.sin(k / 3.0)
+    rates = night_rps + 60.0 * np.sin(np.pi * k / N) ** 2 + 3.0 * np.sin(k / 3.0)
     ready = np.clip(np.ceil(rates / (0.65 * CAPACITY)), 2, 12)
     config = load_service(service_yaml(tmp))
-    r = replay(config, WORK_S, CAPACITY * WORK_S, rates, ready, STEP)
+    r = replay(config, WORK_S, CAPACITY * WORK_S, rates, ready, STEP, service_cv)
     util = rates / (ready * CAPACITY)
     return {"arrivals": rates, "ready": ready, "p95": r.latency_p95_s, "util": util}
 
@@ -162,6 +162,25 @@ def test_fit_recovers_the_capacity_and_service_time_the_history_was_made_with(tm
     meta = json.loads((tmp_path / "report" / "fit.json").read_text())
     assert meta["fit"]["errors"]["latency_intervals"] == N
     assert "p95 latency off by" in sc.description
+
+
+def test_fit_recovers_how_variable_the_service_time_was(tmp_path: Path) -> None:
+    """A service whose latency rises gently with load (near-constant service time) is fitted as such, not as M/M/c.
+
+    The history has a quiet night (2 replicas 10-20% busy), where latency is the service time itself: without
+    one, a shorter service time with a steeper wait fits a busy day about as well.
+    """
+    for made_with in (0.3, 1.4):
+        series = synthetic_history(tmp_path, service_cv=made_with, night_rps=5.0)
+        config = load_service(service_yaml(tmp_path))
+        history = History(step_s=STEP, t=T0 + STEP * np.arange(1, N + 1),
+                          series={"arrivals_rps": series["arrivals"], "ready": series["ready"],
+                                  "latency_p95_s": series["p95"], "utilisation": series["util"]},
+                          filled=np.zeros(N, dtype=bool))
+        fit = fit_service(config, history)
+        assert fit.service_cv == pytest.approx(made_with, abs=0.15), made_with
+        assert fit.work_s == pytest.approx(WORK_S, rel=0.05)
+        assert fit.errors.latency_p95_median_ape < 0.02
 
 
 def test_fit_without_a_utilisation_query_uses_latency_alone(tmp_path: Path) -> None:

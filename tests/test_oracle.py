@@ -71,7 +71,7 @@ def test_need_is_the_fewest_replicas_whose_p95_meets_the_slo_in_the_planning_mod
     for lam, r in zip(arrivals[0, :, 0], need[0, :, 0]):
         def p95(n: int) -> float:
             cap = n * v / 0.05
-            return K._queue_p95(lam / cap, n, cap, 0.05 / v) if lam > 0 else 0.0
+            return K._queue_p95(lam / cap, n, cap, 0.05 / v, 1.0) if lam > 0 else 0.0
         assert r >= 2 and p95(r) <= 0.25
         if r > 2:
             assert p95(r - 1) > 0.25

@@ -382,6 +382,23 @@ def test_beyond_the_queue_limit_requests_are_dropped_and_the_backlog_carries_ove
     assert third.backlog[0, 0] == 0.0 and third.served[0, 0] == pytest.approx(1000.0)
 
 
+def test_a_constant_service_time_waits_half_as_long_as_an_exponential_one() -> None:
+    """Kingman: the wait scales by (1 + cv^2) / 2; the default cv 1 is M/M/c exactly, the same bits as before cv existed."""
+    base = fragmentable(cold_start_s=0.0)
+    runs = {}
+    for cv in (None, 1.0, 0.0):
+        svc = base.services[0] if cv is None else base.services[0].model_copy(update={"service_cv": cv})
+        sim = Simulator(base.model_copy(update={"services": [svc]}), 1)
+        sim.reset(0, 1, np.array([2]))  # 2 replicas serve 40 rps: 34 rps is 85% busy, so requests wait
+        runs[cv] = act(sim, 2, rps=34.0)
+    work = base.services[0].work_s
+    assert runs[None].latency_p95_s.tobytes() == runs[1.0].latency_p95_s.tobytes()
+    wait_exp, wait_const = runs[1.0].latency_p95_s[0, 0] - work, runs[0.0].latency_p95_s[0, 0] - work
+    assert wait_exp > 0.2 * work
+    assert wait_const == pytest.approx(0.5 * wait_exp, rel=1e-9)
+    assert runs[0.0].served.tobytes() == runs[1.0].served.tobytes()  # only latency changes, not throughput
+
+
 # --------------------------------------------------------------------------- malformed scenarios at the CLI
 
 

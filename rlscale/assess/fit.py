@@ -2,10 +2,14 @@
 
 The simulator models a service as ``c`` parallel servers per replica, each
 taking ``work_s`` per request, behind one shared queue (M/M/c with
-Sakasegawa's waiting probability, ``rlscale/sim/kernel.py``). Two numbers
-therefore describe a replica: its capacity ``mu = c / work_s`` (requests/s at
-100% busy) and its service time ``work_s``, the latency of a request that
-does not wait. Both are fitted from the history's intervals, each a pair of
+Sakasegawa's waiting probability, ``rlscale/sim/kernel.py``), whose wait
+Kingman's factor ``(1 + cv^2) / 2`` scales for a service time that is not
+exponential. Three numbers therefore describe a replica: its capacity
+``mu = c / work_s`` (requests/s at 100% busy), its service time ``work_s``,
+the latency of a request that does not wait, and the service time's
+coefficient of variation ``cv``, how steeply latency rises with load (a
+service that mostly waits on I/O of a fixed length is near 0; the M/M/c
+default is 1). All are fitted from the history's intervals, each a pair of
 (arrivals per ready replica, measured p95 latency) plus, where measured,
 the replicas' busy fraction:
 
@@ -14,9 +18,12 @@ the replicas' busy fraction:
    (5-85% busy, no queue: near saturation arrivals outrun what is served)
    takes part; ``mu`` = their arrivals over their busy replica-seconds. Without a
    utilisation query, ``mu`` is fitted jointly with the service time below.
-2. **service time**: the one ``work_s`` (hence ``c = mu * work_s``) whose
-   replay of the whole history, with the replica counts that actually ran,
-   minimises the mean absolute log error of p95 latency. The replay *is* the
+2. **service time and its variability**: the ``work_s`` (hence
+   ``c = mu * work_s``) and ``cv`` whose replay of the whole history, with the
+   replica counts that actually ran, minimises the mean absolute log error of
+   p95 latency (``work_s`` sets latency at low load, ``cv`` its rise with
+   load; one grid over both, coarse to fine; without a utilisation query
+   ``cv`` stays 1). The replay *is* the
    simulator (``Simulator.step``, cold start and provisioning off so the
    ready count is exactly the measured one), so the fitted numbers mean in
    training what they meant in the fit.
@@ -47,6 +54,9 @@ from rlscale.spaces import Action
 
 SUBSTEPS = 5
 BUSY_RANGE = (0.05, 0.85)
+CV_RANGE = (0.0, 2.0)
+STARTS = 3
+"""Coefficients of variation the fit searches: constant service time to twice an exponential's."""
 
 
 @dataclass
@@ -79,6 +89,7 @@ class Fit:
     capacity_rps: float
     work_s: float
     servers: float
+    service_cv: float
     capacity_from: str
     cold_start_s: float
     provision_delay_s: float
@@ -90,7 +101,7 @@ class Fit:
 
 
 def replay(config: ServiceConfig, work_s: float, servers: float, arrivals: np.ndarray, ready: np.ndarray,
-           step_s: float) -> Replay:
+           step_s: float, service_cv: float = 1.0) -> Replay:
     """Play the history through the simulator with the measured ready replicas in every interval.
 
     ``ready`` is a mean over each interval (2.2 = a third replica for a fifth
@@ -106,7 +117,7 @@ def replay(config: ServiceConfig, work_s: float, servers: float, arrivals: np.nd
     frac = mean - lo
     top = max(1, int(np.ceil(mean.max() - 1e-9)))
     parts = max(1, min(SUBSTEPS, int(step_s)))  # each part at least 1 s, a scenario's shortest step
-    sc = _scenario_for_replay(config, work_s, servers, top, step_s / parts)
+    sc = _scenario_for_replay(config, work_s, servers, top, step_s / parts, service_cv)
     sim = Simulator(sc, 1)
     sim.reset(0, key=12345, initial_replicas=np.rint(mean[:1]).astype(np.int64))
     p95 = np.zeros(arrivals.size)
@@ -127,7 +138,8 @@ def replay(config: ServiceConfig, work_s: float, servers: float, arrivals: np.nd
     return Replay(p95, util, np.rint(mean).astype(np.int64))
 
 
-def _scenario_for_replay(config: ServiceConfig, work_s: float, servers: float, top: int, step_s: float) -> Scenario:
+def _scenario_for_replay(config: ServiceConfig, work_s: float, servers: float, top: int, step_s: float,
+                         service_cv: float) -> Scenario:
     data = {
         "name": "assess-replay",
         "step_s": step_s,
@@ -137,7 +149,7 @@ def _scenario_for_replay(config: ServiceConfig, work_s: float, servers: float, t
                    "max_nodes": max(top, 1), "idle_release_s": 0}],
         "services": [{"name": config.service, "work_s": work_s, "replica": {"cpu": servers, "memory_gib": 1.0},
                       "cold_start_s": 0.0, "min_replicas": 0, "max_replicas": max(top, 1),
-                      "queue_limit": config.limits.queue_limit, "slo": {"p95_latency_s": config.slo_s},
+                      "queue_limit": config.limits.queue_limit, "service_cv": service_cv, "slo": {"p95_latency_s": config.slo_s},
                       "pools": ["replay"], "workload": {"peak_rps": 1.0}}],
         "reward": {"cost_scale": 1.0},
         "imbalance": {"drift_sigma": 0.0, "drift_reversion": 0.0, "contention": 0.0},
@@ -224,43 +236,76 @@ def fit_service(config: ServiceConfig, history: History, progress: Callable[[flo
         mu_range = (np.log(top * 0.5), np.log(top * 8.0))
     else:
         mu_range = (np.log(mu), np.log(mu))
-    # the service time: from a fifth of the fastest p95 seen (5th percentile) to one and a half times it
-    w_range = (np.log(floor * 0.2), np.log(floor * 1.5))
-    cache: dict[tuple[float, float], float] = {}
+    # the service time: from half the fastest p95 seen (5th percentile) to one and a half times it
+    w_range = (np.log(floor * 0.5), np.log(floor * 1.5))
+    cache: dict[tuple[float, float, float], float] = {}
 
-    def loss(log_mu: float, log_w: float) -> float:
-        key = (round(log_mu, 9), round(log_w, 9))
+    def loss(log_mu: float, log_w: float, cv: float) -> float:
+        key = (round(log_mu, 9), round(log_w, 9), round(cv, 9))
         if key not in cache:
             m, w = math.exp(log_mu), math.exp(log_w)
-            cache[key] = _latency_loss(history, replay(config, w, m * w, arrivals, ready, step))
+            cache[key] = _latency_loss(history, replay(config, w, m * w, arrivals, ready, step, cv))
         return cache[key]
 
-    # coarse to fine in log space: a grid, then a grid three times finer around the best point, twice
-    n_mu = 1 if mu_range[0] == mu_range[1] else 9
-    n_w = 13
-    rounds = 3
-    for r in range(rounds):
-        mus = np.linspace(*mu_range, n_mu) if n_mu > 1 else np.array([mu_range[0]])
-        ws = np.linspace(*w_range, n_w)
-        scores = np.array([[loss(m, w) for w in ws] for m in mus])
-        i, j = np.unravel_index(int(np.argmin(scores)), scores.shape)
-        best_mu, best_w = float(mus[i]), float(ws[j])
-        d_w = (w_range[1] - w_range[0]) / (n_w - 1)
-        w_range = (best_w - d_w, best_w + d_w)
-        if n_mu > 1:
-            d_mu = (mu_range[1] - mu_range[0]) / (n_mu - 1)
-            mu_range = (best_mu - d_mu, best_mu + d_mu)
-        if progress is not None:
-            progress((r + 1) / rounds)
+    # a coarse grid over (log capacity, log service time, cv) finds the basin, a compass search its floor. Without
+    # utilisation cv stays at the M/M/c default: latency alone cannot tell a replica's capacity from its service
+    # time's variability.
+    ranges = [mu_range, w_range, CV_RANGE if mu is not None else (1.0, 1.0)]
+    sizes = [1 if mu is not None else 9, 9 if mu is not None else 13, 9 if mu is not None else 1]
+    axes = [np.linspace(lo, hi, n) if n > 1 else np.array([lo]) for (lo, hi), n in zip(ranges, sizes)]
+    points = [(m, w, cv) for m in axes[0] for w in axes[1] for cv in axes[2]]
+    scores = [loss(*pt) for pt in points]
+    if progress is not None:
+        progress(0.4)
+    steps = [(hi - lo) / (n - 1) if n > 1 else 0.0 for (lo, hi), n in zip(ranges, sizes)]
+    bounds = [(-math.inf, math.inf)] * 2 + [CV_RANGE]
+    # from the three best grid points: a service time and a variability can trade off along a narrow valley
+    ends = [compass(lambda x: loss(*x), points[i], steps, bounds) for i in np.argsort(scores)[:STARTS]]
+    best_mu, best_w, best_cv = min(ends, key=lambda x: loss(*x))
+    if progress is not None:
+        progress(1.0)
     mu_best, w_best = math.exp(best_mu), math.exp(best_w)
-    final = replay(config, w_best, mu_best * w_best, arrivals, ready, step)
+    final = replay(config, w_best, mu_best * w_best, arrivals, ready, step, best_cv)
     cold, provision, source, events, more = delays(config, history)
     notes += more
     return Fit(
-        capacity_rps=mu_best, work_s=w_best, servers=mu_best * w_best, capacity_from=capacity_from,
+        capacity_rps=mu_best, work_s=w_best, servers=mu_best * w_best, service_cv=best_cv, capacity_from=capacity_from,
         cold_start_s=cold, provision_delay_s=provision, delays_from=source, scale_up_events=events,
         errors=errors(history, final), replay=final, notes=notes,
     )
+
+
+def compass(f: Callable[[tuple[float, ...]], float], start: tuple[float, ...], steps: list[float],
+            bounds: list[tuple[float, float]], shrink_to: float = 1 / 32, max_evals: int = 120) -> tuple[float, ...]:
+    """Compass search: move to the best of +-step along each axis; halve the steps when none is better.
+
+    Derivative-free and monotone, so a replay (piecewise, clipped) is a fine
+    objective; the grid before it has already picked the basin. Axes with a
+    zero step are held.
+    """
+    x = tuple(float(v) for v in start)
+    fx = f(x)
+    step = list(steps)
+    floor = [s * shrink_to for s in steps]
+    evals = 0
+    while evals < max_evals and any(s > lo for s, lo in zip(step, floor)):
+        moves = []
+        for i, s in enumerate(step):
+            if s <= floor[i]:
+                continue
+            for sign in (1.0, -1.0):
+                y = list(x)
+                y[i] = min(max(x[i] + sign * s, bounds[i][0]), bounds[i][1])
+                if y[i] != x[i]:
+                    moves.append(tuple(y))
+        scored = [(f(y), y) for y in moves]
+        evals += len(scored)
+        better = min(scored, default=(math.inf, x))
+        if better[0] < fx:
+            fx, x = better
+        else:
+            step = [s / 2.0 for s in step]
+    return x
 
 
 def delays(config: ServiceConfig, history: History) -> tuple[float, float, str, int, list[str]]:
@@ -306,6 +351,7 @@ def summary(fit: Fit) -> dict[str, Any]:
         "capacity_rps_per_replica": round(fit.capacity_rps, 4),
         "service_time_s": round(fit.work_s, 5),
         "servers_per_replica": round(fit.servers, 4),
+        "service_cv": round(fit.service_cv, 4),
         "capacity_from": fit.capacity_from,
         "cold_start_s": round(fit.cold_start_s, 3),
         "provision_delay_s": round(fit.provision_delay_s, 3),

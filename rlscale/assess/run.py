@@ -61,8 +61,8 @@ def assess(prometheus: str, config_path: str | Path, days: float, out: str | Pat
 def describe(a: Assessment) -> list[str]:
     f = a.fit
     return [
-        f"capacity {f.capacity_rps:.2f} req/s per replica (from {f.capacity_from}), service time {f.work_s * 1000:.1f} ms, "
-        f"cold start {f.cold_start_s:.2f} s ({f.scale_up_events} scale-ups), provisioning {f.provision_delay_s:.2f} s",
+        f"capacity {f.capacity_rps:.2f} req/s per replica (from {f.capacity_from}), service time {f.work_s * 1000:.1f} ms "
+        f"(cv {f.service_cv:.2f}), cold start {f.cold_start_s:.2f} s ({f.scale_up_events} scale-ups), provisioning {f.provision_delay_s:.2f} s",
         f"replay of {a.history.size} intervals: {errors_line(f)}",
         *(f"note: {n}" for n in a.history.notes + f.notes),
         f"report: {a.report / 'report.md'}",

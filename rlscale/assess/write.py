@@ -64,8 +64,8 @@ def scenario_data(config: ServiceConfig, fit: Fit, history: History, cut: int, n
         "description": (
             f"Fitted by `rlscale assess` to {config.service!r}'s Prometheus history {iso(history.t[0] - step)}.."
             f"{iso(history.t[-1])} ({history.size} intervals of {step:g} s; the first {cut} are the training trace): "
-            f"{fit.capacity_rps:.2f} req/s per replica ({fit.capacity_from}), service time {fit.work_s * 1000:.1f} ms, "
-            f"cold start {fit.cold_start_s:.2f} s. Replay of the history: {errors_line}."
+            f"{fit.capacity_rps:.2f} req/s per replica ({fit.capacity_from}), service time {fit.work_s * 1000:.1f} ms "
+            f"(cv {fit.service_cv:.2f}), cold start {fit.cold_start_s:.2f} s. Replay of the history: {errors_line}."
         ),
         "step_s": step,
         "substeps": 5,
@@ -81,7 +81,8 @@ def scenario_data(config: ServiceConfig, fit: Fit, history: History, cut: int, n
             "replica": {"cpu": round(fit.servers, 6), "memory_gib": config.replica.memory_gib},
             "cold_start_s": round(fit.cold_start_s, 3),
             "min_replicas": config.limits.min_replicas, "max_replicas": config.limits.max_replicas,
-            "queue_limit": config.limits.queue_limit, "slo": {"p95_latency_s": config.slo_s}, "pools": [pool.name],
+            "queue_limit": config.limits.queue_limit, "service_cv": round(fit.service_cv, 4),
+            "slo": {"p95_latency_s": config.slo_s}, "pools": [pool.name],
             "workload": {"peak_rps": float(f"{max(float(np.percentile(train, 99)), 1e-6):.6g}"), "noise": 0.0,
                          "trace": trace_name},
         }],
@@ -154,6 +155,7 @@ def markdown(config: ServiceConfig, fit: Fit, history: History, cut: int, files:
         f"| capacity per replica | {fit.capacity_rps:.2f} req/s | {fit.capacity_from} |",
         f"| service time (`work_s`) | {fit.work_s * 1000:.1f} ms | p95 latency, replayed |",
         f"| parallel servers per replica (`replica.cpu`) | {fit.servers:.3f} | capacity x service time |",
+        f"| service time's coefficient of variation (`service_cv`) | {fit.service_cv:.2f} | p95 latency's rise with load, replayed |",
         f"| cold start | {fit.cold_start_s:.2f} s | {fit.delays_from} ({fit.scale_up_events} replicas) |",
         f"| provisioning delay | {fit.provision_delay_s:.2f} s | {fit.delays_from if config.pool.provision_delay_s is None else 'service.yaml'} |",
         "",
@@ -201,8 +203,8 @@ def write_all(config: ServiceConfig, fit: Fit, history: History, out: Path, repo
     data = scenario_data(config, fit, history, cut, name, train_csv.name, line)
     header = (
         f"# Written by `{command}`; edit by re-running it.\n"
-        f"# Fit: {fit.capacity_rps:.3f} req/s per replica ({fit.capacity_from}), service time {fit.work_s * 1000:.2f} ms, "
-        f"cold start {fit.cold_start_s:.2f} s, provisioning {fit.provision_delay_s:.2f} s\n"
+        f"# Fit: {fit.capacity_rps:.3f} req/s per replica ({fit.capacity_from}), service time {fit.work_s * 1000:.2f} ms "
+        f"(cv {fit.service_cv:.3f}), cold start {fit.cold_start_s:.2f} s, provisioning {fit.provision_delay_s:.2f} s\n"
         f"# Replay errors: {line}\n"
         f"# History: {history_csv.name}; held out: {holdout_csv.name if cut < history.size else 'none'}; report: {report}\n"
     )

@@ -159,7 +159,7 @@ from rlscale.sim import Simulator
 from rlscale.sim import kernel as K
 from rlscale.sim.params import (
     P_PRICE, P_SPEED,
-    S_BATCH, S_MAX, S_QLIMIT, S_SERVERS, S_SLO, S_WORK,
+    S_BATCH, S_MAX, S_QLIMIT, S_SERVERS, S_SLO, S_WAIT, S_WORK,
     build_params,
 )
 from rlscale.spaces import REBALANCE_CONSOLIDATE, Action, Metrics
@@ -204,7 +204,7 @@ def lead_steps(scenario: Scenario) -> np.ndarray:
 @njit(cache=True)
 def _online_ok(lam, r, svc_f, s, v):
     cap = r * svc_f[s, S_SERVERS] * v / svc_f[s, S_WORK]
-    return K._queue_p95(lam / cap, r * svc_f[s, S_SERVERS], cap, svc_f[s, S_WORK] / v) <= svc_f[s, S_SLO]
+    return K._queue_p95(lam / cap, r * svc_f[s, S_SERVERS], cap, svc_f[s, S_WORK] / v, svc_f[s, S_WAIT]) <= svc_f[s, S_SLO]
 
 
 @njit(cache=True)
@@ -476,12 +476,12 @@ def _speed_bound(key, T, pool_f, node_pool, misc):
 
 
 @njit(cache=True)
-def _p95_at(lam, cap, c_max, slowest):
-    return K._queue_p95(lam / cap, c_max, cap, slowest)
+def _p95_at(lam, cap, c_max, slowest, wait_scale):
+    return K._queue_p95(lam / cap, c_max, cap, slowest, wait_scale)
 
 
 @njit(cache=True)
-def _capacity_a(lam, c_max, slowest, slo, dt):
+def _capacity_a(lam, c_max, slowest, slo, dt, wait_scale):
     """Least capacity with the p95 at ``slowest`` within ``slo`` (case A of proof (b))."""
     backlog_bound = lam * min(0.95, dt / (dt + slo))
     if 20.0 * slowest <= slo:
@@ -490,13 +490,13 @@ def _capacity_a(lam, c_max, slowest, slo, dt):
     if slowest > slo:
         return lo  # no policy meets the SLO here, so any bound holds
     hi = lo * 2.0
-    while _p95_at(lam, hi, c_max, slowest) > slo:
+    while _p95_at(lam, hi, c_max, slowest, wait_scale) > slo:
         hi *= 2.0
-    if _p95_at(lam, lo * (1.0 + 1e-12), c_max, slowest) <= slo:
+    if _p95_at(lam, lo * (1.0 + 1e-12), c_max, slowest, wait_scale) <= slo:
         return lo
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        if _p95_at(lam, mid, c_max, slowest) <= slo:
+        if _p95_at(lam, mid, c_max, slowest, wait_scale) <= slo:
             hi = mid
         else:
             lo = mid
@@ -520,7 +520,7 @@ def _online_capacity(arrivals, vmax, allowed, svc_f, dt):
                     v = max(v, vmax[k, p])
             slo = svc_f[s, S_SLO]
             c_max = svc_f[s, S_MAX] * svc_f[s, S_SERVERS]
-            need_a[k, s] = _capacity_a(lam, c_max, svc_f[s, S_WORK] / v, slo, dt)
+            need_a[k, s] = _capacity_a(lam, c_max, svc_f[s, S_WORK] / v, slo, dt, svc_f[s, S_WAIT])
             need_b[k, s] = lam * min(0.95, dt / (dt + slo))
     return need_a, need_b
 

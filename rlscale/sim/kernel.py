@@ -31,7 +31,7 @@ from numba import njit, prange
 
 from rlscale.sim.params import (
     P_DELAY, P_GPU, P_IDLE, P_MEM, P_MIN, P_PRICE, P_SPEED, P_SPOT, P_VCPU,
-    S_BATCH, S_COLD, S_CPU, S_GPU, S_MAX, S_MEM, S_MIN, S_QLIMIT, S_SERVERS, S_SLO, S_WORK,
+    S_BATCH, S_COLD, S_CPU, S_GPU, S_MAX, S_MEM, S_MIN, S_QLIMIT, S_SERVERS, S_SLO, S_WAIT, S_WORK,
 )
 
 ABSENT, PROVISIONING, READY = 0, 1, 2
@@ -306,15 +306,19 @@ def _rebalance(n, verb, rep, warming, warm_left, node_state, node_f, svc_f, pool
 
 
 @njit(cache=True, inline="always")
-def _queue_p95(rho, c, rate, service_s):
-    """p95 response of an M/M/c queue: the slow-node service time plus the wait tail (Sakasegawa's P(wait))."""
+def _queue_p95(rho, c, rate, service_s, wait_scale):
+    """p95 response of a G/G/c queue: the slow-node service time plus the M/M/c wait tail (Sakasegawa's P(wait)).
+
+    ``wait_scale`` is Kingman's (1 + cv^2) / 2 for Poisson arrivals: 1 for
+    exponential service (M/M/c exactly), 1/2 for constant service.
+    """
     if rho >= 0.999:
         return service_s * 20.0
     if rho <= 0.0:
         return service_s
     pw = min(1.0, rho ** (math.sqrt(2.0 * (max(1.0, c) + 1.0)) - 1.0))
     wait = math.log(pw / 0.05) / (rate * (1.0 - rho)) if pw > 0.05 else 0.0
-    return service_s + wait
+    return service_s + wait * wait_scale
 
 
 def _step_batch(
@@ -446,7 +450,7 @@ def _step_batch(
                         slowest = slowest_any  # no node holds 5% of the capacity: the slowest one still serves
                     hot_s = slowest * cap_rate / c - 1.0
                     if not batch:
-                        p95 = _queue_p95(lam / cap_rate, c, cap_rate, slowest)
+                        p95 = _queue_p95(lam / cap_rate, c, cap_rate, slowest, svc_f[s, S_WAIT])
                 elif demand > 0.0:
                     util_add = 1.0 / substeps
                 left = demand - served
