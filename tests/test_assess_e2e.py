@@ -29,6 +29,7 @@ from rlscale.config import load_scenario
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_BINARIES = all(shutil.which(b) for b in ("haproxy", "prometheus"))
 needs_binaries = pytest.mark.skipif(not HAVE_BINARIES, reason="haproxy and prometheus are not installed (.ci/run installs them)")
+pytestmark = pytest.mark.xdist_group("real-cluster")  # one timed real cluster at a time (tests/test_local_cluster.py)
 
 STEP_S = 5.0
 HISTORY_S = 70.0

@@ -31,9 +31,9 @@ from rlscale.config import load_scenario
 from rlscale.loadgen import replay
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_local_cluster import _constant_plan, _scenario_file, needs_binaries  # noqa: E402
+from test_local_cluster import REAL_CLUSTER, _constant_plan, _scenario_file, needs_binaries  # noqa: E402
 
-pytestmark = [pytest.mark.slow, needs_binaries]
+pytestmark = [pytest.mark.slow, needs_binaries, REAL_CLUSTER]
 RATE = 24.0  # requests/s
 BEFORE_KILL_S, AFTER_KILL_S = 6.0, 30.0
 

@@ -42,6 +42,9 @@ HAVE_BINARIES = all(
     for b in ("haproxy", "prometheus")
 )
 needs_binaries = pytest.mark.skipif(not HAVE_BINARIES, reason="haproxy and prometheus are not installed (.ci/run installs them)")
+REAL_CLUSTER = pytest.mark.xdist_group("real-cluster")
+"""Timed real-cluster tests share one pytest-xdist worker (``--dist loadgroup``): never two such clusters on 2 cores at once."""
+pytestmark = REAL_CLUSTER
 
 
 def _constant_plan(rate: float, seconds: float) -> Plan:

@@ -18,8 +18,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -148,9 +149,20 @@ def test_the_readme_runs_the_test_command_ci_runs() -> None:
     assert "make test" in readme_commands(README.read_text()) and "\nmake test\n" in ci
 
 
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A scratch directory with a short path: the README's `--run-dir runs/local-cluster` holds Unix sockets, whose
+    paths may not exceed ~100 bytes, and pytest's own (longer still under pytest-xdist) can exceed that."""
+    path = Path(tempfile.mkdtemp(prefix="rls-readme-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_every_readme_command_runs_in_a_shortened_form(tmp_path: Path) -> None:
-    cwd = workspace(tmp_path)
+def test_every_readme_command_runs_in_a_shortened_form(short_tmp: Path) -> None:
+    cwd = workspace(short_tmp)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "COLUMNS": "100"}
     local_ok = shutil.which("haproxy") is not None and shutil.which("prometheus") is not None
     background: list[tuple[str, subprocess.Popen[str]]] = []
