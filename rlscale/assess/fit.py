@@ -22,8 +22,8 @@ the replicas' busy fraction:
    ``c = mu * work_s``) and ``cv`` whose replay of the whole history, with the
    replica counts that actually ran, minimises the mean absolute log error of
    p95 latency (``work_s`` sets latency at low load, ``cv`` its rise with
-   load; one grid over both, coarse to fine; without a utilisation query
-   ``cv`` stays 1). The replay *is* the
+   load; a grid over both, then a compass search from its best points;
+   without a utilisation query ``cv`` stays 1). The replay *is* the
    simulator (``Simulator.step``, cold start and provisioning off so the
    ready count is exactly the measured one), so the fitted numbers mean in
    training what they meant in the fit.
@@ -55,8 +55,9 @@ from rlscale.spaces import Action
 SUBSTEPS = 5
 BUSY_RANGE = (0.05, 0.85)
 CV_RANGE = (0.0, 2.0)
-STARTS = 3
 """Coefficients of variation the fit searches: constant service time to twice an exponential's."""
+STARTS = 3
+"""Grid points a compass search starts from (the best ones)."""
 
 
 @dataclass
@@ -250,8 +251,10 @@ def fit_service(config: ServiceConfig, history: History, progress: Callable[[flo
     # a coarse grid over (log capacity, log service time, cv) finds the basin, a compass search its floor. Without
     # utilisation cv stays at the M/M/c default: latency alone cannot tell a replica's capacity from its service
     # time's variability.
-    ranges = [mu_range, w_range, CV_RANGE if mu is not None else (1.0, 1.0)]
-    sizes = [1 if mu is not None else 9, 9 if mu is not None else 13, 9 if mu is not None else 1]
+    if mu is None:
+        ranges, sizes = [mu_range, w_range, (1.0, 1.0)], [9, 13, 1]
+    else:
+        ranges, sizes = [mu_range, w_range, CV_RANGE], [1, 9, 9]
     axes = [np.linspace(lo, hi, n) if n > 1 else np.array([lo]) for (lo, hi), n in zip(ranges, sizes)]
     points = [(m, w, cv) for m in axes[0] for w in axes[1] for cv in axes[2]]
     scores = [loss(*pt) for pt in points]
