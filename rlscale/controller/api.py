@@ -25,7 +25,6 @@ restart does not cure, but an operator must see it.
 from __future__ import annotations
 
 import hmac
-import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -37,9 +36,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rlscale.controller.audit import AuditLog
+from rlscale.controller.audit import AuditLog, dumps_bytes
 from rlscale.controller.decision import Decider
-from rlscale.controller.guards import GuardState, valid_desired
+from rlscale.controller.guards import CLUSTER_WIDE, PER_POOL, PER_SERVICE, GuardState, valid_desired
 from rlscale.controller.telemetry import Telemetry
 from rlscale.spaces import HISTORY_LEN, Metrics
 
@@ -93,6 +92,15 @@ def _array(values: list[float | None] | None, width: int, name: str) -> np.ndarr
     return np.array([[np.nan if v is None else v for v in values]], dtype=np.float64)
 
 
+def _arrays(body: DecideRequest, names: tuple[str, ...], width: int) -> dict[str, np.ndarray | None]:
+    """Each field as a ``[1, width]`` row; when all are complete, rows of one array (one conversion, not one per field)."""
+    values = [getattr(body, k) for k in names]
+    if all(v is not None and len(v) == width and None not in v for v in values):
+        block = np.array(values, dtype=np.float64)
+        return {k: block[i : i + 1] for i, k in enumerate(names)}
+    return {k: _array(v, width, k) for k, v in zip(names, values)}
+
+
 def _scalar(value: float | None) -> np.ndarray | None:
     return None if value is None else np.array([value], dtype=np.float64)
 
@@ -102,9 +110,9 @@ def request_metrics(body: DecideRequest, services: tuple[str, ...], n_pools: int
     if body.services is not None and tuple(body.services) != services:
         raise HTTPException(422, f"services: expected {list(services)} (the served policy's), got {body.services[:16]}")
     S = len(services)
-    per_service = {k: _array(getattr(body, k), S, k) for k in ("arrivals_rps", "ready", "desired", "utilisation", "latency_p95_s", "backlog", "dropped")}
-    per_pool = {k: _array(getattr(body, k), n_pools, k) for k in ("nodes_ready", "nodes_provisioning", "packing")}
-    cluster = {k: _scalar(getattr(body, k)) for k in ("time_s", "cost_rate_usd_h", "hot_spot", "rebalancing")}
+    per_service = _arrays(body, PER_SERVICE, S)
+    per_pool = _arrays(body, PER_POOL, n_pools)
+    cluster = {k: _scalar(getattr(body, k)) for k in CLUSTER_WIDE}
     history = None
     if body.history_rps:
         rows = [_array(row, S, "history_rps[]") for row in body.history_rps]
@@ -115,7 +123,14 @@ def request_metrics(body: DecideRequest, services: tuple[str, ...], n_pools: int
 
 
 class RequestGate:
-    """ASGI middleware: bearer token and body-size limit, checked before the app parses anything."""
+    """ASGI middleware: bearer token and body-size limit, checked before the app parses anything.
+
+    ``direct`` maps (method, path) to a handler of the whole body that returns
+    a status and a JSON body: the hot ``POST /v1/decide`` is answered here, after
+    the gate's checks, without FastAPI's middleware stack (about 60 us of CPU per
+    request of the bare endpoint's 120, for features this route does not use).
+    Other methods on that path still reach the app (405).
+    """
 
     def __init__(
         self,
@@ -124,9 +139,11 @@ class RequestGate:
         max_body: int = MAX_BODY_BYTES,
         open_paths: tuple[str, ...] = ("/healthz",),
         reject: Callable[[int, Any, str], None] | None = None,
+        direct: dict[tuple[str, str], Callable[[bytes], tuple[int, bytes]]] | None = None,
     ) -> None:
         self.app = app
         self.reject = reject
+        self.direct = direct or {}
         self.expected = None if token is None else token.encode()
         self.max_body = max_body
         self.open_paths = open_paths
@@ -165,7 +182,14 @@ class RequestGate:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        handler = self.direct.get((scope["method"], scope["path"]))
+        if handler is not None:
+            status, payload = handler(body)
+            await send({"type": "http.response.start", "status": status, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -183,6 +207,35 @@ class RequestGate:
         await JSONResponse({"detail": detail}, status_code=status, headers=headers)(scope, receive, send)
 
 
+class DecideEndpoint:
+    """``POST /v1/decide``: request body in, status and JSON body out (pydantic-core validates straight from bytes)."""
+
+    def __init__(self, decider: Decider, telemetry: Telemetry, audit: AuditLog | None, policy_name: str) -> None:
+        self.decider = decider
+        self.telemetry = telemetry
+        self.audit = audit
+        self.policy_name = policy_name
+        self.n_pools = len(decider.config.max_nodes)
+
+    def __call__(self, raw: bytes) -> tuple[int, bytes]:
+        try:
+            body = DecideRequest.model_validate_json(raw)
+        except ValidationError as err:
+            return 422, dumps_bytes({"detail": _errors(err.errors())})
+        decider = self.decider
+        try:
+            m, history = request_metrics(body, decider.services, self.n_pools)
+        except HTTPException as err:
+            return err.status_code, dumps_bytes({"detail": err.detail})
+        t = float(body.time_s) if body.time_s is not None and math.isfinite(body.time_s) else 0.0
+        state = GuardState(last_replicas=valid_desired(m.desired, decider.config))
+        decision = decider.decide(m, float(body.age_s), t, state, source="api", fresh=True, history_rps=history)
+        if self.audit is not None:
+            self.audit.write(decision.audit())
+        self.telemetry.record("api", decision.latency_s, decision.fallback_reason, [a.guard for a in decision.adjustments])
+        return 200, dumps_bytes({"policy": self.policy_name, **decision.response()})
+
+
 def create_app(
     decider: Decider,
     telemetry: Telemetry,
@@ -196,8 +249,6 @@ def create_app(
 ) -> ASGIApp:
     """The ASGI app: FastAPI routes behind ``RequestGate``."""
     app = FastAPI(title="rlscale controller", docs_url=None, redoc_url=None)
-    services = decider.services
-    n_pools = len(decider.config.max_nodes)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -213,21 +264,12 @@ def create_app(
     async def metrics() -> Response:
         return Response(telemetry.exposition(), media_type=telemetry.content_type)
 
+    endpoint = DecideEndpoint(decider, telemetry, audit, policy_name)
+
     @app.post("/v1/decide", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": REQUEST_SCHEMA}}}})
     async def decide(request: Request) -> Response:
-        # The body is parsed and validated by pydantic-core straight from bytes (no FastAPI body machinery): cheaper per request.
-        try:
-            body = DecideRequest.model_validate_json(await request.body())
-        except ValidationError as err:
-            return JSONResponse({"detail": _errors(err.errors())}, status_code=422)
-        m, history = request_metrics(body, services, n_pools)
-        t = float(body.time_s) if body.time_s is not None and math.isfinite(body.time_s) else 0.0
-        state = GuardState(last_replicas=valid_desired(m.desired, decider.config))
-        decision = decider.decide(m, float(body.age_s), t, state, source="api", fresh=True, history_rps=history)
-        if audit is not None:
-            audit.write(decision.audit())
-        telemetry.record("api", decision.latency_s, decision.fallback_reason, [a.guard for a in decision.adjustments])
-        payload = {"policy": policy_name, **decision.response()}
-        return Response(json.dumps(payload, allow_nan=False, separators=(",", ":")), media_type="application/json")
+        """The schema's entry and other methods' 405; the gate answers POST itself with the same endpoint."""
+        status, payload = endpoint(await request.body())
+        return Response(payload, status_code=status, media_type="application/json")
 
-    return RequestGate(app, token, max_body, reject=reject)
+    return RequestGate(app, token, max_body, reject=reject, direct={("POST", "/v1/decide"): endpoint})

@@ -35,6 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from rlscale.atomic import finite
 from rlscale.config import ConfigError
 
@@ -50,10 +52,26 @@ _FIRST_LINE_LIMIT = 1 << 20
 
 def dumps(record: dict[str, Any]) -> str:
     """One JSON line; NaN and infinities become null."""
+    return dumps_bytes(record).decode()
+
+
+_ORJSON = orjson.OPT_SERIALIZE_NUMPY
+
+
+def dumps_bytes(record: Any, newline: bool = False) -> bytes:
+    """``dumps`` as bytes, by orjson (a tenth of ``json``'s time: the audit line was a sixth of a decision's cost).
+
+    orjson writes NaN and infinities as null already; what it refuses (integers beyond 64 bits, odd types)
+    goes through ``json`` as before.
+    """
     try:
-        return json.dumps(record, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        return json.dumps(finite(record), separators=(",", ":"), allow_nan=False)
+        return orjson.dumps(record, option=_ORJSON | orjson.OPT_APPEND_NEWLINE if newline else _ORJSON)
+    except TypeError:
+        try:
+            text = json.dumps(record, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            text = json.dumps(finite(record), separators=(",", ":"), allow_nan=False)
+        return (text + "\n" if newline else text).encode()
 
 
 def is_audit_log(path: Path) -> bool:
@@ -186,7 +204,7 @@ class AuditLog:
             head: dict[str, Any] = {"seq": self._seq, "wall_time": round(time.time(), 6)}
             if self.run is not None:
                 head["run"] = self.run
-            line = (dumps({**head, **record}) + "\n").encode()
+            line = dumps_bytes({**head, **record}, newline=True)
             if len(self._pending) == self._pending.maxlen:
                 self.lines_lost += 1
             self._pending.append(line)

@@ -143,8 +143,11 @@ def metrics_json(metrics: Metrics | None) -> dict[str, Any] | None:
         except (TypeError, ValueError):
             out[name] = repr(value)[:200]
             continue
-        out[name] = flat if name in PER_SERVICE or name in PER_POOL or len(flat) != 1 else flat[0]
+        out[name] = flat if name in _LISTED or len(flat) != 1 else flat[0]
     return out
+
+
+_LISTED = frozenset(PER_SERVICE + PER_POOL)
 
 
 def model_mismatch(policy: Any, scenario: Scenario) -> str | None:
@@ -233,11 +236,11 @@ class Decider:
         replicas: np.ndarray | None = None
         rebalance = 0
         adjustments: list[Adjustment] = []
-        if raw is not None and current is not None:
+        raw_replicas = None if raw is None else np.asarray(raw.replicas[0], dtype=np.int64)
+        raw_rebalance = None if raw is None else int(raw.rebalance[0])
+        if raw_replicas is not None and raw_rebalance is not None and current is not None:
             rebalancing = _scalar(metrics.rebalancing) if metrics is not None and assessment.reason is None else None
-            replicas, rebalance, adjustments = apply_guards(
-                raw.replicas[0], int(raw.rebalance[0]), current, rebalancing, now, state, self.config
-            )
+            replicas, rebalance, adjustments = apply_guards(raw_replicas, raw_rebalance, current, rebalancing, now, state, self.config)
         latency = time.perf_counter() - t0
         return Decision(
             source=source,
@@ -245,8 +248,8 @@ class Decider:
             age_s=age_s,
             metrics=metrics,
             acted_by=acted_by,
-            raw_replicas=None if raw is None else np.asarray(raw.replicas[0], dtype=np.int64),
-            raw_rebalance=None if raw is None else int(raw.rebalance[0]),
+            raw_replicas=raw_replicas,
+            raw_rebalance=raw_rebalance,
             current=current,
             replicas=replicas,
             rebalance=rebalance,
@@ -276,11 +279,12 @@ class Decider:
 
     def _checked(self, action: Action) -> Action:
         S = len(self.services)
-        replicas = np.asarray(action.replicas)
-        rebalance = np.asarray(action.rebalance)
+        replicas, rebalance = action.replicas, action.rebalance
+        if type(replicas) is not np.ndarray or type(rebalance) is not np.ndarray:
+            replicas, rebalance = np.asarray(replicas), np.asarray(rebalance)
         if replicas.shape != (1, S) or rebalance.shape != (1,):
             raise ValueError(f"action has shapes {replicas.shape} and {rebalance.shape}, expected (1, {S}) and (1,)")
-        if not np.issubdtype(replicas.dtype, np.integer) or not np.issubdtype(rebalance.dtype, np.integer):
+        if replicas.dtype.kind not in "iu" or rebalance.dtype.kind not in "iu":
             raise ValueError(f"action has dtypes {replicas.dtype} and {rebalance.dtype}, expected integers")
         return action
 
@@ -294,6 +298,8 @@ class Decider:
 
 
 def _scalar(value: Any) -> float | None:
+    if type(value) is np.ndarray and value.size:
+        return float(value.flat[0])
     try:
         return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
     except (TypeError, ValueError, IndexError):

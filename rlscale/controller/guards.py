@@ -17,10 +17,13 @@ would be served differently with it).
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+
+from numba import njit
 
 from rlscale.config import ConfigError, Scenario
 from rlscale.spaces import REBALANCE_NAMES, Metrics, ObsSpec
@@ -126,7 +129,9 @@ class GuardConfig:
         object.__setattr__(self, "_upper_flat", np.concatenate(uppers).astype(np.float64))
         start = sum(int(np.prod(self._shape(n))) for n in METRIC_FIELDS[: METRIC_FIELDS.index("desired")])
         object.__setattr__(self, "_desired_slice", slice(start, start + len(self.services)))
-        object.__setattr__(self, "_shapes", {name: self._shape(name) for name in METRIC_FIELDS})
+        object.__setattr__(self, "_shape_list", [self._shape(name) for name in METRIC_FIELDS])
+        object.__setattr__(self, "_full_budget", np.full(len(self.services), max(self.max_change_per_minute, 0), dtype=np.int64))
+        object.__setattr__(self, "_never", np.full(len(self.services), -np.inf))
 
     def _shape(self, name: str) -> tuple[int, ...]:
         if name in PER_SERVICE:
@@ -192,6 +197,9 @@ class Assessment:
     bad_services: np.ndarray | None = None
 
 
+_OK = Assessment(None)
+
+
 def assess(metrics: Metrics | None, age_s: float | None, config: GuardConfig, degraded: bool = False) -> Assessment:
     """Check one cluster's metrics (N = 1): present, fresh, finite, non-negative and in range.
 
@@ -210,7 +218,8 @@ def assess(metrics: Metrics | None, age_s: float | None, config: GuardConfig, de
     """
     if metrics is None:
         return Assessment(METRICS_MISSING, "no metrics sample")
-    absent = [name for name in METRIC_FIELDS if getattr(metrics, name) is None]
+    values = _FIELDS_OF(metrics)
+    absent = [name for name, value in zip(METRIC_FIELDS, values) if value is None]
     missing = [name for name in absent if name not in LATENCY_FIELDS]
     if missing:
         return Assessment(METRICS_MISSING, f"missing fields: {', '.join(missing)}")
@@ -218,8 +227,8 @@ def assess(metrics: Metrics | None, age_s: float | None, config: GuardConfig, de
         return Assessment(METRICS_STALE, f"metrics age {age_s!r} s is unknown or in the future")
     if age_s > config.stale_after_s:
         return Assessment(METRICS_STALE, f"metrics are {age_s:g} s old (limit {config.stale_after_s:g} s)")
-    if not absent and not degraded and _all_in_range(metrics, config):
-        return Assessment(None)
+    if not absent and not degraded and _all_in_range(values, config):
+        return _OK
     problems: list[str] = []
     unknown = list(absent)
     bad = np.zeros(len(config.services), dtype=bool)
@@ -254,24 +263,68 @@ def assess(metrics: Metrics | None, age_s: float | None, config: GuardConfig, de
     return Assessment(None)
 
 
-def _all_in_range(metrics: Metrics, config: GuardConfig) -> bool:
-    """The fast path of ``assess``: every value an array of the right shape, finite and within its bounds."""
-    shapes = config._shapes  # type: ignore[attr-defined]
-    values = []
-    for name in METRIC_FIELDS:
-        value = getattr(metrics, name)
-        if type(value) is not np.ndarray or value.shape != shapes[name]:
+def _all_in_range(values: tuple[Any, ...], config: GuardConfig) -> bool:
+    """The fast path of ``assess`` over the ``METRIC_FIELDS`` values: each an array of the right shape, finite
+    and within its bounds."""
+    for value, shape in zip(values, config._shape_list):  # type: ignore[attr-defined]
+        if type(value) is not np.ndarray or value.shape != shape:
             return False
-        values.append(value)
+    d = config._desired_slice  # type: ignore[attr-defined]
+    try:  # one compiled call over the 14 arrays as they are; other dtypes are converted first
+        return bool(_fields_in_bounds(*values, config._upper_flat, d.start, d.stop))  # type: ignore[attr-defined]
+    except TypeError:
+        pass
     try:
         flat = np.concatenate(values, axis=None, dtype=np.float64)
     except (TypeError, ValueError):
         return False
-    upper: np.ndarray = config._upper_flat  # type: ignore[attr-defined]
-    if np.count_nonzero((flat >= 0.0) & (flat <= upper)) != flat.size:
-        return False
-    desired = flat[config._desired_slice].tolist()  # type: ignore[attr-defined]
-    return all(abs(d - round(d)) <= 1e-6 for d in desired)
+    return bool(_in_bounds(flat, config._upper_flat, d.start, d.stop))  # type: ignore[attr-defined]
+
+
+_FIELDS_OF = operator.attrgetter(*METRIC_FIELDS)
+
+
+@njit(cache=True)
+def _in_bounds(flat: np.ndarray, upper: np.ndarray, d0: int, d1: int) -> bool:
+    """0 <= value <= upper for every value (NaN fails), and whole numbers of desired replicas in ``[d0, d1)``."""
+    for i in range(flat.shape[0]):
+        if not (flat[i] >= 0.0 and flat[i] <= upper[i]):
+            return False
+    for i in range(d0, d1):
+        if abs(flat[i] - np.rint(flat[i])) > 1e-6:
+            return False
+    return True
+
+
+@njit(cache=True)
+def _span_in_bounds(a: np.ndarray, upper: np.ndarray, at: int, d0: int, d1: int) -> int:
+    """``_in_bounds`` over one field's values ``a`` that start at ``upper[at]``: the next field's start, or -1."""
+    for i in range(a.shape[0]):
+        v = a[i]
+        if not (v >= 0.0 and v <= upper[at + i]):
+            return -1
+        if d0 <= at + i < d1 and abs(v - np.rint(v)) > 1e-6:
+            return -1
+    return at + a.shape[0]
+
+
+_V1, _V2 = "f8[:]", "f8[:, :]"
+
+
+@njit(f"b1({_V1}, {', '.join([_V2] * 10)}, {_V1}, {_V1}, {_V1}, {_V1}, i8, i8)", cache=True)
+def _fields_in_bounds(time_s, arrivals, ready, desired, util, p95, backlog, dropped, nodes_ready, nodes_prov, packing,  # type: ignore[no-untyped-def]
+                      cost, hot, rebal, upper, d0, d1):
+    """``_in_bounds`` over the ``Metrics`` fields in their order (N = 1), without joining them first."""
+    at = _span_in_bounds(time_s, upper, 0, d0, d1)
+    for a in (arrivals, ready, desired, util, p95, backlog, dropped, nodes_ready, nodes_prov, packing):
+        if at < 0:
+            return False
+        at = _span_in_bounds(a[0], upper, at, d0, d1)
+    for a in (cost, hot, rebal):
+        if at < 0:
+            return False
+        at = _span_in_bounds(a, upper, at, d0, d1)
+    return at >= 0
 
 
 def _numeric(value: Any) -> bool:
@@ -362,29 +415,33 @@ class Adjustment:
         return {"guard": self.guard, "target": self.target, "from": self.before, "to": self.after}
 
 
-def _record(adjustments: list[Adjustment], guard: str, services: tuple[str, ...], before: np.ndarray, after: np.ndarray) -> None:
-    b, a = before.tolist(), after.tolist()
-    if b != a:
-        adjustments.extend(Adjustment(guard, services[s], b[s], a[s]) for s in range(len(b)) if b[s] != a[s])
+@njit(cache=True)
+def guard_chain(
+    proposed: np.ndarray, current: np.ndarray, lo: np.ndarray, hi: np.ndarray, last_scale_up_s: np.ndarray, now: float,
+    cooldown_s: float, step_limit: int, budget: np.ndarray,
+) -> np.ndarray:
+    """The replicas ``[4, S]`` after each bound in turn: clamp, cooldown, per-step limit, per-minute limit.
 
-
-def clamp(replicas: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Each service within [min_replicas, max_replicas]."""
-    return np.minimum(np.maximum(replicas, lo), hi)
-
-
-def hold_scale_down(replicas: np.ndarray, current: np.ndarray, last_scale_up_s: np.ndarray | None, now: float, cooldown_s: float) -> np.ndarray:
-    """No scale-down of a service within ``cooldown_s`` of its last scale-up (stops up/down flapping)."""
-    if cooldown_s <= 0 or last_scale_up_s is None:
-        return replicas
-    cooling = (now - last_scale_up_s) < cooldown_s
-    return np.where(cooling & (replicas < current), current, replicas)
-
-
-def limit_change(replicas: np.ndarray, current: np.ndarray, limit: np.ndarray | int) -> np.ndarray:
-    """Move at most ``limit`` replicas (per service) away from ``current``, towards the recommendation."""
-    limit = np.maximum(limit, 0)
-    return current + np.minimum(np.maximum(replicas - current, -limit), limit)
+    Clamp: within [min_replicas, max_replicas]. Cooldown: no scale-down of a
+    service within ``cooldown_s`` of its last scale-up (stops flapping; off at
+    0). The two limits move at most ``step_limit`` and ``budget[s]`` replicas
+    away from ``current``, towards the recommendation. Every row is kept so
+    that each bound can report what it changed.
+    """
+    S = proposed.shape[0]
+    out = np.empty((4, S), dtype=np.int64)
+    step = max(step_limit, 0)
+    for s in range(S):
+        v = min(max(proposed[s], lo[s]), hi[s])
+        out[0, s] = v
+        if cooldown_s > 0 and (now - last_scale_up_s[s]) < cooldown_s and v < current[s]:
+            v = current[s]
+        out[1, s] = v
+        v = current[s] + min(max(v - current[s], -step), step)
+        out[2, s] = v
+        b = max(budget[s], 0)
+        out[3, s] = current[s] + min(max(v - current[s], -b), b)
+    return out
 
 
 def window_budget(changes: list[tuple[float, np.ndarray]], now: float, per_window: int, n_services: int) -> np.ndarray:
@@ -392,7 +449,7 @@ def window_budget(changes: list[tuple[float, np.ndarray]], now: float, per_windo
     recent = [delta for t, delta in changes if t > now - RATE_WINDOW_S]
     if not recent:
         return np.full(n_services, max(per_window, 0), dtype=np.int64)
-    return np.maximum(per_window - np.sum(recent, axis=0), 0)
+    return np.maximum(per_window - np.sum(recent, axis=0), 0).astype(np.int64)
 
 
 def check_rebalance(verb: int, rebalancing: float | None) -> tuple[int, str | None]:
@@ -424,21 +481,26 @@ def apply_guards(
     """
     adjustments: list[Adjustment] = []
     names = config.services
-    proposed = np.asarray(replicas, dtype=np.int64).reshape(-1)
-    current = np.asarray(current, dtype=np.int64).reshape(-1)
-    clamped = clamp(proposed, config.min_replicas, config.max_replicas)
-    _record(adjustments, CLAMP, names, proposed, clamped)
-    cooled = hold_scale_down(clamped, current, state.last_scale_up_s, now, config.scale_down_cooldown_s)
-    _record(adjustments, COOLDOWN, names, clamped, cooled)
-    stepped = limit_change(cooled, current, config.max_step_change)
-    _record(adjustments, STEP_LIMIT, names, cooled, stepped)
-    budget = window_budget(state.changes, now, config.max_change_per_minute, len(names))
-    final = limit_change(stepped, current, budget)
-    _record(adjustments, MINUTE_LIMIT, names, stepped, final)
+    proposed = np.ascontiguousarray(replicas, dtype=np.int64).reshape(-1)
+    current = np.ascontiguousarray(current, dtype=np.int64).reshape(-1)
+    last_up = config._never if state.last_scale_up_s is None else state.last_scale_up_s  # type: ignore[attr-defined]
+    budget = window_budget(state.changes, now, config.max_change_per_minute, len(names)) if state.changes else config._full_budget  # type: ignore[attr-defined]
+    stages = guard_chain(proposed, current, config.min_replicas, config.max_replicas,
+                         np.ascontiguousarray(last_up, dtype=np.float64), float(now), float(config.scale_down_cooldown_s),
+                         int(config.max_step_change), budget)
+    before = proposed.tolist()
+    for guard, after in zip(_CHAIN, stages.tolist()):
+        if after != before:
+            adjustments.extend(Adjustment(guard, names[s], before[s], after[s]) for s in range(len(after)) if before[s] != after[s])
+        before = after
+    final = stages[3]
     verb, refused = check_rebalance(int(rebalance), rebalancing)
     if refused:
         adjustments.append(Adjustment(refused, "cluster", int(rebalance), verb))
     return final, verb, adjustments
+
+
+_CHAIN = (CLAMP, COOLDOWN, STEP_LIMIT, MINUTE_LIMIT)
 
 
 def record_applied(state: GuardState, now: float, current: np.ndarray, applied: np.ndarray) -> GuardState:

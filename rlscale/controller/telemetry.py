@@ -8,6 +8,8 @@ audit log uses (``source``: loop | api; ``reason``: a fallback reason;
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -34,6 +36,7 @@ class Telemetry:
 
     def __init__(self, services: tuple[str, ...], policy_name: str, policy_version: str, dry_run: bool) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[str, tuple[Any, Any]] = {}
         r = self.registry
         self.decisions = Counter("rlscale_decisions", "Decisions made, by source (loop or api).", ["source"], registry=r)
         self.fallbacks = Counter(
@@ -76,8 +79,11 @@ class Telemetry:
             self.replicas.labels(service)
 
     def record(self, source: str, latency_s: float, fallback_reason: str | None, guards: list[str]) -> None:
-        self.decisions.labels(source).inc()
-        self.latency.labels(source).observe(latency_s)
+        children = self._children.get(source)
+        if children is None:  # a label lookup costs more than the increment: keep each source's children
+            children = self._children[source] = (self.decisions.labels(source), self.latency.labels(source))
+        children[0].inc()
+        children[1].observe(latency_s)
         if fallback_reason is not None:
             self.fallbacks.labels(source, fallback_reason).inc()
         for guard in guards:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from rlscale.atomic import staged_dir
 from rlscale.config import MODELS_DIR, ConfigError, Scenario
@@ -25,10 +26,7 @@ from rlscale.spaces import Action, ActionDecoder, ActionSpec, Metrics, Observati
 
 CARD_FORMAT = "rlscale-policy/1"
 GENERAL_KIND = "general"
-ACTIVATIONS = {
-    "tanh": np.tanh,
-    "relu": lambda x: np.maximum(x, 0.0),
-}
+ACTIVATIONS = ("relu", "tanh")
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,10 @@ class PolicyWeights:
     @functools.cached_property
     def obs_std(self) -> np.ndarray:
         return np.sqrt(self.obs_var + self.obs_eps)
+
+    @functools.cached_property
+    def packed(self) -> "PackedNetwork":
+        return PackedNetwork.of(self)
 
     @functools.cached_property
     def obs_live(self) -> np.ndarray:
@@ -73,26 +75,132 @@ CONSTANT_IN_TRAINING_VAR = 1e-9
 
 
 def logits(weights: PolicyWeights, obs: np.ndarray) -> np.ndarray:
-    """Action logits for raw (unnormalised) observations ``[N, D]``.
+    """Action logits ``[N, A]`` (float32) for raw (unnormalised) observations ``[N, D]``.
 
     A feature that was constant in training is fed at its training value: its
     variance is ~0, so on a real cluster the smallest change in it would
     saturate the input at the clip, and the network never learned what it means.
     """
-    z = np.where(weights.obs_live, (obs - weights.obs_mean) / weights.obs_std, 0.0)
-    x = np.clip(z, -weights.obs_clip, weights.obs_clip)
-    act = ACTIVATIONS[weights.activation]
-    x = x.astype(np.float32)
-    for w, b in weights.layers:
-        x = act(x @ w.T + b)
-    return x @ weights.action_w.T + weights.action_b
+    packed = weights.packed
+    out = np.empty((obs.shape[0], packed.dims[-1]), dtype=np.float32)
+    _mlp(_rows(obs), *packed.arrays, out, _NO_SEGMENTS, _NO_ACTIONS)
+    return out
 
 
 def deterministic_actions(weights: PolicyWeights, nvec: np.ndarray, obs: np.ndarray) -> np.ndarray:
-    """Argmax of each MultiDiscrete segment: SB3's ``predict(obs, deterministic=True)``."""
-    out = logits(weights, obs)
-    split = np.cumsum(nvec)[:-1]
-    return np.stack([seg.argmax(axis=1) for seg in np.split(out, split, axis=1)], axis=1).astype(np.int64)
+    """Argmax of each MultiDiscrete segment: SB3's ``predict(obs, deterministic=True)``, in one compiled call."""
+    packed = weights.packed
+    ends = _segment_ends(np.asarray(nvec, dtype=np.int64).tobytes())
+    out = np.empty((obs.shape[0], packed.dims[-1]), dtype=np.float32)
+    actions = np.empty((obs.shape[0], ends.shape[0]), dtype=np.int64)
+    _mlp(_rows(obs), *packed.arrays, out, ends, actions)
+    return actions
+
+
+def _rows(obs: np.ndarray) -> np.ndarray:
+    """Observations as ``_mlp`` takes them: float32 (the builders') or float64, C order; float32 is widened in
+    the compiled code exactly as numpy widens it against the float64 statistics."""
+    if type(obs) is np.ndarray and obs.dtype in _NATIVE and obs.flags.c_contiguous:
+        return obs
+    return np.ascontiguousarray(obs, dtype=np.float64)
+
+
+_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@dataclass(frozen=True)
+class PackedNetwork:
+    """The network as flat arrays for ``_mlp``: one compiled signature serves every depth and width."""
+
+    dims: tuple[int, ...]
+    arrays: tuple[Any, ...]
+
+    @classmethod
+    def of(cls, w: PolicyWeights) -> "PackedNetwork":
+        linear = [*w.layers, (w.action_w, w.action_b)]
+        dims = (w.obs_mean.shape[0], *(int(weight.shape[0]) for weight, _ in linear))
+        w_flat = np.concatenate([np.ascontiguousarray(weight.T, dtype=np.float32).ravel() for weight, _ in linear])
+        b_flat = np.concatenate([np.asarray(bias, dtype=np.float32) for _, bias in linear])
+        arrays = (
+            np.asarray(w.obs_live, dtype=np.bool_), np.ascontiguousarray(w.obs_mean, dtype=np.float64),
+            np.ascontiguousarray(w.obs_std, dtype=np.float64), float(w.obs_clip), w_flat, b_flat,
+            np.array(dims, dtype=np.int64), w.activation == "relu",
+        )
+        return cls(dims, arrays)
+
+
+_NO_SEGMENTS = np.zeros(0, dtype=np.int64)
+_NO_ACTIONS = np.zeros((0, 0), dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _segment_ends(nvec: bytes) -> np.ndarray:
+    """Where each MultiDiscrete segment ends, keyed by ``nvec.tobytes()`` (int64)."""
+    return np.cumsum(np.frombuffer(nvec, dtype=np.int64))
+
+
+@njit(cache=True)
+def _mlp(obs, live, mean, std, clip, w_flat, b_flat, dims, relu, out, ends, actions):  # type: ignore[no-untyped-def]
+    """Normalise, clip, the hidden layers (tanh or relu) and the action layer, row by row; then, if ``ends`` is
+    not empty, the argmax of each segment ``[ends[k-1], ends[k])`` (the first maximum, as numpy's).
+
+    The normalisation is VecNormalize's in float64, the network float32 as in torch. Each output sums its
+    inputs in a fixed order, so a row's logits never depend on the batch it came in (BLAS may change the
+    order with the batch size).
+    """
+    n_linear = dims.shape[0] - 1
+    width = 0
+    for k in range(dims.shape[0]):
+        width = max(width, dims[k])
+    x = np.empty(width, dtype=np.float32)
+    h = np.empty(width, dtype=np.float32)
+    for n in range(obs.shape[0]):
+        for i in range(dims[0]):
+            if live[i]:
+                z = (obs[n, i] - mean[i]) / std[i]
+                if z < -clip:
+                    z = -clip
+                elif z > clip:
+                    z = clip
+                x[i] = np.float32(z)
+            else:
+                x[i] = np.float32(0.0)
+        w_at = 0
+        b_at = 0
+        for layer in range(n_linear):
+            d_in = dims[layer]
+            d_out = dims[layer + 1]
+            for j in range(d_out):
+                h[j] = np.float32(0.0)
+            for i in range(d_in):
+                xi = x[i]
+                row = w_flat[w_at + i * d_out: w_at + (i + 1) * d_out]  # a slice, so that LLVM vectorises over j
+                for j in range(d_out):
+                    h[j] += xi * row[j]
+            last = layer == n_linear - 1
+            for j in range(d_out):
+                v = h[j] + b_flat[b_at + j]
+                if not last:
+                    if relu:
+                        v = max(v, np.float32(0.0))
+                    else:
+                        v = np.tanh(v)
+                x[j] = v
+            w_at += d_in * d_out
+            b_at += d_out
+        for j in range(dims[n_linear]):
+            out[n, j] = x[j]
+        start = 0
+        for k in range(ends.shape[0]):
+            best = start
+            for j in range(start, ends[k]):
+                if out[n, j] != out[n, j]:
+                    best = j
+                    break
+                if out[n, j] > out[n, best]:
+                    best = j
+            actions[n, k] = best - start
+            start = ends[k]
 
 
 @dataclass(frozen=True)
@@ -204,7 +312,10 @@ class PPOPolicy:
         return self.obs_spec.services
 
     def reset(self, n: int = 1) -> None:
-        self.builder = ObservationBuilder(self.obs_spec, n)
+        if self.builder.history.shape[0] == n:
+            self.builder.reset()  # the API resets before every request: forgetting is cheaper than rebuilding
+        else:
+            self.builder = ObservationBuilder(self.obs_spec, n)
 
     def raw_action(self, obs: np.ndarray) -> np.ndarray:
         return deterministic_actions(self.exported.weights, self._nvec, obs)
