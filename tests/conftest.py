@@ -1,6 +1,12 @@
 """Shared pytest fixtures (helpers may add their own below: additive edits only)."""
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis' per-example deadline is a timed assertion: the first example that reaches a numba kernel pays for
+# compiling it (0.5 s on a clean checkout), which says nothing about the property under test.
+settings.register_profile("rlscale", deadline=None)
+settings.load_profile("rlscale")
 
 
 @pytest.fixture

@@ -299,7 +299,7 @@ class Decider:
 
 def _scalar(value: Any) -> float | None:
     if type(value) is np.ndarray and value.size:
-        return float(value.flat[0])
+        return float(value.item(0))
     try:
         return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
     except (TypeError, ValueError, IndexError):

@@ -481,12 +481,11 @@ def apply_guards(
     """
     adjustments: list[Adjustment] = []
     names = config.services
-    proposed = np.ascontiguousarray(replicas, dtype=np.int64).reshape(-1)
-    current = np.ascontiguousarray(current, dtype=np.int64).reshape(-1)
+    proposed, current = _int_row(replicas), _int_row(current)
     last_up = config._never if state.last_scale_up_s is None else state.last_scale_up_s  # type: ignore[attr-defined]
     budget = window_budget(state.changes, now, config.max_change_per_minute, len(names)) if state.changes else config._full_budget  # type: ignore[attr-defined]
     stages = guard_chain(proposed, current, config.min_replicas, config.max_replicas,
-                         np.ascontiguousarray(last_up, dtype=np.float64), float(now), float(config.scale_down_cooldown_s),
+                         np.asarray(last_up, dtype=np.float64), float(now), float(config.scale_down_cooldown_s),
                          int(config.max_step_change), budget)
     before = proposed.tolist()
     for guard, after in zip(_CHAIN, stages.tolist()):
@@ -501,6 +500,14 @@ def apply_guards(
 
 
 _CHAIN = (CLAMP, COOLDOWN, STEP_LIMIT, MINUTE_LIMIT)
+_I64 = np.dtype(np.int64)
+
+
+def _int_row(values: Any) -> np.ndarray:
+    """``values`` as one int64 row ``[S]`` (as it usually comes already: then without a copy or a call into numpy)."""
+    if type(values) is np.ndarray and values.dtype is _I64 and values.ndim == 1:
+        return values
+    return np.asarray(values, dtype=np.int64).reshape(-1)
 
 
 def record_applied(state: GuardState, now: float, current: np.ndarray, applied: np.ndarray) -> GuardState:
