@@ -101,8 +101,13 @@ def _arrays(body: DecideRequest, names: tuple[str, ...], width: int) -> dict[str
     return {k: _array(v, width, k) for k, v in zip(names, values)}
 
 
-def _scalar(value: float | None) -> np.ndarray | None:
-    return None if value is None else np.array([value], dtype=np.float64)
+def _scalars(body: DecideRequest) -> dict[str, np.ndarray | None]:
+    """The cluster-wide fields as ``[1]`` arrays (views of one array when all are given)."""
+    values = [getattr(body, k) for k in CLUSTER_WIDE]
+    if None not in values:
+        block = np.array(values, dtype=np.float64)
+        return {k: block[i : i + 1] for i, k in enumerate(CLUSTER_WIDE)}
+    return {k: None if v is None else np.array([v], dtype=np.float64) for k, v in zip(CLUSTER_WIDE, values)}
 
 
 def request_metrics(body: DecideRequest, services: tuple[str, ...], n_pools: int) -> tuple[Metrics, np.ndarray | None]:
@@ -112,7 +117,7 @@ def request_metrics(body: DecideRequest, services: tuple[str, ...], n_pools: int
     S = len(services)
     per_service = _arrays(body, PER_SERVICE, S)
     per_pool = _arrays(body, PER_POOL, n_pools)
-    cluster = {k: _scalar(getattr(body, k)) for k in CLUSTER_WIDE}
+    cluster = _scalars(body)
     history = None
     if body.history_rps:
         rows = [_array(row, S, "history_rps[]") for row in body.history_rps]

@@ -132,6 +132,7 @@ class GuardConfig:
         object.__setattr__(self, "_shape_list", [self._shape(name) for name in METRIC_FIELDS])
         object.__setattr__(self, "_full_budget", np.full(len(self.services), max(self.max_change_per_minute, 0), dtype=np.int64))
         object.__setattr__(self, "_never", np.full(len(self.services), -np.inf))
+        object.__setattr__(self, "_max_replicas_f", np.asarray(self.max_replicas, dtype=np.float64))
 
     def _shape(self, name: str) -> tuple[int, ...]:
         if name in PER_SERVICE:
@@ -361,6 +362,9 @@ def valid_desired(desired: Any, config: GuardConfig) -> np.ndarray | None:
         desired = np.asarray(desired, dtype=np.float64)
     if desired.shape != (1, len(config.services)):
         return None
+    upper = config._max_replicas_f  # type: ignore[attr-defined]
+    if desired.dtype == np.float64 and _in_bounds(desired[0], upper, 0, desired.shape[1]):
+        return np.rint(desired[0]).astype(np.int64)
     row = desired[0].tolist()
     for value, upper in zip(row, config.max_replicas.tolist()):
         if not (0.0 <= value <= upper) or abs(value - round(value)) > 1e-6:
