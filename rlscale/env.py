@@ -16,7 +16,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 
 from rlscale.config import Scenario
 from rlscale.episode import ClusterEpisodes, step_info
-from rlscale.spaces import OBS_CLIP
+from rlscale.spaces import OBS_CLIP, InvalidAction
 
 
 def _spaces(engine: ClusterEpisodes) -> tuple[spaces.Box, spaces.MultiDiscrete]:
@@ -91,12 +91,17 @@ class ClusterEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         raw = np.asarray(action)
-        nvec = self.action_space.nvec
-        if raw.shape != nvec.shape or (raw < 0).any() or (raw >= nvec).any():
-            raise ValueError(f"action {action!r} is not in {self.action_space}")
-        result, terms, truncated = self.engine.step_raw(raw[None, :])
+        if raw.shape != self.action_space.nvec.shape:
+            raise ValueError(self._outside(action))
+        try:
+            result, terms, truncated = self.engine.step_raw(raw[None, :])  # the decoder checks the range
+        except InvalidAction:
+            raise ValueError(self._outside(action)) from None
         obs = self.engine.observe()[0]
         return obs, float(terms.reward[0]), False, bool(truncated[0]), step_info(result, terms, 0)
+
+    def _outside(self, action: Any) -> str:
+        return f"action {action!r} is not in {self.action_space}"
 
 
 class ClusterVectorEnv(VectorEnv):

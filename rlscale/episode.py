@@ -11,12 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from rlscale import workload
 from rlscale.config import RewardSpec, Scenario, load_scenario
 from rlscale.sim import Simulator, StepResult
 from rlscale.sim import kernel as K
 from rlscale.spaces import (
+    PACKED_FIELDS,
     SECONDS_PER_DAY,
     Action,
     ActionDecoder,
@@ -41,6 +43,15 @@ class RewardTerms:
 
 
 _TERM_COLUMNS = np.array([K.O_COST, K.O_VIOLATION, K.O_DROPPED_FRACTION, K.O_CHURN])
+_N_TERMS = len(_TERM_COLUMNS) + 1  # rows of a terms array: the four terms, then the reward
+# where ObservationBuilder.build_packed finds each Metrics field in the simulator's out_s / out_p / out_c
+_SIM_COLUMNS = {
+    "ready": K.O_READY, "desired": K.O_DESIRED, "utilisation": K.O_UTIL, "latency_p95_s": K.O_P95,
+    "backlog": K.O_BACKLOG, "dropped": K.O_DROPPED,
+    "nodes_ready": K.O_NODES_READY, "nodes_provisioning": K.O_NODES_PROV, "packing": K.O_PACKING,
+    "cost_rate_usd_h": K.O_COST_RATE, "hot_spot": K.O_HOT_SPOT, "rebalancing": K.O_REBALANCING,
+}
+_PACKED_COLUMNS = np.array([_SIM_COLUMNS[name] for name in PACKED_FIELDS], dtype=np.int64)
 
 
 def reward_weights(spec: RewardSpec) -> np.ndarray:
@@ -52,15 +63,45 @@ def reward_terms(weights: np.ndarray, result: StepResult) -> RewardTerms:
     """r = -(cost / cost_scale + w_slo * slo_violation + w_drop * dropped_fraction + w_churn * replicas_changed).
 
     ``slo_violation`` is the share of services whose p95 (or batch backlog age) exceeded its SLO this interval;
-    ``weights`` comes from ``reward_weights``.
+    ``weights`` comes from ``reward_weights``. The arrays are fresh (rows of one new ``[5, N]`` array), not
+    views of the simulator's buffers, so they stay valid after the next step.
     """
-    terms = result.cluster[:, _TERM_COLUMNS]
-    # an elementwise sum in a fixed order, not ``terms @ weights``: BLAS may sum a batch in another order than
-    # a single row, and a cluster's reward must not depend on its batch, bit for bit
-    reward = terms[:, 0] * weights[0]
-    for k in range(1, weights.shape[0]):
-        reward = reward + terms[:, k] * weights[k]
-    return RewardTerms(terms[:, 0], terms[:, 1], terms[:, 2], terms[:, 3], reward)
+    t = np.empty((_N_TERMS, result.cluster.shape[0]))
+    _reward_terms(result.cluster, _TERM_COLUMNS, weights, t)
+    return RewardTerms(t[0], t[1], t[2], t[3], t[4])
+
+
+@njit(cache=True)
+def _end_step(cluster, columns, weights, step_index, episode_steps, terms, truncated):
+    """Count the step just taken in ``step_index``; write the reward terms ``[5, N]`` and the truncation flags.
+
+    One compiled call for an engine step's bookkeeping: numpy spends about a microsecond on each in-place
+    operation on a small array, several times what the arithmetic itself costs. The outputs come from the
+    caller because numba hands a new array back through a Python-level call, which costs as much again.
+    """
+    for i in range(step_index.shape[0]):
+        step_index[i] += 1
+        truncated[i] = step_index[i] >= episode_steps
+    _reward_terms(cluster, columns, weights, terms)
+
+
+@njit(cache=True)
+def _reward_terms(cluster, columns, weights, out):
+    """Write into ``out`` ``[5, N]`` the terms at ``columns`` of ``cluster`` ``[N, *]``, then the reward.
+
+    An elementwise sum in a fixed order (term 0 * w0 + term 1 * w1 + ...), not ``terms @ weights``: BLAS may
+    sum a batch in another order than a single row, and a cluster's reward must not depend on its batch, bit
+    for bit. Compiled because on one cluster numpy's per-call overhead was most of an env step's reward cost.
+    """
+    n = cluster.shape[0]
+    K_ = columns.shape[0]
+    for i in range(n):
+        reward = cluster[i, columns[0]] * weights[0]
+        out[0, i] = cluster[i, columns[0]]
+        for k in range(1, K_):
+            out[k, i] = cluster[i, columns[k]]
+            reward = reward + cluster[i, columns[k]] * weights[k]
+        out[K_, i] = reward
 
 
 class ClusterEpisodes:
@@ -95,6 +136,8 @@ class ClusterEpisodes:
         S = len(self.scenario.services)
         self.arrivals = np.zeros((n, self.episode_steps + 1, S))
         self.step_index = np.zeros(n, dtype=np.int64)
+        # arrivals[i, max(step_index[i] - 1, 0)]: the rate of the interval just past, kept by step_action and reset
+        self._past_arrivals = np.zeros((n, S))
         self.rngs: list[np.random.Generator] = [np.random.default_rng(i) for i in range(n)]
         self._replica_rps = np.array([s.replica_rps for s in self.scenario.services])
         self._min = np.array([s.min_replicas for s in self.scenario.services])
@@ -128,19 +171,30 @@ class ClusterEpisodes:
         self.sim.reset(index, key, initial, start_s)
         self.sim.out_s[index, :, K.O_UTIL] = np.minimum(1.0, self.arrivals[index, 0] / (initial * self._replica_rps))
         self.step_index[index] = 0
+        past = self._past_arrivals.copy()  # a new array: a Metrics handed out before keeps its values
+        past[index] = self.arrivals[index, 0]
+        self._past_arrivals = past
         self.builder.reset(np.arange(self.n) == index)
 
     def current_arrivals(self) -> np.ndarray:
         return self.arrivals[self._rows, self.step_index]
 
     def metrics(self) -> Metrics:
-        """What the cluster reported for the interval just past (arrivals of that interval)."""
-        past = np.maximum(self.step_index - 1, 0)
-        return self.sim.metrics(self.arrivals[self._rows, past])
+        """What the cluster reported for the interval just past (arrivals of that interval).
+
+        Every array is the engine's own (``arrivals_rps`` included, kept from the last step or reset):
+        read them, and copy what you keep past the next step or want to change.
+        """
+        return self.sim.metrics(self._past_arrivals)
 
     def observe(self) -> np.ndarray:
-        """Observations of every cluster; call once per step (it advances the load history)."""
-        return self.builder.build(self.metrics())
+        """Observations of every cluster; call once per step (it advances the load history).
+
+        The same features as ``builder.build(self.metrics())``, read straight from the simulator's buffers.
+        """
+        sim = self.sim
+        return self.builder.build_packed(sim.time_s, self._past_arrivals, sim.out_s, sim.out_p, sim.out_c,
+                                         _PACKED_COLUMNS)
 
     def observe_fresh(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """``obs`` with the masked rows replaced by the first observation of their new episodes."""
@@ -151,11 +205,13 @@ class ClusterEpisodes:
 
     def step_action(self, action: Action) -> tuple[StepResult, RewardTerms, np.ndarray]:
         """Apply a typed action to every cluster; returns the result, reward terms and truncation flags."""
-        result = self.sim.step(action, self.current_arrivals())
-        self.step_index += 1
-        terms = reward_terms(self.reward_weights, result)
-        truncated = self.step_index >= self.episode_steps
-        return result, terms, truncated
+        arrivals = self.current_arrivals()
+        result = self.sim.step(action, arrivals)
+        self._past_arrivals = arrivals
+        t = np.empty((_N_TERMS, self.n))
+        truncated = np.empty(self.n, dtype=bool)
+        _end_step(result.cluster, _TERM_COLUMNS, self.reward_weights, self.step_index, self.episode_steps, t, truncated)
+        return result, RewardTerms(t[0], t[1], t[2], t[3], t[4]), truncated
 
     def step_raw(self, raw: np.ndarray) -> tuple[StepResult, RewardTerms, np.ndarray]:
         return self.step_action(self.decoder.decode(raw, self.sim.desired))

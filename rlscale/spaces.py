@@ -67,6 +67,15 @@ class Metrics:
         return {k: np.asarray(v).tolist() for k, v in asdict(self).items()}
 
 
+# The ``Metrics`` fields in the order of ``ObservationBuilder.build_packed``'s ``columns``:
+# per-service fields, then per-pool, then cluster-wide ones.
+PACKED_FIELDS = (
+    "ready", "desired", "utilisation", "latency_p95_s", "backlog", "dropped",
+    "nodes_ready", "nodes_provisioning", "packing",
+    "cost_rate_usd_h", "hot_spot", "rebalancing",
+)
+
+
 @dataclass
 class Action:
     """What every backend understands: desired replicas per service and a rebalance verb.
@@ -163,6 +172,7 @@ class ObservationBuilder:
         self._fresh = np.ones(n, dtype=bool)
         self._head = np.zeros(n, dtype=np.int64)
         self._all = np.arange(n, dtype=np.int64)
+        self._size = spec.size
 
     def reset(self, mask: np.ndarray | None = None) -> None:
         """Forget the history of the masked clusters (all when mask is None)."""
@@ -177,11 +187,30 @@ class ObservationBuilder:
         ``m`` holds the metrics of ``rows`` only (all clusters when rows is None).
         """
         rows = self._all if rows is None else np.asarray(rows, dtype=np.int64)
-        return _features(
+        out = np.empty((rows.shape[0], self._size), dtype=np.float32)
+        _features(
             self.history, self._head, self._fresh, rows, self._lags, m.arrivals_rps, m.ready, m.desired, m.utilisation, m.latency_p95_s, m.backlog, m.dropped,
             m.nodes_ready, m.nodes_provisioning, m.packing, m.time_s, m.cost_rate_usd_h, m.hot_spot, m.rebalancing,
-            self._consts,
+            self._consts, out,
         )
+        return out
+
+    def build_packed(self, time_s: np.ndarray, arrivals_rps: np.ndarray, per_service: np.ndarray,
+                     per_pool: np.ndarray, cluster: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """``build`` of every cluster from metrics packed column-wise, as the simulator keeps them.
+
+        Same features, same arithmetic as ``build(Metrics(...))``, but the
+        columns are sliced in compiled code: wrapping the simulator's buffers
+        in a ``Metrics`` of 14 arrays, 11 of them new views, costs more than
+        building the observation of a small cluster. ``per_service`` is
+        ``[N, S, *]``, ``per_pool`` ``[N, P, *]``, ``cluster`` ``[N, *]``;
+        ``columns`` (int64, in ``PACKED_FIELDS`` order) says where each
+        ``Metrics`` field sits in them.
+        """
+        out = np.empty((self._all.shape[0], self._size), dtype=np.float32)
+        _features_packed(self.history, self._head, self._fresh, self._all, self._lags, time_s, arrivals_rps,
+                         per_service, per_pool, cluster, columns, self._consts, out)
+        return out
 
 
 @njit(cache=True)
@@ -192,16 +221,33 @@ def _clip(x: float) -> float:
 
 
 @njit(cache=True)
+def _features_packed(history, head, fresh, rows, lags, time_s, arrivals, per_service, per_pool, cluster, columns,
+                     consts, out):
+    """``_features`` over column slices of packed buffers (taken here, where a slice costs nothing)."""
+    c = columns
+    _features(
+        history, head, fresh, rows, lags, arrivals, per_service[:, :, c[0]], per_service[:, :, c[1]],
+        per_service[:, :, c[2]], per_service[:, :, c[3]], per_service[:, :, c[4]], per_service[:, :, c[5]],
+        per_pool[:, :, c[6]], per_pool[:, :, c[7]], per_pool[:, :, c[8]], time_s, cluster[:, c[9]],
+        cluster[:, c[10]], cluster[:, c[11]], consts, out,
+    )
+
+
+@njit(cache=True)
 def _features(history, head, fresh, rows, lags, arrivals, ready, desired, util, p95, backlog, dropped,
-              nodes_ready, nodes_prov, packing, time_s, cost_rate, hot, rebal, consts):
-    """Push each row's load into its history, then build the ObsSpec.feature_names() vector (NaN -> 0, clipped)."""
+              nodes_ready, nodes_prov, packing, time_s, cost_rate, hot, rebal, consts, out):
+    """Push each row's load into its history, then write the ObsSpec.feature_names() vector (NaN -> 0, clipped)
+    of each row into ``out`` ``[n, size]`` float32.
+
+    ``out`` comes from the caller, as in the other compiled helpers here: numba returns a new array through a
+    Python-level call, a measurable share of a single-cluster step.
+    """
     rps, ref, slo, max_nodes, step_s, cost_ref = consts
     n, S = arrivals.shape
     P = nodes_ready.shape[1]
     H = history.shape[1]
     L = lags.shape[0]
     per = 1 + L + 9
-    out = np.empty((n, S * per + 3 * P + 7), dtype=np.float32)
     for i in range(n):
         row = rows[i]
         h = (head[row] + 1) % H
@@ -244,7 +290,6 @@ def _features(history, head, fresh, rows, lags, arrivals, ready, desired, util, 
         out[i, j + 4] = np.cos(week)
         out[i, j + 5] = _clip(hot[i])
         out[i, j + 6] = _clip(rebal[i])
-    return out
 
 
 @dataclass(frozen=True)
@@ -282,6 +327,10 @@ class ActionSpec:
         return np.array([2 * self.max_step + 1] * self.n_services + [3], dtype=np.int64)
 
 
+class InvalidAction(ValueError):
+    """A raw action outside its MultiDiscrete space (a negative entry, or one >= its ``nvec``)."""
+
+
 class ActionDecoder:
     """Turns a raw MultiDiscrete action into a typed ``Action`` relative to the current replicas."""
 
@@ -289,15 +338,53 @@ class ActionDecoder:
         self.spec = spec
         self._lo = np.asarray(spec.min_replicas, dtype=np.int64)
         self._hi = np.asarray(spec.max_replicas, dtype=np.int64)
+        self._nvec = spec.nvec
+        self._width = spec.n_services + 1
 
     def decode(self, raw: np.ndarray, desired: np.ndarray) -> Action:
-        raw = np.asarray(raw, dtype=np.int64).reshape(-1, self.spec.n_services + 1)
-        delta = raw[:, : self.spec.n_services] - self.spec.max_step
-        replicas = np.minimum(np.maximum(np.asarray(desired, dtype=np.int64) + delta, self._lo), self._hi)
-        return Action(replicas=replicas, rebalance=raw[:, self.spec.n_services].copy())
+        """``raw`` is ``[N, S + 1]`` (or one ``[S + 1]`` row); raises ``InvalidAction`` if it is outside the space.
+
+        Checked and decoded in one compiled call: on a single cluster the numpy
+        version's dozen small array operations cost more than the simulator step.
+        """
+        raw = np.asarray(raw)
+        if raw.dtype != np.int64:
+            # checked in its own dtype first, as a Gymnasium space would: -0.5 is outside, not action 0
+            if (raw < 0).any() or (raw.reshape(-1, self._width) >= self._nvec).any():
+                raise InvalidAction(f"action {raw!r} is not in MultiDiscrete({self._nvec})")
+            raw = raw.astype(np.int64)
+        if raw.ndim != 2 or raw.shape[1] != self._width:
+            raw = raw.reshape(-1, self._width)
+        n = raw.shape[0]
+        desired = np.asarray(desired, dtype=np.int64)
+        if desired.shape != (n, self._width - 1):
+            desired = np.ascontiguousarray(np.broadcast_to(desired, (n, self._width - 1)))
+        replicas = np.empty((n, self._width - 1), dtype=np.int64)
+        rebalance = np.empty(n, dtype=np.int64)
+        if not _decode(raw, desired, self.spec.max_step, self._lo, self._hi, self._nvec, replicas, rebalance):
+            raise InvalidAction(f"action {raw!r} is not in MultiDiscrete({self._nvec})")
+        return Action(replicas=replicas, rebalance=rebalance)
 
     def encode(self, action: Action, desired: np.ndarray) -> np.ndarray:
         """The raw action closest to a typed one (deltas clipped to {-k..k})."""
         k = self.spec.max_step
         delta = np.clip(action.replicas - np.asarray(desired, dtype=np.int64), -k, k) + k
         return np.concatenate([delta, action.rebalance[:, None]], axis=1)
+
+
+@njit(cache=True)
+def _decode(raw, desired, max_step, lo, hi, nvec, replicas, rebalance):
+    """Write replicas ``clip(desired + raw - max_step, lo, hi)`` and the rebalance verbs of ``raw``.
+
+    False, leaving the outputs partly written, if an entry of ``raw`` is outside ``[0, nvec)``.
+    """
+    n, width = raw.shape
+    S = width - 1
+    for i in range(n):
+        for j in range(width):
+            if raw[i, j] < 0 or raw[i, j] >= nvec[j]:
+                return False
+        for s in range(S):
+            replicas[i, s] = min(max(desired[i, s] + (raw[i, s] - max_step), lo[s]), hi[s])
+        rebalance[i] = raw[i, S]
+    return True

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 import rlscale  # noqa: F401  (registers rlscale/Cluster-v0)
 from rlscale.config import ENVS_DIR, load_scenario
 from rlscale.env import ClusterEnv, ClusterVectorEnv
+from rlscale.episode import ClusterEpisodes
 from rlscale.sb3_env import SB3ClusterVecEnv
+from rlscale.spaces import ActionDecoder, ActionSpec
 
 SCENARIOS = sorted(p.stem for p in ENVS_DIR.glob("*.yaml"))
 EPISODE = 40
@@ -192,3 +194,51 @@ def test_info_carries_every_reward_term_and_they_recombine_into_the_reward(scena
         )
         assert reward == pytest.approx(recombined, rel=1e-12, abs=1e-12) and info["reward"] == reward
     assert {"cost_usd", "replicas_changed"} <= seen_nonzero
+
+
+def test_reward_terms_stay_valid_after_the_next_step() -> None:
+    """Evaluation keeps a step's RewardTerms while stepping on: they must not be views the next step overwrites."""
+    engine = ClusterEpisodes("web-diurnal", 2, episode_steps=EPISODE)
+    for i in range(2):
+        engine.seed(i, i)
+        engine.reset(i)
+    actions = random_actions(gym.spaces.MultiDiscrete(engine.action_spec.nvec), 3, 0, n=2)
+    _, first, _ = engine.step_raw(actions[0])
+    kept = {name: getattr(first, name).copy() for name in (*REWARD_TERMS, "reward")}
+    for action in actions[1:]:
+        engine.step_raw(action)
+    for name, values in kept.items():
+        assert getattr(first, name).tobytes() == values.tobytes()
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+@pytest.mark.parametrize("scenario", ["web-diurnal", "ml-platform"])
+def test_the_engines_observation_is_the_builders_observation_of_its_metrics(scenario: str) -> None:
+    """``observe`` reads the simulator's buffers directly; it must be ``ObservationBuilder.build(metrics())``, bit for bit."""
+    engines = [ClusterEpisodes(scenario, 3, episode_steps=EPISODE, randomise=True) for _ in range(2)]
+    for engine in engines:
+        for i in range(3):
+            engine.seed(i, 10 + i)
+            engine.reset(i)
+    packed, built = engines
+    actions = random_actions(gym.spaces.MultiDiscrete(packed.action_spec.nvec), EPISODE + 5, 1, n=3)
+    for t, action in enumerate(actions):
+        a, b = packed.observe(), built.builder.build(built.metrics())
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), f"step {t}"
+        for engine in engines:
+            _, _, truncated = engine.step_raw(action)
+            for i in np.flatnonzero(truncated):
+                engine.reset(i)
+
+
+def test_the_decoder_rejects_a_batch_with_one_action_outside_the_space() -> None:
+    decoder = ActionDecoder(ActionSpec(n_services=2, max_step=1, min_replicas=(1, 1), max_replicas=(5, 5)))
+    desired = np.full((2, 2), 3)
+    ok = np.array([[0, 2, 0], [1, 1, 2]])
+    action = decoder.decode(ok, desired)
+    assert action.replicas.tolist() == [[2, 4], [3, 3]] and action.rebalance.tolist() == [0, 2]
+    for bad in ([[0, 2, 0], [1, 3, 0]], [[0, 2, 3], [1, 1, 0]], [[-1, 2, 0], [1, 1, 0]], [[0, 2, 0], [1.5, 1, -0.5]]):
+        with pytest.raises(ValueError, match="not in"):
+            decoder.decode(np.array(bad), desired)

@@ -240,7 +240,7 @@ def test_parallel_kernel_matches_serial_kernel_bit_for_bit() -> None:
             kernel(
                 p.pool_f, p.pool_range, p.node_pool, p.svc_f, p.pref, p.fits, p.misc,
                 sim.node_state, sim.node_f, sim.rep, sim.warming, sim.warm_left, sim.svc_i, sim.backlog,
-                sim.rebalance_left, sim.key, sim.t, action.replicas, action.rebalance, lam,
+                sim.rebalance_left, sim.key, sim.t, sim.time_s, action.replicas, action.rebalance, lam,
                 sim.out_s, sim.out_p, sim.out_c, sim._buf_i, sim._buf_f, sim._buf_m,
             )
             outs.append((sim.out_s.copy(), sim.out_p.copy(), sim.out_c.copy()))

@@ -323,10 +323,13 @@ def _queue_p95(rho, c, rate, service_s, wait_scale):
 
 def _step_batch(
     pool_f, pool_range, node_pool, svc_f, pref, fits, misc,
-    node_state, node_f, rep, warming, warm_left, svc_i, backlog, rebalance_left, key, t,
+    node_state, node_f, rep, warming, warm_left, svc_i, backlog, rebalance_left, key, t, time_s,
     desired_in, rebalance_in, arrivals, out_s, out_p, out_c, buf_i, buf_f, buf_m,
 ):
-    """Advance every cluster by one decision interval, writing its metrics into out_*."""
+    """Advance every cluster by one decision interval, writing its metrics into out_*.
+
+    Its step count ``t`` and clock ``time_s`` advance here too.
+    """
     N, S, M = rep.shape
     P = pool_f.shape[0]
     step_s = misc[0]
@@ -558,6 +561,7 @@ def _step_batch(
         out_c[n, O_HOT_SPOT] = min(10.0, hot)
         out_c[n, O_REBALANCING] = 1.0 if rebalance_left[n] > 0.0 else 0.0
         t[n] += 1
+        time_s[n] += step_s  # here, not in numpy: an in-place add on a small array costs ~1 us there
 
 
 @njit(cache=True, inline="always")

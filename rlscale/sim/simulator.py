@@ -96,6 +96,7 @@ class Simulator:
         self._buf_i = np.zeros((n, 2, S, M), dtype=np.int64)  # kernel scratch, one slice per cluster
         self._buf_f = np.zeros((n, 1, M))
         self._buf_m = np.zeros((n, S, K.N_MEMO))
+        self._last = StepResult(self.out_s, self.out_p, self.out_c)  # the same buffers every step: built once
 
     @property
     def desired(self) -> np.ndarray:
@@ -134,15 +135,14 @@ class Simulator:
         K.step_batch(
             p.pool_f, p.pool_range, p.node_pool, p.svc_f, p.pref, p.fits, p.misc,
             self.node_state, self.node_f, self.rep, self.warming, self.warm_left, self.svc_i, self.backlog,
-            self.rebalance_left, self.key, self.t,
+            self.rebalance_left, self.key, self.t, self.time_s,
             action.replicas, action.rebalance, arrivals_rps, self.out_s, self.out_p, self.out_c,
             self._buf_i, self._buf_f, self._buf_m,
         )
-        self.time_s += self.step_s
-        return self.last()
+        return self._last
 
     def last(self) -> StepResult:
-        return StepResult(self.out_s, self.out_p, self.out_c)
+        return self._last
 
     def metrics(self, arrivals_rps: np.ndarray) -> Metrics:
         """The latest interval as the metrics a real cluster would report.
