@@ -422,9 +422,10 @@ class Adjustment:
 @njit(cache=True)
 def guard_chain(
     proposed: np.ndarray, current: np.ndarray, lo: np.ndarray, hi: np.ndarray, last_scale_up_s: np.ndarray, now: float,
-    cooldown_s: float, step_limit: int, budget: np.ndarray,
-) -> np.ndarray:
-    """The replicas ``[4, S]`` after each bound in turn: clamp, cooldown, per-step limit, per-minute limit.
+    cooldown_s: float, step_limit: int, budget: np.ndarray, out: np.ndarray,
+) -> int:
+    """Write into ``out`` ``[4, S]`` the replicas after each bound in turn: clamp, cooldown, per-step limit,
+    per-minute limit; return how many values the bounds changed (0: the recommendation passes as it is).
 
     Clamp: within [min_replicas, max_replicas]. Cooldown: no scale-down of a
     service within ``cooldown_s`` of its last scale-up (stops flapping; off at
@@ -433,8 +434,8 @@ def guard_chain(
     that each bound can report what it changed.
     """
     S = proposed.shape[0]
-    out = np.empty((4, S), dtype=np.int64)
     step = max(step_limit, 0)
+    changes = 0
     for s in range(S):
         v = min(max(proposed[s], lo[s]), hi[s])
         out[0, s] = v
@@ -445,7 +446,10 @@ def guard_chain(
         out[2, s] = v
         b = max(budget[s], 0)
         out[3, s] = current[s] + min(max(v - current[s], -b), b)
-    return out
+        for k in range(4):
+            if out[k, s] != (proposed[s] if k == 0 else out[k - 1, s]):
+                changes += 1
+    return changes
 
 
 def window_budget(changes: list[tuple[float, np.ndarray]], now: float, per_window: int, n_services: int) -> np.ndarray:
@@ -488,14 +492,14 @@ def apply_guards(
     proposed, current = _int_row(replicas), _int_row(current)
     last_up = config._never if state.last_scale_up_s is None else state.last_scale_up_s  # type: ignore[attr-defined]
     budget = window_budget(state.changes, now, config.max_change_per_minute, len(names)) if state.changes else config._full_budget  # type: ignore[attr-defined]
-    stages = guard_chain(proposed, current, config.min_replicas, config.max_replicas,
-                         np.asarray(last_up, dtype=np.float64), float(now), float(config.scale_down_cooldown_s),
-                         int(config.max_step_change), budget)
-    before = proposed.tolist()
-    for guard, after in zip(_CHAIN, stages.tolist()):
-        if after != before:
-            adjustments.extend(Adjustment(guard, names[s], before[s], after[s]) for s in range(len(after)) if before[s] != after[s])
-        before = after
+    stages = np.empty((4, proposed.shape[0]), dtype=np.int64)
+    if guard_chain(proposed, current, config.min_replicas, config.max_replicas, np.asarray(last_up, dtype=np.float64),
+                   float(now), float(config.scale_down_cooldown_s), int(config.max_step_change), budget, stages):
+        before = proposed.tolist()
+        for guard, after in zip(_CHAIN, stages.tolist()):
+            if after != before:
+                adjustments.extend(Adjustment(guard, names[s], before[s], after[s]) for s in range(len(after)) if before[s] != after[s])
+            before = after
     final = stages[3]
     verb, refused = check_rebalance(int(rebalance), rebalancing)
     if refused:
