@@ -267,14 +267,15 @@ def assess(metrics: Metrics | None, age_s: float | None, config: GuardConfig, de
 def _all_in_range(values: tuple[Any, ...], config: GuardConfig) -> bool:
     """The fast path of ``assess`` over the ``METRIC_FIELDS`` values: each an array of the right shape, finite
     and within its bounds."""
+    d = config._desired_slice  # type: ignore[attr-defined]
+    S, P = len(config.services), len(config.max_nodes)
+    try:  # one compiled call over the 14 float64 arrays as they are (it checks their shapes too)
+        return bool(_fields_in_bounds(*values, config._upper_flat, d.start, d.stop, S, P))  # type: ignore[attr-defined]
+    except TypeError:  # not all float64 arrays of the right number of dimensions
+        pass
     for value, shape in zip(values, config._shape_list):  # type: ignore[attr-defined]
         if type(value) is not np.ndarray or value.shape != shape:
             return False
-    d = config._desired_slice  # type: ignore[attr-defined]
-    try:  # one compiled call over the 14 arrays as they are; other dtypes are converted first
-        return bool(_fields_in_bounds(*values, config._upper_flat, d.start, d.stop))  # type: ignore[attr-defined]
-    except TypeError:
-        pass
     try:
         flat = np.concatenate(values, axis=None, dtype=np.float64)
     except (TypeError, ValueError):
@@ -312,10 +313,20 @@ def _span_in_bounds(a: np.ndarray, upper: np.ndarray, at: int, d0: int, d1: int)
 _V1, _V2 = "f8[:]", "f8[:, :]"
 
 
-@njit(f"b1({_V1}, {', '.join([_V2] * 10)}, {_V1}, {_V1}, {_V1}, {_V1}, i8, i8)", cache=True)
+@njit(f"b1({_V1}, {', '.join([_V2] * 10)}, {_V1}, {_V1}, {_V1}, {_V1}, i8, i8, i8, i8)", cache=True)
 def _fields_in_bounds(time_s, arrivals, ready, desired, util, p95, backlog, dropped, nodes_ready, nodes_prov, packing,  # type: ignore[no-untyped-def]
-                      cost, hot, rebal, upper, d0, d1):
-    """``_in_bounds`` over the ``Metrics`` fields in their order (N = 1), without joining them first."""
+                      cost, hot, rebal, upper, d0, d1, S, P):
+    """``_in_bounds`` over the ``Metrics`` fields in their order (N = 1, S services, P pools), without joining
+    them first; False for a field of the wrong shape."""
+    for a in (time_s, cost, hot, rebal):
+        if a.shape[0] != 1:
+            return False
+    for a in (arrivals, ready, desired, util, p95, backlog, dropped):
+        if a.shape[0] != 1 or a.shape[1] != S:
+            return False
+    for a in (nodes_ready, nodes_prov, packing):
+        if a.shape[0] != 1 or a.shape[1] != P:
+            return False
     at = _span_in_bounds(time_s, upper, 0, d0, d1)
     for a in (arrivals, ready, desired, util, p95, backlog, dropped, nodes_ready, nodes_prov, packing):
         if at < 0:
