@@ -81,9 +81,9 @@ def limited_protocol(limits: HttpLimits, reject: RejectLog) -> type[HttpToolsPro
 
     class LimitedHttpToolsProtocol(HttpToolsProtocol):
         _head_bytes = 0
-        _head_count = 0
         _head_done = False
         _timer: Any = None
+        _deadline: float | None = None
         _closed_by_us = False
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
@@ -128,18 +128,14 @@ def limited_protocol(limits: HttpLimits, reject: RejectLog) -> type[HttpToolsPro
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._head_done = False
-            self._head_count = 0
-            if self._timer is None:
-                self._arm()
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._head_count += 1
-            if self._head_count > limits.max_headers:
-                raise _Reject(431, f"over {limits.max_headers} header fields")
-            super().on_header(name, value)
+            if self._deadline is None:
+                self._deadline = self.loop.time() + limits.request_timeout_s
 
         def on_headers_complete(self) -> None:
+            # the count is checked here, not per header: the byte limit in data_received already bounds the list
             self._head_done = True
+            if len(self.headers) > limits.max_headers:
+                raise _Reject(431, f"over {limits.max_headers} header fields")
             size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
             if size > limits.max_header_bytes:
                 raise _Reject(431, f"headers over {limits.max_header_bytes} bytes")
@@ -147,23 +143,33 @@ def limited_protocol(limits: HttpLimits, reject: RejectLog) -> type[HttpToolsPro
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
-            self._disarm()
+            self._deadline = None
             super().on_message_complete()
 
         def _arm(self) -> None:
-            self._disarm()
-            self._timer = self.loop.call_later(limits.request_timeout_s, self._timed_out)
+            """One timer per connection, re-armed when it fires: a request only sets or clears ``_deadline``
+            (a timer per request cost a handle and a cancellation each, on the hot path)."""
+            self._deadline = self.loop.time() + limits.request_timeout_s
+            self._timer = self.loop.call_later(limits.request_timeout_s, self._check_deadline)
 
         def _disarm(self) -> None:
+            self._deadline = None
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
 
-        def _timed_out(self) -> None:
+        def _check_deadline(self) -> None:
             self._timer = None
-            if self.cycle is not None and self.cycle.response_started:
+            if self._closed_by_us or self.transport.is_closing():
                 return
-            self._refuse(408, f"request not received within {limits.request_timeout_s:g} s")
+            wait = limits.request_timeout_s
+            if self._deadline is not None:
+                wait = self._deadline - self.loop.time()
+                if wait <= 0 and not (self.cycle is not None and self.cycle.response_started):
+                    self._refuse(408, f"request not received within {limits.request_timeout_s:g} s")
+                    return
+                wait = max(wait, 0.01)
+            self._timer = self.loop.call_later(wait, self._check_deadline)
 
         def _refuse(self, status: int, reason: str) -> None:
             if self._closed_by_us:

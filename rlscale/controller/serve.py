@@ -184,8 +184,9 @@ class _Server:
         from rlscale.controller.limits import HttpLimits, RejectLog, limited_protocol
 
         protocol = limited_protocol(limits or HttpLimits(), reject or RejectLog())
+        # proxy_headers off: the API is served directly, so the client is the socket's peer, never a header's claim
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5,
-                                http=protocol)
+                                http=protocol, proxy_headers=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="rlscale-http", daemon=True)
 
