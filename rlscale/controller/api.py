@@ -25,7 +25,9 @@ restart does not cure, but an operator must see it.
 from __future__ import annotations
 
 import hmac
+import itertools
 import math
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -115,16 +117,37 @@ def request_metrics(body: DecideRequest, services: tuple[str, ...], n_pools: int
     if body.services is not None and tuple(body.services) != services:
         raise HTTPException(422, f"services: expected {list(services)} (the served policy's), got {body.services[:16]}")
     S = len(services)
-    per_service = _arrays(body, PER_SERVICE, S)
-    per_pool = _arrays(body, PER_POOL, n_pools)
-    cluster = _scalars(body)
     history = None
     if body.history_rps:
         rows = [_array(row, S, "history_rps[]") for row in body.history_rps]
         history = np.concatenate([r for r in rows if r is not None])
         if not np.isfinite(history).all() or (history < 0).any():
             raise HTTPException(422, "history_rps: expected finite, non-negative arrival rates")
-    return Metrics(**per_service, **per_pool, **cluster), history  # type: ignore[arg-type]
+    return _complete_metrics(body, S, n_pools) or _partial_metrics(body, S, n_pools), history
+
+
+def _complete_metrics(body: DecideRequest, S: int, P: int) -> Metrics | None:
+    """Every field given and measured: one array for all of them, each field a view of it (a decision's
+    metrics cost one conversion, not fourteen); None otherwise."""
+    per_service, per_pool, cluster = _SERVICE_OF(body), _POOL_OF(body), _CLUSTER_OF(body)
+    if None in cluster or not all(v is not None and len(v) == S and None not in v for v in per_service):
+        return None
+    if not all(v is not None and len(v) == P and None not in v for v in per_pool):
+        return None
+    n = len(PER_SERVICE) * S + len(PER_POOL) * P
+    flat = np.fromiter(itertools.chain(*per_service, *per_pool, cluster), np.float64, n + len(CLUSTER_WIDE))
+    services = list(flat[: len(PER_SERVICE) * S].reshape(len(PER_SERVICE), 1, S))
+    pools = list(flat[len(PER_SERVICE) * S : n].reshape(len(PER_POOL), 1, P))
+    time_s, cost, hot, rebalancing = flat[n:].reshape(len(CLUSTER_WIDE), 1)
+    return Metrics(time_s, *services, *pools, cost, hot, rebalancing)
+
+
+_SERVICE_OF, _POOL_OF, _CLUSTER_OF = (operator.attrgetter(*names) for names in (PER_SERVICE, PER_POOL, CLUSTER_WIDE))
+
+
+def _partial_metrics(body: DecideRequest, S: int, P: int) -> Metrics:
+    """Metrics with what the request has: missing fields None, unmeasured values NaN."""
+    return Metrics(**_arrays(body, PER_SERVICE, S), **_arrays(body, PER_POOL, P), **_scalars(body))  # type: ignore[arg-type]
 
 
 class RequestGate:

@@ -299,6 +299,17 @@ def _in_bounds(flat: np.ndarray, upper: np.ndarray, d0: int, d1: int) -> bool:
 
 
 @njit(cache=True)
+def _whole_replicas(row: np.ndarray, upper: np.ndarray, out: np.ndarray) -> bool:
+    """``row`` rounded into ``out`` if every value is a whole number (within 1e-6) in ``[0, upper]``."""
+    for i in range(row.shape[0]):
+        v = row[i]
+        if not (v >= 0.0 and v <= upper[i]) or abs(v - np.rint(v)) > 1e-6:
+            return False
+        out[i] = np.int64(np.rint(v))
+    return True
+
+
+@njit(cache=True)
 def _span_in_bounds(a: np.ndarray, upper: np.ndarray, at: int, d0: int, d1: int) -> int:
     """``_in_bounds`` over one field's values ``a`` that start at ``upper[at]``: the next field's start, or -1."""
     for i in range(a.shape[0]):
@@ -373,9 +384,9 @@ def valid_desired(desired: Any, config: GuardConfig) -> np.ndarray | None:
         desired = np.asarray(desired, dtype=np.float64)
     if desired.shape != (1, len(config.services)):
         return None
-    upper = config._max_replicas_f  # type: ignore[attr-defined]
-    if desired.dtype == np.float64 and _in_bounds(desired[0], upper, 0, desired.shape[1]):
-        return np.rint(desired[0]).astype(np.int64)
+    if desired.dtype == np.float64:
+        out = np.empty(desired.shape[1], dtype=np.int64)
+        return out if _whole_replicas(desired[0], config._max_replicas_f, out) else None  # type: ignore[attr-defined]
     row = desired[0].tolist()
     for value, upper in zip(row, config.max_replicas.tolist()):
         if not (0.0 <= value <= upper) or abs(value - round(value)) > 1e-6:
