@@ -250,6 +250,14 @@ def markdown(local: dict[str, float], remote: dict[str, object], where: str, loa
         f"| bare endpoint's server CPU per request (median of rounds) "
         f"| {float(np.median([r['bare']['server_cpu_us_per_request'] for r in remote['rounds']])):.0f} us |\n"
         f"| non-200 responses | {decide['non_200']:.0f} |\n"
+        "\nHTTP rounds (each: the two servers side by side, alternating slices of requests):\n\n"
+        "| round | 1-min load | decide req/s | bare req/s | ratio | decide server CPU/request (us) | bare server CPU/request (us) |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|\n"
+        + "".join(
+            f"| {i} | {r['load_avg_1min']:.1f} | {r['decide']['rps']:,.0f} | {r['bare']['rps']:,.0f} | {r['ratio']:.2f} "
+            f"| {r['decide']['server_cpu_us_per_request']:.0f} | {r['bare']['server_cpu_us_per_request']:.0f} |\n"
+            for i, r in enumerate(remote["rounds"], 1)
+        )
     )
 
 
