@@ -133,6 +133,8 @@ class GuardConfig:
         object.__setattr__(self, "_full_budget", np.full(len(self.services), max(self.max_change_per_minute, 0), dtype=np.int64))
         object.__setattr__(self, "_never", np.full(len(self.services), -np.inf))
         object.__setattr__(self, "_max_replicas_f", np.asarray(self.max_replicas, dtype=np.float64))
+        d = self._desired_slice  # type: ignore[attr-defined]
+        object.__setattr__(self, "_range_args", (self._upper_flat, d.start, d.stop, len(self.services), len(self.max_nodes)))  # type: ignore[attr-defined]
 
     def _shape(self, name: str) -> tuple[int, ...]:
         if name in PER_SERVICE:
@@ -220,6 +222,8 @@ def assess(metrics: Metrics | None, age_s: float | None, config: GuardConfig, de
     if metrics is None:
         return Assessment(METRICS_MISSING, "no metrics sample")
     values = _FIELDS_OF(metrics)
+    if age_s is not None and 0.0 <= age_s <= config.stale_after_s and not degraded and _all_in_range(values, config):
+        return _OK  # the common case, checked first; a NaN or infinite age fails the comparison and is reported below
     absent = [name for name, value in zip(METRIC_FIELDS, values) if value is None]
     missing = [name for name in absent if name not in LATENCY_FIELDS]
     if missing:
@@ -228,8 +232,6 @@ def assess(metrics: Metrics | None, age_s: float | None, config: GuardConfig, de
         return Assessment(METRICS_STALE, f"metrics age {age_s!r} s is unknown or in the future")
     if age_s > config.stale_after_s:
         return Assessment(METRICS_STALE, f"metrics are {age_s:g} s old (limit {config.stale_after_s:g} s)")
-    if not absent and not degraded and _all_in_range(values, config):
-        return _OK
     problems: list[str] = []
     unknown = list(absent)
     bad = np.zeros(len(config.services), dtype=bool)
@@ -267,12 +269,11 @@ def assess(metrics: Metrics | None, age_s: float | None, config: GuardConfig, de
 def _all_in_range(values: tuple[Any, ...], config: GuardConfig) -> bool:
     """The fast path of ``assess`` over the ``METRIC_FIELDS`` values: each an array of the right shape, finite
     and within its bounds."""
-    d = config._desired_slice  # type: ignore[attr-defined]
-    S, P = len(config.services), len(config.max_nodes)
     try:  # one compiled call over the 14 float64 arrays as they are (it checks their shapes too)
-        return bool(_fields_in_bounds(*values, config._upper_flat, d.start, d.stop, S, P))  # type: ignore[attr-defined]
+        return bool(_fields_in_bounds(*values, *config._range_args))  # type: ignore[attr-defined]
     except TypeError:  # not all float64 arrays of the right number of dimensions
         pass
+    d = config._desired_slice  # type: ignore[attr-defined]
     for value, shape in zip(values, config._shape_list):  # type: ignore[attr-defined]
         if type(value) is not np.ndarray or value.shape != shape:
             return False
@@ -515,7 +516,9 @@ def apply_guards(
     last_up = config._never if state.last_scale_up_s is None else state.last_scale_up_s  # type: ignore[attr-defined]
     budget = window_budget(state.changes, now, config.max_change_per_minute, len(names)) if state.changes else config._full_budget  # type: ignore[attr-defined]
     stages = np.empty((4, proposed.shape[0]), dtype=np.int64)
-    if guard_chain(proposed, current, config.min_replicas, config.max_replicas, np.asarray(last_up, dtype=np.float64),
+    if type(last_up) is not np.ndarray or last_up.dtype != np.float64:
+        last_up = np.asarray(last_up, dtype=np.float64)
+    if guard_chain(proposed, current, config.min_replicas, config.max_replicas, last_up,
                    float(now), float(config.scale_down_cooldown_s), int(config.max_step_change), budget, stages):
         before = proposed.tolist()
         for guard, after in zip(_CHAIN, stages.tolist()):
