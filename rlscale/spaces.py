@@ -188,12 +188,16 @@ class ObservationBuilder:
         """
         rows = self._all if rows is None else np.asarray(rows, dtype=np.int64)
         out = np.empty((rows.shape[0], self._size), dtype=np.float32)
-        _features(
-            self.history, self._head, self._fresh, rows, self._lags, m.arrivals_rps, m.ready, m.desired, m.utilisation, m.latency_p95_s, m.backlog, m.dropped,
-            m.nodes_ready, m.nodes_provisioning, m.packing, m.time_s, m.cost_rate_usd_h, m.hot_spot, m.rebalancing,
-            self._consts, out,
-        )
+        _features(*self.feature_args(m, rows), out)
         return out
+
+    def feature_args(self, m: Metrics, rows: np.ndarray | None = None) -> tuple[Any, ...]:
+        """``_features``' arguments but its output, for a compiled caller that builds the observation itself."""
+        return (
+            self.history, self._head, self._fresh, self._all if rows is None else rows, self._lags, m.arrivals_rps, m.ready,
+            m.desired, m.utilisation, m.latency_p95_s, m.backlog, m.dropped, m.nodes_ready, m.nodes_provisioning,
+            m.packing, m.time_s, m.cost_rate_usd_h, m.hot_spot, m.rebalancing, self._consts,
+        )
 
     def build_packed(self, time_s: np.ndarray, arrivals_rps: np.ndarray, per_service: np.ndarray,
                      per_pool: np.ndarray, cluster: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -340,6 +344,7 @@ class ActionDecoder:
         self._hi = np.asarray(spec.max_replicas, dtype=np.int64)
         self._nvec = spec.nvec
         self._width = spec.n_services + 1
+        self.bounds = (spec.max_step, self._lo, self._hi, self._nvec)  # _decode's arguments after desired
 
     def decode(self, raw: np.ndarray, desired: np.ndarray) -> Action:
         """``raw`` is ``[N, S + 1]`` (or one ``[S + 1]`` row); raises ``InvalidAction`` if it is outside the space.
@@ -361,7 +366,7 @@ class ActionDecoder:
             desired = np.ascontiguousarray(np.broadcast_to(desired, (n, self._width - 1)))
         replicas = np.empty((n, self._width - 1), dtype=np.int64)
         rebalance = np.empty(n, dtype=np.int64)
-        if not _decode(raw, desired, self.spec.max_step, self._lo, self._hi, self._nvec, replicas, rebalance):
+        if not _decode(raw, desired, *self.bounds, replicas, rebalance):
             raise InvalidAction(f"action {raw!r} is not in MultiDiscrete({self._nvec})")
         return Action(replicas=replicas, rebalance=rebalance)
 

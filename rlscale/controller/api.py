@@ -94,22 +94,8 @@ def _array(values: list[float | None] | None, width: int, name: str) -> np.ndarr
     return np.array([[np.nan if v is None else v for v in values]], dtype=np.float64)
 
 
-def _arrays(body: DecideRequest, names: tuple[str, ...], width: int) -> dict[str, np.ndarray | None]:
-    """Each field as a ``[1, width]`` row; when all are complete, rows of one array (one conversion, not one per field)."""
-    values = [getattr(body, k) for k in names]
-    if all(v is not None and len(v) == width and None not in v for v in values):
-        block = np.array(values, dtype=np.float64)
-        return {k: block[i : i + 1] for i, k in enumerate(names)}
-    return {k: _array(v, width, k) for k, v in zip(names, values)}
-
-
-def _scalars(body: DecideRequest) -> dict[str, np.ndarray | None]:
-    """The cluster-wide fields as ``[1]`` arrays (views of one array when all are given)."""
-    values = [getattr(body, k) for k in CLUSTER_WIDE]
-    if None not in values:
-        block = np.array(values, dtype=np.float64)
-        return {k: block[i : i + 1] for i, k in enumerate(CLUSTER_WIDE)}
-    return {k: None if v is None else np.array([v], dtype=np.float64) for k, v in zip(CLUSTER_WIDE, values)}
+def _scalar(value: float | None) -> np.ndarray | None:
+    return None if value is None else np.array([value], dtype=np.float64)
 
 
 def request_metrics(body: DecideRequest, services: tuple[str, ...], n_pools: int) -> tuple[Metrics, np.ndarray | None]:
@@ -146,8 +132,12 @@ _SERVICE_OF, _POOL_OF, _CLUSTER_OF = (operator.attrgetter(*names) for names in (
 
 
 def _partial_metrics(body: DecideRequest, S: int, P: int) -> Metrics:
-    """Metrics with what the request has: missing fields None, unmeasured values NaN."""
-    return Metrics(**_arrays(body, PER_SERVICE, S), **_arrays(body, PER_POOL, P), **_scalars(body))  # type: ignore[arg-type]
+    """Metrics with what the request has: missing fields None, unmeasured values NaN; a field of the wrong
+    length is a 422 that names it."""
+    per_service = {k: _array(getattr(body, k), S, k) for k in PER_SERVICE}
+    per_pool = {k: _array(getattr(body, k), P, k) for k in PER_POOL}
+    cluster = {k: _scalar(getattr(body, k)) for k in CLUSTER_WIDE}
+    return Metrics(**per_service, **per_pool, **cluster)  # type: ignore[arg-type]
 
 
 class RequestGate:

@@ -288,31 +288,9 @@ _FIELDS_OF = operator.attrgetter(*METRIC_FIELDS)
 
 
 @njit(cache=True)
-def _in_bounds(flat: np.ndarray, upper: np.ndarray, d0: int, d1: int) -> bool:
-    """0 <= value <= upper for every value (NaN fails), and whole numbers of desired replicas in ``[d0, d1)``."""
-    for i in range(flat.shape[0]):
-        if not (flat[i] >= 0.0 and flat[i] <= upper[i]):
-            return False
-    for i in range(d0, d1):
-        if abs(flat[i] - np.rint(flat[i])) > 1e-6:
-            return False
-    return True
-
-
-@njit(cache=True)
-def _whole_replicas(row: np.ndarray, upper: np.ndarray, out: np.ndarray) -> bool:
-    """``row`` rounded into ``out`` if every value is a whole number (within 1e-6) in ``[0, upper]``."""
-    for i in range(row.shape[0]):
-        v = row[i]
-        if not (v >= 0.0 and v <= upper[i]) or abs(v - np.rint(v)) > 1e-6:
-            return False
-        out[i] = np.int64(np.rint(v))
-    return True
-
-
-@njit(cache=True)
 def _span_in_bounds(a: np.ndarray, upper: np.ndarray, at: int, d0: int, d1: int) -> int:
-    """``_in_bounds`` over one field's values ``a`` that start at ``upper[at]``: the next field's start, or -1."""
+    """0 <= value <= upper (NaN fails) for values ``a`` that start at ``upper[at]``, whole numbers (within
+    1e-6) at positions ``[d0, d1)``: the position after ``a``, or -1."""
     for i in range(a.shape[0]):
         v = a[i]
         if not (v >= 0.0 and v <= upper[at + i]):
@@ -322,14 +300,29 @@ def _span_in_bounds(a: np.ndarray, upper: np.ndarray, at: int, d0: int, d1: int)
     return at + a.shape[0]
 
 
+@njit(cache=True)
+def _in_bounds(flat: np.ndarray, upper: np.ndarray, d0: int, d1: int) -> bool:
+    return _span_in_bounds(flat, upper, 0, d0, d1) >= 0
+
+
+@njit(cache=True)
+def _whole_replicas(row: np.ndarray, upper: np.ndarray, out: np.ndarray) -> bool:
+    """``row`` rounded into ``out`` if every value is a whole number in ``[0, upper]``."""
+    if _span_in_bounds(row, upper, 0, 0, row.shape[0]) < 0:
+        return False
+    for i in range(row.shape[0]):
+        out[i] = np.int64(np.rint(row[i]))
+    return True
+
+
 _V1, _V2 = "f8[:]", "f8[:, :]"
 
 
 @njit(f"b1({_V1}, {', '.join([_V2] * 10)}, {_V1}, {_V1}, {_V1}, {_V1}, i8, i8, i8, i8)", cache=True)
 def _fields_in_bounds(time_s, arrivals, ready, desired, util, p95, backlog, dropped, nodes_ready, nodes_prov, packing,  # type: ignore[no-untyped-def]
                       cost, hot, rebal, upper, d0, d1, S, P):
-    """``_in_bounds`` over the ``Metrics`` fields in their order (N = 1, S services, P pools), without joining
-    them first; False for a field of the wrong shape."""
+    """``_span_in_bounds`` over the ``Metrics`` fields in their order (N = 1, S services, P pools), without
+    joining them first; False for a field of the wrong shape."""
     for a in (time_s, cost, hot, rebal):
         if a.shape[0] != 1:
             return False

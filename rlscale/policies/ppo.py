@@ -362,15 +362,9 @@ class PPOPolicy:
         obs, out, raw = scratch
         replicas = np.empty((n, self.action_spec.n_services), dtype=np.int64)
         rebalance = np.empty(n, dtype=np.int64)
-        b, d = self.builder, self.decoder
-        if not _observe_decide(
-            b.history, b._head, b._fresh, b._all, b._lags, metrics.arrivals_rps, metrics.ready, metrics.desired,
-            metrics.utilisation, metrics.latency_p95_s, metrics.backlog, metrics.dropped, metrics.nodes_ready,
-            metrics.nodes_provisioning, metrics.packing, metrics.time_s, metrics.cost_rate_usd_h, metrics.hot_spot,
-            metrics.rebalancing, b._consts, obs, *self.exported.weights.packed.arrays, out, self._ends, raw,
-            d.spec.max_step, d._lo, d._hi, d._nvec, replicas, rebalance,
-        ):
-            raise InvalidAction(f"action {raw!r} is not in MultiDiscrete({d._nvec})")
+        if not _observe_decide(*self.builder.feature_args(metrics), obs, *self.exported.weights.packed.arrays, out,
+                               self._ends, raw, *self.decoder.bounds, replicas, rebalance):
+            raise InvalidAction(f"action {raw!r} is not in MultiDiscrete({self._nvec})")
         return Action(replicas=replicas, rebalance=rebalance)
 
 
