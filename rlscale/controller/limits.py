@@ -163,12 +163,12 @@ def limited_protocol(limits: HttpLimits, reject: RejectLog) -> type[HttpToolsPro
             if self._closed_by_us or self.transport.is_closing():
                 return
             wait = limits.request_timeout_s
-            if self._deadline is not None:
+            responding = self.cycle is not None and self.cycle.response_started
+            if self._deadline is not None and not responding:
                 wait = self._deadline - self.loop.time()
-                if wait <= 0 and not (self.cycle is not None and self.cycle.response_started):
+                if wait <= 0:
                     self._refuse(408, f"request not received within {limits.request_timeout_s:g} s")
                     return
-                wait = max(wait, 0.01)
             self._timer = self.loop.call_later(wait, self._check_deadline)
 
         def _refuse(self, status: int, reason: str) -> None:
