@@ -11,8 +11,8 @@
    keep-alive connections (default 4). Anchor: a FastAPI endpoint returning a
    constant under the same uvicorn (``anchors.BARE_SERVER``), loaded the same
    way; both servers run side by side and are loaded in alternating slices of
-   a few hundred requests, so both see the same moment of the machine. The client writes pre-built HTTP/1.1 requests on
-   raw sockets so that its own cost stays small next to the server's on a
+   a few hundred requests, so both see the same moment of the machine. The
+   client writes pre-built HTTP/1.1 requests on raw sockets so that its own cost stays small next to the server's on a
    2-core machine. Target: >= 0.6 x the bare endpoint's throughput. Every
    decide request is validated, decided and written to the audit log.
 
@@ -131,7 +131,7 @@ async def _client(host: str, port: int, request: bytes, count: int, latencies: l
         writer.close()
 
 
-async def _load(host: str, port: int, requests: int, clients: int, warm_up: int = 50) -> tuple[float, list[float], dict[int, int]]:
+async def _load(host: str, port: int, requests: int, clients: int) -> tuple[float, list[float], dict[int, int]]:
     body = json.dumps(BODY).encode()
     request = (
         f"POST /v1/decide HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
@@ -140,8 +140,6 @@ async def _load(host: str, port: int, requests: int, clients: int, warm_up: int 
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     per = [requests // clients + (1 if i < requests % clients else 0) for i in range(clients)]
-    if warm_up:
-        await _client(host, port, request, warm_up, [], {})
     t0 = time.perf_counter()
     await asyncio.gather(*[_client(host, port, request, n, latencies, statuses) for n in per])
     return time.perf_counter() - t0, latencies, statuses
@@ -185,7 +183,7 @@ def http(model: str, requests: int, clients: int, tmp: Path, rounds: int, slices
     try:
         for name, cmd in (("decide", serve), ("bare", bare)):
             servers[name] = _start(cmd)
-            asyncio.run(_load(*servers[name][1:], 200, clients, warm_up=0))
+            asyncio.run(_load(*servers[name][1:], 200, clients))  # warm-up
         per_slice = max(requests // slices, clients)
         runs = []
         for _ in range(rounds):
@@ -195,7 +193,7 @@ def http(model: str, requests: int, clients: int, tmp: Path, rounds: int, slices
                 for name in ("decide", "bare"):
                     proc, host, port = servers[name]
                     cpu0 = _cpu_seconds(proc.pid)
-                    elapsed, latencies, statuses = asyncio.run(_load(host, port, per_slice, clients, warm_up=0))
+                    elapsed, latencies, statuses = asyncio.run(_load(host, port, per_slice, clients))
                     taken[name].append((elapsed, latencies, statuses, _cpu_seconds(proc.pid) - cpu0))
             decide, anchor = _summary(taken["decide"], clients), _summary(taken["bare"], clients)
             runs.append({"load_avg_1min": load, "decide": decide, "bare": anchor, "ratio": decide["rps"] / anchor["rps"]})
