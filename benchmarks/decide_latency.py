@@ -12,9 +12,10 @@
    constant under the same uvicorn (``anchors.BARE_SERVER``), loaded the same
    way; both servers run side by side and are loaded in alternating slices of
    a few hundred requests, so both see the same moment of the machine. The
-   client writes pre-built HTTP/1.1 requests on raw sockets so that its own cost stays small next to the server's on a
-   2-core machine. Target: >= 0.6 x the bare endpoint's throughput. Every
-   decide request is validated, decided and written to the audit log.
+   client writes pre-built HTTP/1.1 requests on raw sockets so that its own
+   cost stays small next to the server's on a 2-core machine. Target: >= 0.6 x
+   the bare endpoint's throughput. Every decide request is validated, decided
+   and written to the audit log.
 
 Usage: ``python benchmarks/decide_latency.py [--model models/NAME] [--rounds 3] [--append docs/BENCHMARKS.md]``.
 Without ``--model`` the shipped ``models/web-diurnal`` is used, or, where it
