@@ -150,7 +150,9 @@ def tables(rows: list[dict[str, Any]], shipped: list[dict[str, Any]], model: str
     for r in rows:
         h, g, o = r["hpa"], r["general"], r["oracle"]
         rule = r["rule"]
-        verdict = "met" if r["target_met"] else ("missed (SLO)" if not r["within_hpa_slo"] else "missed (cost)")
+        over = [name for name, key in (("SLO", "slo_violation_rate"), ("drops", "dropped_fraction"))
+                if g[key] > h[key] + 1e-12]
+        verdict = "met" if r["target_met"] else f"missed ({', '.join(over) if over else 'cost'})"
         if not r["churn_ok"]:
             verdict += ", churn > 2x"
         out.append(

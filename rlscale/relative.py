@@ -74,6 +74,8 @@ class ServiceTraits:
     replicas_per_node: tuple[float, ...]
     batch: tuple[bool, ...]
     step_s: float
+    uniform_speed: tuple[bool, ...] = ()
+    """Per service: all of its pools run at one speed, so repacking cannot move it onto slower nodes (empty: all)."""
 
     @classmethod
     def from_scenario(cls, scenario: Scenario) -> "ServiceTraits":
@@ -103,11 +105,12 @@ class ServiceTraits:
             replicas_per_node=tuple(max(1.0, p.vcpu // s.replica.cpu) for s, p in zip(scenario.services, first)),
             batch=tuple(s.kind == "batch" for s in scenario.services),
             step_s=float(scenario.step_s),
+            uniform_speed=tuple(len({pools[name].speed for name in s.pools}) == 1 for s in scenario.services),
         )
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {f.name: np.asarray(getattr(self, f.name), dtype=np.float64) for f in fields(self)
-                if f.name not in ("services", "step_s")}
+                if f.name not in ("services", "step_s", "uniform_speed")}
 
     @property
     def n_services(self) -> int:
@@ -317,6 +320,35 @@ class RelativeDecoder:
         target = np.where(proposal > current, proposal, np.minimum(stable, current))
         target = np.maximum(target, obs.floor)
         return np.clip(target, self._min, self._max).astype(np.int64)
+
+
+PACK_UTILISATION = 0.75
+"""Repack only while every service would stay under this utilisation without the replicas that restart."""
+
+
+def calm_to_repack(m: Metrics, obs: RelativeObservation) -> np.ndarray:
+    """``[N]`` bool: consolidating now frees a node at no risk to the SLO, so the decoder does it unasked.
+
+    A ReplicaSet scale-down leaves holes on every node, and the cluster
+    autoscaler drains a node only below half full: a cluster run by HPA pays
+    for about a fifth more node CPU than its replicas request. Repacking
+    restarts the moved replicas, so it waits for a calm interval: a node can be
+    freed, load is not rising, nothing is pending, violated or dropped, no
+    repack is in progress, every service keeps ``PACK_UTILISATION`` without the
+    replicas on the nodes to be freed, and no service can be moved onto slower
+    nodes.
+    """
+    nodes = np.maximum(_finite(m.nodes_ready), 0.0)
+    packing = np.clip(_finite(m.packing, 1.0), 0.0, 1.0)
+    spare = nodes - np.ceil(packing * nodes - 1e-9)
+    share = np.max(_ratio(spare, nodes), axis=1)
+    ready = np.maximum(_finite(m.ready), 0.0)
+    left = ready * (1.0 - share[:, None])
+    hot = np.where(left >= 1.0, _ratio(obs.history[:, 0], left * obs.rps_hat) >= PACK_UTILISATION, True)
+    hurting = (_finite(m.latency_p95_s) > obs._slo) | (_finite(m.dropped) > 0) | (_finite(m.desired) > ready)
+    uniform = np.asarray(obs.traits.uniform_speed or (True,) * obs.traits.n_services, dtype=bool)
+    return ((spare >= 1).any(axis=1) & ~(hot | hurting).any(axis=1) & (obs.growth() <= 1.0).all(axis=1)
+            & bool(uniform.all()) & ~(_finite(m.rebalancing) > 0))
 
 
 def decide(level_index: np.ndarray, rebalance: np.ndarray, obs: RelativeObservation, dec: RelativeDecoder) -> Action:

@@ -261,3 +261,71 @@ def test_train_export_and_serve_a_tiny_generalist(tmp_path: Path) -> None:
     loaded = load_policy(str(out), None, load_scenario(SUITE / "five-services.yaml"))
     policy = loaded.make()
     assert isinstance(policy, GeneralPolicy) and len(policy.services) == 5
+
+
+def calm_metrics(load: float = 200.0, nodes: float = 10.0, packing: float = 0.8) -> Metrics:
+    """web-diurnal's one service, steady at ``load`` rps on ``nodes`` nodes of which ``packing`` is requested."""
+    ready = np.array([[25.0]])
+    return Metrics(
+        time_s=np.array([0.0]), arrivals_rps=np.array([[load]]), ready=ready.copy(), desired=ready.copy(),
+        utilisation=np.array([[load / (25.0 * 20.0)]]), latency_p95_s=np.array([[0.08]]), backlog=np.zeros((1, 1)),
+        dropped=np.zeros((1, 1)), nodes_ready=np.array([[nodes]]), nodes_provisioning=np.zeros((1, 1)),
+        packing=np.array([[packing]]), cost_rate_usd_h=np.array([1.0]), hot_spot=np.zeros(1), rebalancing=np.zeros(1),
+    )
+
+
+def _repack_after(sc_name: str, metrics: list[Metrics]) -> bool:
+    from rlscale.relative import calm_to_repack
+
+    policy = GeneralPolicy(None, load_scenario(sc_name))
+    for m in metrics:
+        policy.observe(m)
+    return bool(calm_to_repack(metrics[-1], policy.builder)[0])
+
+
+def test_the_decoder_repacks_half_empty_nodes_only_when_it_is_calm() -> None:
+    steady = [calm_metrics() for _ in range(8)]
+    assert _repack_after("web-diurnal", steady)
+    assert not _repack_after("web-diurnal", steady[:-1] + [calm_metrics(packing=0.95)])  # no node to free
+    rising = [calm_metrics(load=150.0 * 1.05 ** t) for t in range(8)]
+    assert not _repack_after("web-diurnal", rising)
+    # the 2 nodes to free hold a fifth of the 25 replicas: 350 rps on the other 20 is 0.875 utilisation, too hot
+    assert _repack_after("web-diurnal", [calm_metrics(load=290.0) for _ in range(8)])
+    assert not _repack_after("web-diurnal", [calm_metrics(load=350.0) for _ in range(8)])
+    for field, value in (("latency_p95_s", 0.3), ("dropped", 5.0), ("desired", 30.0), ("rebalancing", 1.0)):
+        m = calm_metrics()
+        getattr(m, field)[...] = value
+        assert not _repack_after("web-diurnal", steady[:-1] + [m]), field
+
+
+def test_the_decoder_never_repacks_a_service_onto_slower_nodes() -> None:
+    sc = load_scenario("mixed-pools")  # the API may land on spot nodes that run 30% slower
+    from rlscale.relative import ServiceTraits
+
+    assert ServiceTraits.from_scenario(sc).uniform_speed == (False, False)
+    assert ServiceTraits.from_scenario(load_scenario("web-diurnal")).uniform_speed == (True,)
+
+
+def test_repacking_cuts_the_node_cpu_a_rule_pays_for_without_more_violations(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rlscale.policies.general as general
+
+    sc = load_scenario("web-diurnal")
+    seeds = [5000, 5001]
+
+    class Rule(GeneralPolicy):
+        def act(self, m: Metrics):
+            self.observe(m)
+            return self.step_raw(m, np.full((m.n, 1), 4), np.zeros(m.n, dtype=np.int64))
+
+    def run() -> tuple[float, float, float]:
+        r = run_policy(sc, Rule(None, sc), seeds, record=True)
+        paid = float((r.series["nodes"] * sc.pools[0].vcpu).sum())
+        return paid / float((r.series["replicas"] * sc.services[0].replica.cpu).sum()), \
+            float(r.episodes["slo_violation_rate"].mean()), float(r.episodes["rebalances"].mean())
+
+    eager = run()
+    monkeypatch.setattr(general, "calm_to_repack", lambda m, obs: np.zeros(m.n, dtype=bool))
+    lazy = run()
+    assert eager[2] > lazy[2]
+    assert eager[0] < lazy[0] - 0.05, (eager, lazy)
+    assert eager[1] <= lazy[1], (eager, lazy)

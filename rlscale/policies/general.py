@@ -22,7 +22,7 @@ import numpy as np
 from rlscale.config import ConfigError, Scenario
 from rlscale.policies.base import ClusterAutoscaler
 from rlscale.policies.ppo import ExportedPolicy, PolicyWeights, logits
-from rlscale.relative import LEVELS, RelativeDecoder, RelativeObservation, ServiceTraits, decide
+from rlscale.relative import LEVELS, RelativeDecoder, RelativeObservation, ServiceTraits, calm_to_repack, decide
 from rlscale.spaces import Action, Metrics
 
 N_LEVELS = len(LEVELS)
@@ -110,7 +110,7 @@ class GeneralPolicy:
 
     def step_raw(self, metrics: Metrics, levels: np.ndarray, rebalance: np.ndarray) -> Action:
         """Decode levels ``[N, S]`` and verbs ``[N]`` (after ``observe`` for this interval)."""
-        drain = self.nodes.rebalance(metrics)
+        drain = np.where(calm_to_repack(metrics, self.builder), 1, self.nodes.rebalance(metrics))
         verb = np.where(np.asarray(rebalance) > 0, rebalance, drain)
         return decide(levels, verb, self.builder, self.decoder)
 
