@@ -354,7 +354,8 @@ class GeneralSpec(Strict):
     w_slo: float = Field(default=20.0, ge=0)
     w_drop: float = Field(default=50.0, ge=0)
     w_churn: float = Field(default=0.05, ge=0)
-    rule_twin: bool = Field(default=False, description="reward relative to the 72% rule on the same episode (a baseline)")
+    rule_twin: bool = Field(default=False, description="reward relative to the start-level rule on the same episode (a baseline)")
+    start_level: int = Field(default=4, ge=0, le=7, description="index into the target levels the fresh policy is biased to (4: 72%)")
     ranges: GeneralRanges = GeneralRanges()
     validation: list[str] = Field(default=["web-diurnal", "flash-crowd", "mixed-pools", "ml-platform"], min_length=1)
 

@@ -208,12 +208,13 @@ def test_evaluate_tune_adds_the_best_rule_and_writes_the_sweep(tmp_path: Path) -
         assert sweep["best"]["spec"] in labels
 
 
-def test_the_rule_twin_replays_the_same_episode_so_the_rule_itself_scores_zero() -> None:
-    from rlscale.learn.general_env import START_LEVEL, GeneralVecEnv
+@pytest.mark.parametrize("start", [3, 4])
+def test_the_rule_twin_replays_the_same_episode_so_the_rule_itself_scores_zero(start: int) -> None:
+    from rlscale.learn.general_env import GeneralVecEnv
 
-    env = GeneralVecEnv(GeneralSpec(rule_twin=True, episode_steps=40), engines=2, clusters=3, seed=7)
+    env = GeneralVecEnv(GeneralSpec(rule_twin=True, episode_steps=40, start_level=start), engines=2, clusters=3, seed=7)
     env.reset()
-    rule = np.stack([np.full(6, START_LEVEL), np.zeros(6, dtype=np.int64)], axis=1)
+    rule = np.stack([np.full(6, start), np.zeros(6, dtype=np.int64)], axis=1)
     for _ in range(60):  # crosses an episode end, where the slots draw new clusters
         env.step_async(rule)
         _, reward, _, _ = env.step_wait()
@@ -329,3 +330,24 @@ def test_repacking_cuts_the_node_cpu_a_rule_pays_for_without_more_violations(mon
     assert eager[2] > lazy[2]
     assert eager[0] < lazy[0] - 0.05, (eager, lazy)
     assert eager[1] <= lazy[1], (eager, lazy)
+
+
+def test_checkpoint_score_prices_an_slo_or_drop_excess_relative_to_hpas_own_rate() -> None:
+    from rlscale.learn.general_eval import EXCESS_FLOOR, GeneralEvalResult
+    from rlscale.rollout import Rollout
+
+    def roll(cost: float, slo: float, drops: float) -> Rollout:
+        return Rollout("p", [0], {"cost_usd": np.array([cost]), "slo_violation_rate": np.array([slo]),
+                                  "dropped_fraction": np.array([drops])})
+
+    hpa = roll(100.0, 0.006, 0.0013)
+    assert GeneralEvalResult({"a": (roll(85.0, 0.003, 0.0010), hpa)}).score == pytest.approx(0.85)
+    # 10% more drops than HPA weighs as 10% of HPA's cost, however small the rates
+    assert GeneralEvalResult({"a": (roll(85.0, 0.003, 0.00143), hpa)}).score == pytest.approx(0.95)
+    assert GeneralEvalResult({"a": (roll(85.0, 0.0066, 0.0010), hpa)}).score == pytest.approx(0.95)
+    # below the floor a rate is noise: HPA's 0.002% drops count as 0.1%
+    quiet = roll(100.0, 0.0, 0.00002)
+    assert GeneralEvalResult({"a": (roll(90.0, 0.0, 0.00012), quiet)}).score == pytest.approx(0.9 + 0.0001 / EXCESS_FLOOR)
+    # the score averages the cases
+    both = GeneralEvalResult({"a": (roll(85.0, 0.003, 0.0010), hpa), "b": (roll(90.0, 0.0, 0.00012), quiet)})
+    assert both.score == pytest.approx((0.85 + 0.9 + 0.1) / 2)

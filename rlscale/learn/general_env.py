@@ -109,12 +109,11 @@ def sample_cluster(rng: np.random.Generator, spec: GeneralSpec) -> tuple[Scenari
     return true, declared, peak_replicas * rps
 
 
-START_LEVEL = 4
 START_PREFERENCE = 4.0
 
 
-def start_at_rule(model: Any) -> None:
-    """Bias a fresh policy's action layer towards level ``START_LEVEL`` (72%) and no rebalance.
+def start_at_rule(model: Any, level: int) -> None:
+    """Bias a fresh policy's action layer towards target ``level`` (``general.start_level``) and no rebalance.
 
     With these fixed, the decoder alone is a sound rule (at or below HPA's cost
     at no more SLO violations on the shipped scenarios), so PPO starts from a
@@ -125,7 +124,7 @@ def start_at_rule(model: Any) -> None:
 
     with torch.no_grad():
         bias = model.policy.action_net.bias
-        bias[START_LEVEL] += START_PREFERENCE
+        bias[level] += START_PREFERENCE
         bias[len(NVEC_LEVELS)] += 2 * START_PREFERENCE
 
 
@@ -172,7 +171,7 @@ class GeneralVecEnv(InProcessVecEnv):
         policy.reset(self.clusters)
         twin = None
         if self.spec.rule_twin:
-            # the same episodes (same seeds: traffic and simulator noise) run by the fixed 72% rule
+            # the same episodes (same seeds: traffic and simulator noise) run by the fixed start-level rule
             twin_eng = ClusterEpisodes(true, self.clusters, episode_steps=self.spec.episode_steps, randomise=False,
                                        sampler=sampler)
             for i in range(self.clusters):
@@ -208,7 +207,7 @@ class GeneralVecEnv(InProcessVecEnv):
         """
         eng, pol = self._twins[k]
         pol.observe(eng.metrics())
-        level = np.full((self.clusters, 1), START_LEVEL, dtype=np.int64)
+        level = np.full((self.clusters, 1), self.spec.start_level, dtype=np.int64)
         return self._advance(eng, pol, level, np.zeros(self.clusters, dtype=np.int64), ref)[2]
 
     def _advance(self, eng: ClusterEpisodes, pol: GeneralPolicy, levels: np.ndarray, verbs: np.ndarray,
