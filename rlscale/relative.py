@@ -171,6 +171,8 @@ class RelativeObservation:
         self._price = np.log(np.maximum(a["price_ratio"], 1e-6))
         self._per_node = np.log(a["replicas_per_node"]) / 3.0
         self._batch = a["batch"]
+        self.uniform_speed = all(traits.uniform_speed)
+        """No service of the cluster can be repacked onto slower nodes (``calm_to_repack`` needs this)."""
         self.reset_all(n)
 
     def reset_all(self, n: int) -> None:
@@ -183,6 +185,9 @@ class RelativeObservation:
         self.current = np.zeros((n, S))
         self.demand = np.zeros((n, S))
         self.floor = np.zeros((n, S))
+        self.rise = np.ones((n, S))  # growth() of this interval
+        self.hurting = np.zeros((n, S), dtype=bool)  # over the SLO or dropping requests
+        self.clean: _Clean | None = None  # this interval's metrics, NaN/inf replaced
 
     def reset(self, mask: np.ndarray | None = None) -> None:
         """Forget the masked clusters' history (all when None)."""
@@ -223,23 +228,26 @@ class RelativeObservation:
 
     def _floor(self, c: _Clean, demand: np.ndarray) -> np.ndarray:
         """The margin: ``[N, S]`` replicas the decoder never goes below (before min/max)."""
-        need = np.ceil(demand * self.growth() / U_MAX - 1e-9)
-        hurting = (c.p95 > self._slo) | (c.dropped > 0)
-        return np.where(hurting, np.maximum(need, c.desired), need)
+        need = np.ceil(demand * self.rise / U_MAX - 1e-9)
+        return np.where(self.hurting, np.maximum(need, c.desired), need)
 
     def build(self, m: Metrics) -> np.ndarray:
         """float32 ``[N * S, N_FEATURES]`` (service-major within a cluster); pushes this interval into the history.
 
         Also leaves this interval's ``current``, ``demand`` and ``floor`` for the decoder, so the
-        decision sizes with exactly the numbers the policy saw.
+        decision sizes with exactly the numbers the policy saw (and ``clean``, ``rise`` and ``hurting``,
+        which ``calm_to_repack`` reads).
         """
         c = _Clean.of(m)
         a = self._push(c, m)
         n, S = a.shape
         h = self.history
         ready, desired = c.ready, c.desired
+        self.clean = c
         self.current = desired
         self.demand = self._demand(c)
+        self.rise = self.growth()
+        self.hurting = (c.p95 > self._slo) | (c.dropped > 0)
         self.floor = self._floor(c, self.demand)
         cap_soon = np.maximum(desired, 1.0) * self.rps_hat
         cap_ready = np.maximum(ready, 1.0) * self.rps_hat
@@ -329,6 +337,8 @@ PACK_UTILISATION = 0.75
 def calm_to_repack(m: Metrics, obs: RelativeObservation) -> np.ndarray:
     """``[N]`` bool: consolidating now frees a node at no risk to the SLO, so the decoder does it unasked.
 
+    Reads what ``obs.build`` kept of this interval; call it after ``build``.
+
     A ReplicaSet scale-down leaves holes on every node, and the cluster
     autoscaler drains a node only below half full: a cluster run by HPA pays
     for about a fifth more node CPU than its replicas request. Repacking
@@ -338,17 +348,18 @@ def calm_to_repack(m: Metrics, obs: RelativeObservation) -> np.ndarray:
     replicas on the nodes to be freed, and no service can be moved onto slower
     nodes.
     """
+    c = obs.clean
+    if c is None or not obs.uniform_speed:
+        return np.zeros(m.n, dtype=bool)
     nodes = np.maximum(_finite(m.nodes_ready), 0.0)
     packing = np.clip(_finite(m.packing, 1.0), 0.0, 1.0)
     spare = nodes - np.ceil(packing * nodes - 1e-9)
     share = np.max(_ratio(spare, nodes), axis=1)
-    ready = np.maximum(_finite(m.ready), 0.0)
-    left = ready * (1.0 - share[:, None])
-    hot = np.where(left >= 1.0, _ratio(obs.history[:, 0], left * obs.rps_hat) >= PACK_UTILISATION, True)
-    hurting = (_finite(m.latency_p95_s) > obs._slo) | (_finite(m.dropped) > 0) | (_finite(m.desired) > ready)
-    uniform = np.asarray(obs.traits.uniform_speed or (True,) * obs.traits.n_services, dtype=bool)
-    return ((spare >= 1).any(axis=1) & ~(hot | hurting).any(axis=1) & (obs.growth() <= 1.0).all(axis=1)
-            & bool(uniform.all()) & ~(_finite(m.rebalancing) > 0))
+    left = c.ready * (1.0 - share[:, None])
+    hot = np.where(left >= 1.0, _ratio(c.arrivals, left * obs.rps_hat) >= PACK_UTILISATION, True)
+    busy = obs.hurting | (c.desired > c.ready)
+    return ((spare >= 1).any(axis=1) & ~(hot | busy).any(axis=1) & (obs.rise <= 1.0).all(axis=1)
+            & ~(_finite(m.rebalancing) > 0))
 
 
 def decide(level_index: np.ndarray, rebalance: np.ndarray, obs: RelativeObservation, dec: RelativeDecoder) -> Action:

@@ -23,7 +23,7 @@ from rlscale.config import ConfigError, Scenario
 from rlscale.policies.base import ClusterAutoscaler
 from rlscale.policies.ppo import ExportedPolicy, PolicyWeights, logits
 from rlscale.relative import LEVELS, RelativeDecoder, RelativeObservation, ServiceTraits, calm_to_repack, decide
-from rlscale.spaces import Action, Metrics
+from rlscale.spaces import REBALANCE_CONSOLIDATE, Action, Metrics
 
 N_LEVELS = len(LEVELS)
 NVEC = np.array([N_LEVELS, 3], dtype=np.int64)
@@ -110,7 +110,7 @@ class GeneralPolicy:
 
     def step_raw(self, metrics: Metrics, levels: np.ndarray, rebalance: np.ndarray) -> Action:
         """Decode levels ``[N, S]`` and verbs ``[N]`` (after ``observe`` for this interval)."""
-        drain = np.where(calm_to_repack(metrics, self.builder), 1, self.nodes.rebalance(metrics))
+        drain = np.where(calm_to_repack(metrics, self.builder), REBALANCE_CONSOLIDATE, self.nodes.rebalance(metrics))
         verb = np.where(np.asarray(rebalance) > 0, rebalance, drain)
         return decide(levels, verb, self.builder, self.decoder)
 
