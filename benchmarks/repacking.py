@@ -21,18 +21,18 @@ import numpy as np
 import rlscale.policies.general as general
 from rlscale.config import PROJECT_ROOT, Scenario, load_scenario
 from rlscale.evaluate import TraceSource, trace_scenario
+from rlscale.learn.traffic import Replay
 from rlscale.policies import make_policy
 from rlscale.rollout import run_policy
-from rlscale.workload import load_csv
 
 TRACE = PROJECT_ROOT.parent / "shared" / "traces" / "alibaba2018-cpu-300s.csv"
 TRAIN_DAYS = 5
 
 
 def training_days(out: Path) -> Path:
-    ts, values = load_csv(TRACE)
-    keep = ts - ts[0] < TRAIN_DAYS * 86_400
-    out.write_text("timestamp,value\n" + "".join(f"{t:g},{v:.6g}\n" for t, v in zip(ts[keep], values[keep])))
+    """The trace's training days as a CSV, cut where the generalist's training cuts them (``Replay``)."""
+    days = Replay(str(TRACE), TRAIN_DAYS)
+    out.write_text("timestamp,value\n" + "".join(f"{t:g},{v:.6g}\n" for t, v in zip(days.t, days.v)))
     return out
 
 
