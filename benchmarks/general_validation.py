@@ -16,7 +16,6 @@ import argparse
 
 import numpy as np
 
-import rlscale.policies.general as general
 from rlscale.config import GeneralSpec, load_scenario
 from rlscale.learn.general_eval import evaluate_general
 from rlscale.policies import make_policy
@@ -28,9 +27,9 @@ from rlscale.rollout import run_policy
 SCENARIOS = ("web-diurnal", "flash-crowd", "mixed-pools", "ml-platform")
 
 
-def level_shares(model: str, name: str, seeds: list[int]) -> np.ndarray:
+def level_shares(model: str, name: str, seeds: list[int], repack: bool) -> np.ndarray:
     sc = load_scenario(name)
-    policy = make_policy(f"ppo:{model}", sc)
+    policy = make_policy(f"ppo:{model}" + ("" if repack else ":repack=0"), sc)
     picked: list[np.ndarray] = []
 
     def act(m):  # the serving path, recording the network's level choice on the way
@@ -50,15 +49,14 @@ def main() -> None:
     ap.add_argument("--no-repack", action="store_true", help="without the decoder's calm repacking")
     args = ap.parse_args()
     seeds = list(range(5000, 5000 + args.seeds))
-    if args.no_repack:
-        general.calm_to_repack = lambda m, obs: np.zeros(m.n, dtype=bool)
-    result = evaluate_general(load_exported(args.model).weights, GeneralSpec(validation=list(SCENARIOS)), seeds, None)
+    result = evaluate_general(load_exported(args.model).weights, GeneralSpec(validation=list(SCENARIOS)), seeds, None,
+                              repack=not args.no_repack)
     print(f"validation score {result.score:.4f} on seeds {seeds[0]}..{seeds[-1]}; cost over HPA's: "
           + ", ".join(f"{k} {v['cost_vs_hpa']:.3f}" for k, v in result.summary()["cases"].items()) + "\n")
     print("| scenario | " + " | ".join(f"{lv:.0%}" for lv in LEVELS) + " |")
     print("|---|" + "---:|" * len(LEVELS))
     for name in SCENARIOS:
-        shares = level_shares(args.model, name, seeds)
+        shares = level_shares(args.model, name, seeds, not args.no_repack)
         print(f"| {name} | " + " | ".join(f"{s:.1%}" for s in shares) + " |", flush=True)
 
 

@@ -16,9 +16,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-import rlscale.policies.general as general
 from rlscale.config import PROJECT_ROOT, Scenario, load_scenario
 from rlscale.evaluate import TraceSource, trace_scenario
 from rlscale.learn.traffic import Replay
@@ -28,22 +25,14 @@ from rlscale.rollout import run_policy
 TRACE = PROJECT_ROOT.parent / "shared" / "traces" / "alibaba2018-cpu-300s.csv"
 TRAIN_DAYS = 5
 
-
 def training_days(out: Path) -> Path:
     """The trace's training days as a CSV, cut where the generalist's training cuts them (``Replay``)."""
     days = Replay(str(TRACE), TRAIN_DAYS)
     out.write_text("timestamp,value\n" + "".join(f"{t:g},{v:.6g}\n" for t, v in zip(days.t, days.v)))
     return out
 
-
-def row(sc: Scenario, spec: str, seeds: list[int], hpa_cost: float | None, repack: bool = True) -> dict[str, float]:
-    saved = general.calm_to_repack
-    if not repack:
-        general.calm_to_repack = lambda m, obs: np.zeros(m.n, dtype=bool)
-    try:
-        r = run_policy(sc, make_policy(spec, sc), seeds, record=True)
-    finally:
-        general.calm_to_repack = saved
+def row(sc: Scenario, spec: str, seeds: list[int], hpa_cost: float | None) -> dict[str, float]:
+    r = run_policy(sc, make_policy(spec, sc), seeds, record=True)
     e = r.episodes
     paid = (r.series["nodes"] * sc.pools[0].vcpu).sum()
     requested = (r.series["replicas"] * sc.services[0].replica.cpu).sum()
@@ -51,7 +40,6 @@ def row(sc: Scenario, spec: str, seeds: list[int], hpa_cost: float | None, repac
     return {"cost": cost / (hpa_cost or cost), "slo": 100 * float(e["slo_violation_rate"].mean()),
             "drops": 100 * float(e["dropped_fraction"].mean()), "repacks": float(e["rebalances"].mean()),
             "node_per_replica": float(paid / requested), "usd": cost}
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,11 +57,10 @@ def main() -> None:
             hpa = row(sc, "hpa", seeds, None)
             runs = [("HPA", hpa), ("oracle", row(sc, "oracle", seeds, hpa["usd"])),
                     ("generalist", row(sc, f"ppo:{args.model}", seeds, hpa["usd"])),
-                    ("generalist, no repacking", row(sc, f"ppo:{args.model}", seeds, hpa["usd"], repack=False))]
+                    ("generalist, no repacking", row(sc, f"ppo:{args.model}:repack=0", seeds, hpa["usd"]))]
             for label, r in runs:
                 print(f"| {name} | {label} | {r['cost']:.3f} | {r['slo']:.2f}% | {r['drops']:.3f}% | "
                       f"{r['repacks']:.0f} | {r['node_per_replica']:.2f} |", flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -341,6 +341,15 @@ class GeneralRanges(Strict):
     capacity_error: float = Field(default=0.2, ge=0, lt=1, description="declared vs true per-replica capacity")
 
 
+class ConstraintSpec(Strict):
+    """Constrained training: the SLO and drop weights become Lagrange multipliers (``general.constraint``)."""
+
+    lr: float = Field(default=0.1, gt=0, le=10, description="dual step: log-multiplier change per unit of relative excess")
+    every: int = Field(default=256, ge=1, description="intervals of every slot between two multiplier updates")
+    slack: float = Field(default=0.0, ge=-1, le=1, description="allowed relative excess over the rule twin's rate")
+    bounds: tuple[float, float] = Field(default=(0.5, 500.0), description="the multipliers stay within these")
+
+
 class GeneralSpec(Strict):
     """Training the generalist (``train/general.yaml``): the cluster and traffic distribution and the reward."""
 
@@ -356,6 +365,16 @@ class GeneralSpec(Strict):
     w_churn: float = Field(default=0.05, ge=0)
     rule_twin: bool = Field(default=False, description="reward relative to the start-level rule on the same episode (a baseline)")
     start_level: int = Field(default=4, ge=0, le=7, description="index into the target levels the fresh policy is biased to (4: 72%)")
+    constraint: ConstraintSpec | None = Field(
+        default=None, description="adapt w_slo and w_drop so the policy's rates match the rule twin's (needs rule_twin)")
+
+    @model_validator(mode="after")
+    def _constraint_needs_twin(self) -> "GeneralSpec":
+        if self.constraint is not None and not self.rule_twin:
+            raise ValueError("constraint: needs rule_twin: true (the rates it holds the policy to are the twin's)")
+        if self.constraint is not None and self.constraint.bounds[0] > self.constraint.bounds[1]:
+            raise ValueError("constraint.bounds: expected [low, high] with low <= high")
+        return self
     ranges: GeneralRanges = GeneralRanges()
     validation: list[str] = Field(default=["web-diurnal", "flash-crowd", "mixed-pools", "ml-platform"], min_length=1)
 

@@ -192,6 +192,7 @@ def save_checkpoint(target: Path, model: PPO, env: VecNormalize, extra: dict[str
         state = {
             "num_timesteps": int(model.num_timesteps),
             "rng_states": [rng.bit_generator.state for rng in _rngs(env)],
+            **({"env_state": env.venv.state_dict()} if hasattr(env.venv, "state_dict") else {}),
             **extra,
         }
         (tmp / "state.json").write_text(json.dumps(state, default=_json_default))
@@ -220,6 +221,8 @@ def load_checkpoint(path: Path, cfg: TrainConfig, scenario: Scenario) -> tuple[P
     model = PPO.load(path / "model.zip", env=env, device="cpu")
     for rng, s in zip(_rngs(env), state["rng_states"]):
         rng.bit_generator.state = s
+    if "env_state" in state:
+        env.venv.load_state_dict(state["env_state"])  # type: ignore[attr-defined]
     return model, env, state
 
 
@@ -252,6 +255,12 @@ class HeldOutEvalCallback(BaseCallback):
         hparams["net_arch"] = str(self.cfg.policy_kwargs.net_arch)
         metrics = {"eval/cost_vs_hpa": 0.0, "eval/slo_violation_rate": 0.0, "eval/cost_usd": 0.0}
         self.logger.record("hparams", HParam(hparams, metrics), exclude=("stdout", "log", "json", "csv"))
+
+    def _on_rollout_end(self) -> None:
+        venv: Any = self.training_env.venv  # type: ignore[attr-defined]
+        if getattr(getattr(venv, "spec", None), "constraint", None) is not None:
+            self.logger.record("train/w_slo", float(venv.multipliers[0]))
+            self.logger.record("train/w_drop", float(venv.multipliers[1]))
 
     def _on_step(self) -> bool:
         if self.num_timesteps - self.last_eval >= self.cfg.eval.freq:

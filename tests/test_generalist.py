@@ -307,9 +307,7 @@ def test_the_decoder_never_repacks_a_service_onto_slower_nodes() -> None:
     assert ServiceTraits.from_scenario(load_scenario("web-diurnal")).uniform_speed == (True,)
 
 
-def test_repacking_cuts_the_node_cpu_a_rule_pays_for_without_more_violations(monkeypatch: pytest.MonkeyPatch) -> None:
-    import rlscale.policies.general as general
-
+def test_repacking_cuts_the_node_cpu_a_rule_pays_for_without_more_violations() -> None:
     sc = load_scenario("web-diurnal")
     seeds = [5000, 5001]
 
@@ -318,15 +316,13 @@ def test_repacking_cuts_the_node_cpu_a_rule_pays_for_without_more_violations(mon
             self.observe(m)
             return self.step_raw(m, np.full((m.n, 1), 4), np.zeros(m.n, dtype=np.int64))
 
-    def run() -> tuple[float, float, float]:
-        r = run_policy(sc, Rule(None, sc), seeds, record=True)
+    def run(repack: bool) -> tuple[float, float, float]:
+        r = run_policy(sc, Rule(None, sc, repack=repack), seeds, record=True)
         paid = float((r.series["nodes"] * sc.pools[0].vcpu).sum())
         return paid / float((r.series["replicas"] * sc.services[0].replica.cpu).sum()), \
             float(r.episodes["slo_violation_rate"].mean()), float(r.episodes["rebalances"].mean())
 
-    eager = run()
-    monkeypatch.setattr(general, "calm_to_repack", lambda m, obs: np.zeros(m.n, dtype=bool))
-    lazy = run()
+    eager, lazy = run(True), run(False)
     assert eager[2] > lazy[2]
     assert eager[0] < lazy[0] - 0.05, (eager, lazy)
     assert eager[1] <= lazy[1], (eager, lazy)
@@ -351,3 +347,74 @@ def test_checkpoint_score_prices_an_slo_or_drop_excess_relative_to_hpas_own_rate
     # the score averages the cases
     both = GeneralEvalResult({"a": (roll(85.0, 0.003, 0.0010), hpa), "b": (roll(90.0, 0.0, 0.00012), quiet)})
     assert both.score == pytest.approx((0.85 + 0.9 + 0.1) / 2)
+
+
+def test_ppo_options_switch_repacking_off_and_bad_ones_are_one_line(model_dir: Path) -> None:
+    sc = load_scenario("web-diurnal")
+    assert make_policy(f"ppo:{model_dir}", sc).repack is True
+    off = make_policy(f"ppo:{model_dir}:repack=0", sc)
+    assert isinstance(off, GeneralPolicy) and off.repack is False and off.name == f"ppo:{model_dir}:repack=0"
+    steady = [calm_metrics() for _ in range(8)]
+    verbs = []
+    for policy in (make_policy(f"ppo:{model_dir}", sc), off):
+        for m in steady:
+            policy.observe(m)
+        verbs.append(int(policy.step_raw(steady[-1], np.full((1, 1), 3), np.zeros(1, dtype=np.int64)).rebalance[0]))
+    assert verbs[0] > 0 and verbs[1] == 0  # calm and half empty: only the default repacks
+    from rlscale.controller.serve import load_policy
+
+    served = load_policy(None, f"ppo:{model_dir}:repack=0", sc).make()
+    assert isinstance(served, GeneralPolicy) and served.repack is False
+    for bad, field in ((":repack=2", "'repack=2'"), (":pack=0", "'pack=0'")):
+        with pytest.raises(ConfigError, match=rf"{field} is not an option of a ppo policy \(expected repack=0\|1\)"):
+            make_policy(f"ppo:{model_dir}{bad}", sc)
+
+
+def test_ppo_options_are_refused_for_a_specialist() -> None:
+    sc = load_scenario("web-diurnal")
+    with pytest.raises(ConfigError, match=r"apply to a generalist only; .*models/web-diurnal is a specialist"):
+        make_policy("ppo:models/web-diurnal:repack=0", sc)
+    from rlscale.controller.serve import load_policy
+
+    with pytest.raises(ConfigError, match=r"apply to a generalist only"):
+        load_policy("models/web-diurnal:repack=0", None, sc)
+
+
+def test_dual_step_raises_a_weight_while_the_policy_exceeds_the_twins_rate_and_lowers_it_below() -> None:
+    import math
+
+    from rlscale.config import ConstraintSpec
+    from rlscale.learn.general_env import dual_step
+
+    c = ConstraintSpec(lr=0.1, bounds=(1.0, 20.0))
+    assert dual_step(8.0, 0.006, 0.003, c) == pytest.approx(8.0 * math.exp(0.1))  # 2x the twin's: clipped to +1
+    assert dual_step(8.0, 0.0045, 0.003, c) == pytest.approx(8.0 * math.exp(0.05))
+    assert dual_step(8.0, 0.0, 0.003, c) == pytest.approx(8.0 * math.exp(-0.1))
+    assert dual_step(8.0, 0.0, 0.0, c) == 8.0
+    assert dual_step(8.0, 0.0005, 0.0, c) == pytest.approx(8.0 * math.exp(0.05))  # relative to the 0.1% floor
+    assert dual_step(19.9, 1.0, 0.0, c) == 20.0 and dual_step(1.05, 0.0, 1.0, c) == 1.0
+    slack = ConstraintSpec(lr=0.1, slack=0.5)
+    assert dual_step(8.0, 0.0045, 0.003, slack) == 8.0
+
+
+def test_constrained_env_moves_its_multipliers_and_a_checkpoint_carries_them() -> None:
+    from rlscale.config import ConstraintSpec
+    from rlscale.learn.general_env import GeneralVecEnv
+
+    with pytest.raises(ValueError, match="constraint: needs rule_twin: true"):
+        GeneralSpec(constraint=ConstraintSpec())
+    spec = GeneralSpec(rule_twin=True, episode_steps=40, start_level=3, w_slo=8.0, w_drop=50.0,
+                       constraint=ConstraintSpec(every=10, lr=0.2))
+    env = GeneralVecEnv(spec, engines=2, clusters=3, seed=7)
+    env.reset()
+    cautious = np.stack([np.zeros(6, dtype=np.int64), np.zeros(6, dtype=np.int64)], axis=1)  # 40%: fewer violations
+    seen = []
+    for _ in range(30):
+        env.step_async(cautious)
+        env.step_wait()
+        seen.append(env.multipliers.copy())
+    assert seen[8].tolist() == [8.0, 50.0] and seen[9][0] <= 8.0
+    assert (np.diff(np.array(seen)[:, 0]) <= 0).all()
+    clone = GeneralVecEnv(spec, engines=2, clusters=3, seed=7)
+    clone.load_state_dict(json.loads(json.dumps(env.state_dict())))
+    np.testing.assert_array_equal(clone.multipliers, env.multipliers)

@@ -137,17 +137,21 @@ def load_policy(
         model = policy.partition(":")[2]
         policy = None
     if model:
-        from rlscale.policies.ppo import PPOPolicy, load_exported, resolve_model_dir
+        from rlscale.policies.ppo import PPOPolicy, load_exported, refuse_options, resolve_model_dir, split_options
 
+        name = f"ppo:{model}"
+        model, options = split_options(model)
         exported = load_exported(model)
         root = resolve_model_dir(model)
         version = str(exported.card.get("version") or exported.card.get("policy_sha256") or _sha256(root / "policy.npz"))
-        name = f"ppo:{model}"
         if exported.general:
             from rlscale.policies.general import GeneralPolicy
 
-            GeneralPolicy(exported, scenario, name=name, source=model)  # outside its trained range: refuse now
-            return LoadedPolicy(name, version[:16], lambda: GeneralPolicy(exported, scenario, name=name, source=model))
+            path = model
+            GeneralPolicy(exported, scenario, name=name, source=path, **options)  # outside its trained range: refuse now
+            return LoadedPolicy(name, version[:16],
+                                lambda: GeneralPolicy(exported, scenario, name=name, source=path, **options))
+        refuse_options(name[4:], model, options)
         return LoadedPolicy(name, version[:16], lambda: PPOPolicy(exported, name=name))
     if policy:
         from rlscale import __version__

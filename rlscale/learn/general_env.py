@@ -11,7 +11,11 @@ exported policy, so training and serving share one code path.
 
 The reward is scale-free: cost over what running the episode's mean demand at
 70% utilisation would cost, plus weighted SLO violations, dropped fraction and
-scaling actions (a count, not replicas moved).
+scaling actions (a count, not replicas moved). With ``general.constraint`` the
+SLO and drop weights are Lagrange multipliers (``dual_step``): they rise while
+the policy violates or drops more than the rule twin on the same episodes and
+fall while it does less, so the exchange rate between money and SLO is the one
+that holds the policy to the rule's rates instead of one picked by hand.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from rlscale.config import PROJECT_ROOT, ConfigError, GeneralSpec, Scenario, parse_model
+from rlscale.config import PROJECT_ROOT, ConfigError, ConstraintSpec, GeneralSpec, Scenario, parse_model
 from rlscale.episode import ClusterEpisodes
 from rlscale.learn.traffic import Replay, make_sampler
 from rlscale.policies.general import NVEC, GeneralPolicy
@@ -32,6 +36,19 @@ from rlscale.sb3_env import InProcessVecEnv
 from rlscale.relative import CLIP, LEVELS as NVEC_LEVELS, N_FEATURES
 
 REFERENCE_UTILISATION = 0.7
+RATE_FLOOR = 1e-3
+"""A rate excess is relative to the twin's rate, or to 0.1% where the twin's is lower (as the checkpoint score)."""
+
+
+def dual_step(weight: float, ours: float, theirs: float, c: ConstraintSpec) -> float:
+    """One step of dual ascent on a multiplier, in log space so it stays positive and moves by ratios.
+
+    The excess is relative (the policy's rate over the twin's, less one) and
+    clipped to [-1, 1], so one window of a rare event cannot swing the weight
+    by more than ``exp(lr)``.
+    """
+    g = float(np.clip((ours - theirs) / max(theirs, RATE_FLOOR) - c.slack, -1.0, 1.0))
+    return float(np.clip(weight * math.exp(c.lr * g), *c.bounds))
 
 
 def resolve_trace(path: str) -> Path:
@@ -143,6 +160,31 @@ class GeneralVecEnv(InProcessVecEnv):
         self._seed = seed
         self.seed(seed)
         self._actions: np.ndarray | None = None
+        self.multipliers = np.array([self.spec.w_slo, self.spec.w_drop])
+        self._tally = np.zeros(5)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs beyond the generators: the multipliers and their running window."""
+        return {"multipliers": self.multipliers.tolist(), "tally": self._tally.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.multipliers = np.asarray(state["multipliers"], dtype=np.float64)
+        self._tally = np.asarray(state["tally"], dtype=np.float64)
+
+    def _account(self, ours: Any, twin: Any) -> None:
+        """Add one interval of every slot's rates to the window; at its end, one dual step per multiplier."""
+        c = self.spec.constraint
+        if c is None:
+            return
+        self._tally += [ours.slo_violation.sum(), twin.slo_violation.sum(), ours.dropped_fraction.sum(),
+                        twin.dropped_fraction.sum(), ours.slo_violation.size]
+        if self._tally[4] >= c.every * self.num_envs:
+            n = self._tally[4]
+            self.multipliers = np.array([
+                dual_step(self.multipliers[0], self._tally[0] / n, self._tally[1] / n, c),
+                dual_step(self.multipliers[1], self._tally[2] / n, self._tally[3] / n, c),
+            ])
+            self._tally[:] = 0.0
 
     # the generators are the whole random state: checkpoints save and restore them
     @property
@@ -198,7 +240,7 @@ class GeneralVecEnv(InProcessVecEnv):
             self._build(k)
         return np.concatenate([pol.observe(eng.metrics()) for eng, pol, _ in self._slots])
 
-    def _twin_reward(self, k: int, ref: np.ndarray) -> np.ndarray:
+    def _twin_reward(self, k: int, ref: np.ndarray) -> tuple[Any, np.ndarray]:
         """The rule's reward on the same episode: a baseline that does not depend on the policy's actions.
 
         Subtracting it leaves the optimum where it was and removes most of the
@@ -208,7 +250,8 @@ class GeneralVecEnv(InProcessVecEnv):
         eng, pol = self._twins[k]
         pol.observe(eng.metrics())
         level = np.full((self.clusters, 1), self.spec.start_level, dtype=np.int64)
-        return self._advance(eng, pol, level, np.zeros(self.clusters, dtype=np.int64), ref)[2]
+        terms, _, reward = self._advance(eng, pol, level, np.zeros(self.clusters, dtype=np.int64), ref)
+        return terms, reward
 
     def _advance(self, eng: ClusterEpisodes, pol: GeneralPolicy, levels: np.ndarray, verbs: np.ndarray,
                  ref: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -217,7 +260,8 @@ class GeneralVecEnv(InProcessVecEnv):
         before = eng.sim.desired.copy()
         _, terms, truncated = eng.step_action(pol.step_raw(eng.metrics(), levels, verbs))
         changed = (eng.sim.desired != before).sum(axis=1)
-        reward = -(terms.cost_usd / ref + w.w_slo * terms.slo_violation + w.w_drop * terms.dropped_fraction
+        w_slo, w_drop = self.multipliers
+        reward = -(terms.cost_usd / ref + w_slo * terms.slo_violation + w_drop * terms.dropped_fraction
                    + w.w_churn * changed)
         return terms, truncated, reward
 
@@ -234,7 +278,9 @@ class GeneralVecEnv(InProcessVecEnv):
             act = self._actions[k * C : (k + 1) * C]
             terms, truncated, reward = self._advance(eng, pol, act[:, :1], act[:, 1], ref)
             if self._twins[k] is not None:
-                reward = reward - self._twin_reward(k, ref)
+                twin_terms, twin_reward = self._twin_reward(k, ref)
+                reward = reward - twin_reward
+                self._account(terms, twin_terms)
             self._ep_reward[k] += reward
             self._ep_len[k] += 1
             obs = pol.observe(eng.metrics())

@@ -103,7 +103,8 @@ class GeneralEvalResult:
 _HPA_CACHE: dict[tuple[str, tuple[int, ...], int | None], Rollout] = {}
 
 
-def evaluate_general(weights: PolicyWeights, spec: GeneralSpec, seeds: list[int], steps: int | None) -> GeneralEvalResult:
+def evaluate_general(weights: PolicyWeights, spec: GeneralSpec, seeds: list[int], steps: int | None,
+                     repack: bool = True) -> GeneralEvalResult:
     exported = exported_general(weights, {"range": card_range(spec)})
     cases: dict[str, tuple[Rollout, Rollout]] = {}
     for name in spec.validation:
@@ -111,5 +112,5 @@ def evaluate_general(weights: PolicyWeights, spec: GeneralSpec, seeds: list[int]
         key = (name, tuple(seeds), steps)
         if key not in _HPA_CACHE:
             _HPA_CACHE[key] = run_policy(sc, HPAPolicy(sc), seeds, steps=steps)
-        cases[sc.name] = (run_policy(sc, GeneralPolicy(exported, sc, name="general"), seeds, steps=steps), _HPA_CACHE[key])
+        cases[sc.name] = (run_policy(sc, GeneralPolicy(exported, sc, name="general", repack=repack), seeds, steps=steps), _HPA_CACHE[key])
     return GeneralEvalResult(cases)

@@ -75,14 +75,17 @@ class GeneralPolicy:
     """A generalist card behind the ``Policy`` protocol, built for the cluster it serves.
 
     ``step_raw`` is the training env's entry point and ``act`` the serving one;
-    both go through the same observation, decoder and node drain.
+    both go through the same observation, decoder and node drain. ``repack``
+    off (``ppo:DIR:repack=0``) leaves node consolidation to the cluster
+    autoscaler alone: the switch the repacking measurements compare against.
     """
 
     def __init__(self, exported: ExportedPolicy | None, scenario: Scenario, name: str = "general",
-                 source: str = "policy") -> None:
+                 source: str = "policy", repack: bool = True) -> None:
         if exported is not None:
             check_range(exported.card, scenario, source)
         self.exported = exported
+        self.repack = repack
         self.name = name
         self.scenario = scenario
         self.traits = ServiceTraits.from_scenario(scenario)
@@ -110,7 +113,8 @@ class GeneralPolicy:
 
     def step_raw(self, metrics: Metrics, levels: np.ndarray, rebalance: np.ndarray) -> Action:
         """Decode levels ``[N, S]`` and verbs ``[N]`` (after ``observe`` for this interval)."""
-        drain = np.where(calm_to_repack(metrics, self.builder), REBALANCE_CONSOLIDATE, self.nodes.rebalance(metrics))
+        calm = calm_to_repack(metrics, self.builder) if self.repack else np.zeros(metrics.n, dtype=bool)
+        drain = np.where(calm, REBALANCE_CONSOLIDATE, self.nodes.rebalance(metrics))
         verb = np.where(np.asarray(rebalance) > 0, rebalance, drain)
         return decide(levels, verb, self.builder, self.decoder)
 

@@ -401,13 +401,41 @@ def check_matches(exported: ExportedPolicy, scenario: Scenario, source: str) -> 
         )
 
 
-def make_policy(path: str, scenario: Scenario) -> Any:
+GENERAL_OPTIONS = {"repack": {"0": False, "1": True}}
+"""``ppo:DIR:key=value`` options of a generalist and the values each takes."""
+
+
+def split_options(arg: str) -> tuple[str, dict[str, bool]]:
+    """``DIR[:key=value...]`` -> the model directory and its options; one-line errors name the option."""
+    if Path(arg).exists() or "=" not in arg:
+        return arg, {}
+    path, *parts = arg.split(":")
+    options: dict[str, bool] = {}
+    for part in parts:
+        key, _, value = part.partition("=")
+        if key not in GENERAL_OPTIONS or value not in GENERAL_OPTIONS[key]:
+            expected = ", ".join(f"{k}={'|'.join(v)}" for k, v in GENERAL_OPTIONS.items())
+            raise ConfigError(f"policy 'ppo:{arg}': {part!r} is not an option of a ppo policy (expected {expected})")
+        options[key] = GENERAL_OPTIONS[key][value]
+    return path, options
+
+
+def refuse_options(arg: str, path: str, options: dict[str, bool]) -> None:
+    """A specialist has no decoder options: one line rather than an option silently ignored."""
+    if options:
+        raise ConfigError(f"policy 'ppo:{arg}': options ({', '.join(options)}) apply to a generalist only; "
+                          f"{path} is a specialist")
+
+
+def make_policy(arg: str, scenario: Scenario) -> Any:
     """A specialist must match the scenario's services and pools; a generalist must cover its ranges."""
+    path, options = split_options(arg)
     exported = load_exported(path)
     if exported.general:
         from rlscale.policies.general import GeneralPolicy
 
-        return GeneralPolicy(exported, scenario, name=f"ppo:{path}", source=path)
+        return GeneralPolicy(exported, scenario, name=f"ppo:{arg}", source=path, **options)
+    refuse_options(arg, path, options)
     check_matches(exported, scenario, path)
     return PPOPolicy(exported, name=f"ppo:{path}")
 
