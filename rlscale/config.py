@@ -365,6 +365,8 @@ class GeneralSpec(Strict):
     w_churn: float = Field(default=0.05, ge=0)
     rule_twin: bool = Field(default=False, description="reward relative to the start-level rule on the same episode (a baseline)")
     start_level: int = Field(default=4, ge=0, le=7, description="index into the target levels the fresh policy is biased to (4: 72%)")
+    twin_penalty: Literal["difference", "excess"] = Field(
+        default="difference", description="excess: pay only for violations and drops beyond the rule twin's (needs rule_twin)")
     constraint: ConstraintSpec | None = Field(
         default=None, description="adapt w_slo and w_drop so the policy's rates match the rule twin's (needs rule_twin)")
 
@@ -372,6 +374,8 @@ class GeneralSpec(Strict):
     def _constraint_needs_twin(self) -> "GeneralSpec":
         if self.constraint is not None and not self.rule_twin:
             raise ValueError("constraint: needs rule_twin: true (the rates it holds the policy to are the twin's)")
+        if self.twin_penalty != "difference" and not self.rule_twin:
+            raise ValueError("twin_penalty: needs rule_twin: true (the excess is over the twin's)")
         if self.constraint is not None and self.constraint.bounds[0] > self.constraint.bounds[1]:
             raise ValueError("constraint.bounds: expected [low, high] with low <= high")
         return self

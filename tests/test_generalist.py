@@ -418,3 +418,28 @@ def test_constrained_env_moves_its_multipliers_and_a_checkpoint_carries_them() -
     clone = GeneralVecEnv(spec, engines=2, clusters=3, seed=7)
     clone.load_state_dict(json.loads(json.dumps(env.state_dict())))
     np.testing.assert_array_equal(clone.multipliers, env.multipliers)
+
+
+def test_excess_penalty_charges_only_what_the_policy_violates_or_drops_beyond_the_twin() -> None:
+    from types import SimpleNamespace
+
+    from rlscale.learn.general_env import GeneralVecEnv, excess_credit
+
+    ours = SimpleNamespace(slo_violation=np.array([1.0, 0.0, 0.0]), dropped_fraction=np.array([0.0, 0.02, 0.0]))
+    twin = SimpleNamespace(slo_violation=np.array([0.0, 1.0, 0.0]), dropped_fraction=np.array([0.01, 0.0, 0.0]))
+    np.testing.assert_allclose(excess_credit(ours, twin, np.array([8.0, 50.0])), [-0.5, -8.0, 0.0])
+    with pytest.raises(ValueError, match="twin_penalty: needs rule_twin: true"):
+        GeneralSpec(twin_penalty="excess")
+
+    def rewards(penalty: str) -> np.ndarray:
+        env = GeneralVecEnv(GeneralSpec(rule_twin=True, episode_steps=40, start_level=3, twin_penalty=penalty),
+                            engines=2, clusters=3, seed=11)
+        env.reset()
+        out = []
+        for t in range(50):  # a cautious 40% half the time: fewer violations than the rule, which earn nothing
+            env.step_async(np.stack([np.full(6, 0 if t % 2 else 3), np.zeros(6, dtype=np.int64)], axis=1))
+            out.append(env.step_wait()[1])
+        return np.array(out)
+
+    difference, excess = rewards("difference"), rewards("excess")
+    assert (excess <= difference + 1e-6).all() and (excess < difference - 1e-6).any()

@@ -51,6 +51,18 @@ def dual_step(weight: float, ours: float, theirs: float, c: ConstraintSpec) -> f
     return float(np.clip(weight * math.exp(c.lr * g), *c.bounds))
 
 
+def excess_credit(ours: Any, twin: Any, weights: np.ndarray) -> np.ndarray:
+    """What ``twin_penalty: excess`` takes back from the difference reward: the credit for fewer violations or drops.
+
+    With it the policy pays for every interval it violates or drops where the
+    rule did not, and earns nothing where it is safer than the rule, so it
+    cannot buy a hot setting in one cluster with caution in another: the
+    target is the rule's rates in every case, not on average.
+    """
+    return (weights[0] * np.minimum(0.0, ours.slo_violation - twin.slo_violation)
+            + weights[1] * np.minimum(0.0, ours.dropped_fraction - twin.dropped_fraction))
+
+
 def resolve_trace(path: str) -> Path:
     """A training trace by path, relative to the working directory or else to the project root."""
     p = Path(path)
@@ -280,6 +292,8 @@ class GeneralVecEnv(InProcessVecEnv):
             if self._twins[k] is not None:
                 twin_terms, twin_reward = self._twin_reward(k, ref)
                 reward = reward - twin_reward
+                if self.spec.twin_penalty == "excess":
+                    reward = reward + excess_credit(terms, twin_terms, self.multipliers)
                 self._account(terms, twin_terms)
             self._ep_reward[k] += reward
             self._ep_len[k] += 1
