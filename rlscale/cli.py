@@ -398,7 +398,8 @@ def calibrate(
 def evaluate(
     scenario: str = typer.Option("web-diurnal", help="scenario name in envs/ or a YAML path"),
     policies: str | None = typer.Option(
-        None, help="comma-separated: ppo:models/NAME,hpa,target_tracking,predictive,static,oracle "
+        None, help="comma-separated: ppo:models/NAME,hpa,target_tracking,predictive,static,oracle; "
+        "rules take parameters (hpa:target=0.8:window=150), a generalist ppo:models/general:repack=0 "
         "(default: models/<scenario> if shipped, every baseline and the oracle)"),
     seeds: int = typer.Option(10, min=1, help="held-out seeds (episodes) per policy"),
     seed_base: int = typer.Option(10_000, min=0, help="first seed; training uses seeds below 10000"),

@@ -2,7 +2,8 @@
 
 Policy specs (CLI ``--policy`` values): ``static``, ``hpa``, ``target_tracking``,
 ``predictive``, ``oracle`` and ``ppo:PATH``; a baseline may carry parameters,
-``hpa:target=0.8:window=150`` or ``predictive:target=0.8:headroom=1.1:down=0.1``. ``ppo`` and ``oracle`` live in their
+``hpa:target=0.8:window=150`` or ``predictive:target=0.8:headroom=1.1:down=0.1``, and a generalist
+``ppo:models/general:repack=0``. ``ppo`` and ``oracle`` live in their
 own modules (``rlscale.policies.ppo``, ``rlscale.policies.oracle``), imported
 lazily so that the baselines never pull in what those need.
 """
