@@ -443,3 +443,18 @@ def test_excess_penalty_charges_only_what_the_policy_violates_or_drops_beyond_th
 
     difference, excess = rewards("difference"), rewards("excess")
     assert (excess <= difference + 1e-6).all() and (excess < difference - 1e-6).any()
+
+
+def test_training_can_draw_shipped_single_service_scenarios_and_refuses_others() -> None:
+    from rlscale.learn.general_env import GeneralVecEnv
+
+    spec = GeneralSpec(rule_twin=True, episode_steps=40, start_level=3, scenarios=["web-diurnal"], scenario_fraction=1.0)
+    env = GeneralVecEnv(spec, engines=2, clusters=2, seed=3)
+    env.reset()
+    assert {slot[1].scenario.name for slot in env._slots} == {"web-diurnal"}
+    rule = np.stack([np.full(4, 3), np.zeros(4, dtype=np.int64)], axis=1)
+    for _ in range(45):  # the twin replays the scenario's own randomised episode: the rule scores zero
+        env.step_async(rule)
+        assert (env.step_wait()[1] == 0.0).all()
+    with pytest.raises(ConfigError, match=r"general\.scenarios: 'mixed-pools' has 2 services"):
+        GeneralVecEnv(GeneralSpec(scenarios=["mixed-pools"], scenario_fraction=0.5), engines=1, clusters=1)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from rlscale.config import PROJECT_ROOT, ConfigError, ConstraintSpec, GeneralSpec, Scenario, parse_model
+from rlscale.config import PROJECT_ROOT, ConfigError, ConstraintSpec, GeneralSpec, Scenario, load_scenario, parse_model
 from rlscale.episode import ClusterEpisodes
 from rlscale.learn.traffic import Replay, make_sampler
 from rlscale.policies.general import NVEC, GeneralPolicy
@@ -169,6 +169,11 @@ class GeneralVecEnv(InProcessVecEnv):
         super().__init__(engines * clusters, obs, spaces.MultiDiscrete(NVEC))
         replay = Replay(str(resolve_trace(self.spec.trace)), self.spec.trace_train_days) if self.spec.trace else None
         self._shape = make_sampler(replay)
+        self._named = [load_scenario(name) for name in self.spec.scenarios]
+        for sc in self._named:
+            if len(sc.services) != 1:
+                raise ConfigError(f"general.scenarios: {sc.name!r} has {len(sc.services)} services; "
+                                  "the training env runs single-service clusters")
         self._seed = seed
         self.seed(seed)
         self._actions: np.ndarray | None = None
@@ -210,14 +215,20 @@ class GeneralVecEnv(InProcessVecEnv):
 
     def _build(self, k: int) -> None:
         rng = self._slot_rngs[k]
-        true, declared, peak = sample_cluster(rng, self.spec)
-        shape = self._shape
+        named = bool(self.spec.scenarios) and rng.random() < self.spec.scenario_fraction
+        sampler: Any = None
+        if named:
+            # a shipped scenario with its own workload and randomisation (seeds far from the evaluation ones)
+            true = declared = self._named[int(rng.integers(len(self._named)))]
+        else:
+            true, declared, peak = sample_cluster(rng, self.spec)
+            shape = self._shape
 
-        def sampler(r: np.random.Generator, n: int, step_s: float, start_s: float) -> np.ndarray:
-            return (peak * shape(r, n, step_s, start_s))[:, None]
+            def sampler(r: np.random.Generator, n: int, step_s: float, start_s: float) -> np.ndarray:
+                return (peak * shape(r, n, step_s, start_s))[:, None]
 
         seeds = [int(rng.integers(0, 2**63 - 1)) for _ in range(self.clusters)]
-        eng = ClusterEpisodes(true, self.clusters, episode_steps=self.spec.episode_steps, randomise=False, sampler=sampler)
+        eng = ClusterEpisodes(true, self.clusters, episode_steps=self.spec.episode_steps, randomise=named, sampler=sampler)
         for i in range(self.clusters):
             eng.set_rng(i, np.random.default_rng(seeds[i]))
             eng.reset(i)
@@ -226,7 +237,7 @@ class GeneralVecEnv(InProcessVecEnv):
         twin = None
         if self.spec.rule_twin:
             # the same episodes (same seeds: traffic and simulator noise) run by the fixed start-level rule
-            twin_eng = ClusterEpisodes(true, self.clusters, episode_steps=self.spec.episode_steps, randomise=False,
+            twin_eng = ClusterEpisodes(true, self.clusters, episode_steps=self.spec.episode_steps, randomise=named,
                                        sampler=sampler)
             for i in range(self.clusters):
                 twin_eng.set_rng(i, np.random.default_rng(seeds[i]))
