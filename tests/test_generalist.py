@@ -458,3 +458,19 @@ def test_training_can_draw_shipped_single_service_scenarios_and_refuses_others()
         assert (env.step_wait()[1] == 0.0).all()
     with pytest.raises(ConfigError, match=r"general\.scenarios: 'mixed-pools' has 2 services"):
         GeneralVecEnv(GeneralSpec(scenarios=["mixed-pools"], scenario_fraction=0.5), engines=1, clusters=1)
+
+
+def test_a_training_checkpoint_carries_the_constraint_multipliers(tmp_path: Path) -> None:
+    from rlscale.config import TrainConfig, load_scenario as scenario
+    from rlscale.train import load_checkpoint, make_env, make_model, save_checkpoint
+
+    cfg = TrainConfig.model_validate({
+        "scenario": "web-diurnal", "n_envs": 4, "n_steps": 16, "batch_size": 32,
+        "general": {"engines": 2, "episode_steps": 32, "rule_twin": True, "constraint": {"every": 4}},
+    })
+    env = make_env(cfg, scenario("web-diurnal"))
+    model = make_model(cfg, env)
+    env.venv.multipliers = np.array([3.25, 71.5])  # type: ignore[attr-defined]
+    save_checkpoint(tmp_path / "last", model, env, {})
+    _, loaded, _ = load_checkpoint(tmp_path / "last", cfg, scenario("web-diurnal"))
+    np.testing.assert_array_equal(loaded.venv.multipliers, [3.25, 71.5])  # type: ignore[attr-defined]
