@@ -25,11 +25,13 @@ from rlscale.rollout import run_policy
 TRACE = PROJECT_ROOT.parent / "shared" / "traces" / "alibaba2018-cpu-300s.csv"
 TRAIN_DAYS = 5
 
+
 def training_days(out: Path) -> Path:
     """The trace's training days as a CSV, cut where the generalist's training cuts them (``Replay``)."""
     days = Replay(str(TRACE), TRAIN_DAYS)
     out.write_text("timestamp,value\n" + "".join(f"{t:g},{v:.6g}\n" for t, v in zip(days.t, days.v)))
     return out
+
 
 def row(sc: Scenario, spec: str, seeds: list[int], hpa_cost: float | None) -> dict[str, float]:
     r = run_policy(sc, make_policy(spec, sc), seeds, record=True)
@@ -40,6 +42,7 @@ def row(sc: Scenario, spec: str, seeds: list[int], hpa_cost: float | None) -> di
     return {"cost": cost / (hpa_cost or cost), "slo": 100 * float(e["slo_violation_rate"].mean()),
             "drops": 100 * float(e["dropped_fraction"].mean()), "repacks": float(e["rebalances"].mean()),
             "node_per_replica": float(paid / requested), "usd": cost}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -61,6 +64,7 @@ def main() -> None:
             for label, r in runs:
                 print(f"| {name} | {label} | {r['cost']:.3f} | {r['slo']:.2f}% | {r['drops']:.3f}% | "
                       f"{r['repacks']:.0f} | {r['node_per_replica']:.2f} |", flush=True)
+
 
 if __name__ == "__main__":
     main()

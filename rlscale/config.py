@@ -372,9 +372,11 @@ class GeneralSpec(Strict):
         default="difference", description="excess: pay only for violations and drops beyond the rule twin's (needs rule_twin)")
     constraint: ConstraintSpec | None = Field(
         default=None, description="adapt w_slo and w_drop so the policy's rates match the rule twin's (needs rule_twin)")
+    ranges: GeneralRanges = GeneralRanges()
+    validation: list[str] = Field(default=["web-diurnal", "flash-crowd", "mixed-pools", "ml-platform"], min_length=1)
 
     @model_validator(mode="after")
-    def _constraint_needs_twin(self) -> "GeneralSpec":
+    def _twin_options_need_the_twin(self) -> "GeneralSpec":
         if self.constraint is not None and not self.rule_twin:
             raise ValueError("constraint: needs rule_twin: true (the rates it holds the policy to are the twin's)")
         if self.twin_penalty != "difference" and not self.rule_twin:
@@ -382,8 +384,6 @@ class GeneralSpec(Strict):
         if self.constraint is not None and self.constraint.bounds[0] > self.constraint.bounds[1]:
             raise ValueError("constraint.bounds: expected [low, high] with low <= high")
         return self
-    ranges: GeneralRanges = GeneralRanges()
-    validation: list[str] = Field(default=["web-diurnal", "flash-crowd", "mixed-pools", "ml-platform"], min_length=1)
 
 
 class TrainConfig(Strict):

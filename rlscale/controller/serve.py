@@ -139,19 +139,19 @@ def load_policy(
     if model:
         from rlscale.policies.ppo import PPOPolicy, load_exported, refuse_options, resolve_model_dir, split_options
 
-        name = f"ppo:{model}"
-        model, options = split_options(model)
+        arg = model
+        name = f"ppo:{arg}"
+        model, options = split_options(arg)
         exported = load_exported(model)
         root = resolve_model_dir(model)
         version = str(exported.card.get("version") or exported.card.get("policy_sha256") or _sha256(root / "policy.npz"))
         if exported.general:
             from rlscale.policies.general import GeneralPolicy
 
-            path = model
-            GeneralPolicy(exported, scenario, name=name, source=path, **options)  # outside its trained range: refuse now
+            GeneralPolicy(exported, scenario, name=name, source=model, **options)  # outside its trained range: refuse now
             return LoadedPolicy(name, version[:16],
-                                lambda: GeneralPolicy(exported, scenario, name=name, source=path, **options))
-        refuse_options(name[4:], model, options)
+                                lambda: GeneralPolicy(exported, scenario, name=name, source=model, **options))
+        refuse_options(arg, model, options)
         return LoadedPolicy(name, version[:16], lambda: PPOPolicy(exported, name=name))
     if policy:
         from rlscale import __version__

@@ -30,24 +30,23 @@ from gymnasium import spaces
 
 from rlscale.config import PROJECT_ROOT, ConfigError, ConstraintSpec, GeneralSpec, Scenario, load_scenario, parse_model
 from rlscale.episode import ClusterEpisodes
+from rlscale.learn.general_eval import EXCESS_FLOOR
 from rlscale.learn.traffic import Replay, make_sampler
 from rlscale.policies.general import NVEC, GeneralPolicy
 from rlscale.sb3_env import InProcessVecEnv
 from rlscale.relative import CLIP, LEVELS as NVEC_LEVELS, N_FEATURES
 
 REFERENCE_UTILISATION = 0.7
-RATE_FLOOR = 1e-3
-"""A rate excess is relative to the twin's rate, or to 0.1% where the twin's is lower (as the checkpoint score)."""
 
 
 def dual_step(weight: float, ours: float, theirs: float, c: ConstraintSpec) -> float:
     """One step of dual ascent on a multiplier, in log space so it stays positive and moves by ratios.
 
-    The excess is relative (the policy's rate over the twin's, less one) and
-    clipped to [-1, 1], so one window of a rare event cannot swing the weight
+    The excess is relative (the policy's rate over the twin's, less one, with the
+    checkpoint score's ``EXCESS_FLOOR`` under the twin's rate) and clipped to [-1, 1], so one window of a rare event cannot swing the weight
     by more than ``exp(lr)``.
     """
-    g = float(np.clip((ours - theirs) / max(theirs, RATE_FLOOR) - c.slack, -1.0, 1.0))
+    g = float(np.clip((ours - theirs) / max(theirs, EXCESS_FLOOR) - c.slack, -1.0, 1.0))
     return float(np.clip(weight * math.exp(c.lr * g), *c.bounds))
 
 
@@ -228,23 +227,21 @@ class GeneralVecEnv(InProcessVecEnv):
                 return (peak * shape(r, n, step_s, start_s))[:, None]
 
         seeds = [int(rng.integers(0, 2**63 - 1)) for _ in range(self.clusters)]
-        eng = ClusterEpisodes(true, self.clusters, episode_steps=self.spec.episode_steps, randomise=named, sampler=sampler)
-        for i in range(self.clusters):
-            eng.set_rng(i, np.random.default_rng(seeds[i]))
-            eng.reset(i)
-        policy = GeneralPolicy(None, declared)
-        policy.reset(self.clusters)
-        twin = None
-        if self.spec.rule_twin:
-            # the same episodes (same seeds: traffic and simulator noise) run by the fixed start-level rule
-            twin_eng = ClusterEpisodes(true, self.clusters, episode_steps=self.spec.episode_steps, randomise=named,
+
+        def run() -> tuple[ClusterEpisodes, GeneralPolicy]:
+            """The slot's episodes (traffic and simulator noise fixed by ``seeds``) and a fresh policy for them."""
+            episodes = ClusterEpisodes(true, self.clusters, episode_steps=self.spec.episode_steps, randomise=named,
                                        sampler=sampler)
             for i in range(self.clusters):
-                twin_eng.set_rng(i, np.random.default_rng(seeds[i]))
-                twin_eng.reset(i)
-            twin_pol = GeneralPolicy(None, declared)
-            twin_pol.reset(self.clusters)
-            twin = (twin_eng, twin_pol)
+                episodes.set_rng(i, np.random.default_rng(seeds[i]))
+                episodes.reset(i)
+            pol = GeneralPolicy(None, declared)
+            pol.reset(self.clusters)
+            return episodes, pol
+
+        eng, policy = run()
+        # the rule twin: the same episodes, run by the fixed start-level rule
+        twin = run() if self.spec.rule_twin else None
         self._twins[k] = twin
         pool = declared.pools[declared.pool_index(declared.services[0].pools[0])]
         per_replica_h = pool.price_per_hour / max(1.0, pool.vcpu // declared.services[0].replica.cpu)
