@@ -167,6 +167,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--keep", default=None, help="keep audit logs and load-generator records in this (new) directory")
+    parser.add_argument("--simulate-only", action="store_true",
+                        help="skip the real cluster: only the simulator's predictions, the oracle and its floor (seconds)")
     args = parser.parse_args()
 
     path = args.scenario or (str(ROOT / "envs" / "local.yaml") if (ROOT / "envs" / "local.yaml").exists() else None)
@@ -175,13 +177,16 @@ def main() -> int:
         sc = sc.model_copy(update={"step_s": args.interval})
     args.interval = sc.step_s
     settings = LocalSettings(interval_s=sc.step_s, max_workers=args.max_workers)
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="rlscale-bench-") as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        traces = [("web-diurnal", args.speedup, args.day_seconds),
-                  (str(flash_trace(work / "flash.csv", args.flash_seconds, args.peak_rps)), 1.0, args.flash_seconds)]
-        for spec in (args.baseline, args.policy):
+        if args.simulate_only:
+            traces = []
+        else:
+            traces = [("web-diurnal", args.speedup, args.day_seconds),
+                      (str(flash_trace(work / "flash.csv", args.flash_seconds, args.peak_rps)), 1.0, args.flash_seconds)]
+        for spec in (args.baseline, args.policy) if traces else ():
             for trace, speedup, seconds in traces:
                 run_dir = work / f"{spec.replace(':', '_').replace('/', '_')}-{Path(trace).stem}"
                 run_dir.mkdir()
@@ -189,11 +194,12 @@ def main() -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(f"\nscenario {sc.name}, interval {args.interval:g} s, peak {args.peak_rps:g} req/s, SLO p95 {sc.services[0].slo_target_s:g} s")
-    cols = ["worker_seconds", "cost_usd", "latency_p95_s", "latency_p95_prom_s", "slo_violation_rate", "failed_requests", "http_5xx", "max_workers"]
-    print("| policy | trace | " + " | ".join(cols) + " |")
-    print("|---|---|" + "---|" * len(cols))
-    for r in rows:
-        print(f"| {r['policy']} | {r['trace']} | " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    if rows:
+        cols = ["worker_seconds", "cost_usd", "latency_p95_s", "latency_p95_prom_s", "slo_violation_rate", "failed_requests", "http_5xx", "max_workers"]
+        print("| policy | trace | " + " | ".join(cols) + " |")
+        print("|---|---|" + "---|" * len(cols))
+        for r in rows:
+            print(f"| {r['policy']} | {r['trace']} | " + " | ".join(_fmt(r[c]) for c in cols) + " |")
     predicted = sim_prediction(sc, [args.baseline, args.policy], args.seed)
     print(f"\nsimulator's prediction for the compressed day ({sc.name}, 10 seeds from {args.seed}, same policies):")
     print("| policy | worker_seconds | cost_usd | slo_violation_rate | dropped_fraction |\n|---|---|---|---|---|")
@@ -203,7 +209,10 @@ def main() -> int:
     print(f"\nsimulator's prediction on the replayed day itself (the load generator's rates, peak {args.peak_rps:g} req/s per minute):")
     print("| policy | worker_seconds | cost_usd | slo_violation_rate | dropped_fraction |\n|---|---|---|---|---|")
     for name, m in replayed.items():
-        print(f"| {name} | {_fmt(m['worker_seconds'])} | {_fmt(m['cost_usd'])} | {_fmt(m['slo_violation_rate'])} | {_fmt(m['dropped_fraction'])} |")
+        print(f"| {name} | {_fmt(m['worker_seconds'])} | {_fmt(m['cost_usd'])} | {_fmt(m.get('slo_violation_rate', 0.0))} | {_fmt(m.get('dropped_fraction', 0.0))} |")
+    base = replayed[args.baseline]["worker_seconds"]
+    print(f"oracle / {args.baseline}: {replayed['oracle']['worker_seconds'] / base:.3f} of its worker-seconds; "
+          f"proven floor / {args.baseline}: {replayed['oracle floor']['worker_seconds'] / base:.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "scenario": sc.name, "results": rows,
                                               "simulated": predicted, "simulated_replay": replayed}, indent=2))
@@ -236,16 +245,29 @@ def replayed_day(sc: Any, speedup: float, seconds: float, peak: float, seed: int
 
 
 def replay_prediction(sc: Any, specs: list[str], speedup: float, seconds: float, peak: float, seed: int) -> dict[str, dict[str, float]]:
-    """What the simulator predicts for the same policies on the rates the real ``day`` run replayed."""
+    """What the simulator predicts for the same policies on the rates the real ``day`` run replayed.
+
+    Also the room any policy has on that day: the oracle (which knows the day in
+    advance and buys the least capacity that keeps every interval within the
+    SLO; exact for this single-service, single-pool cluster) and its proven
+    floor, so a worker-seconds target can be checked against what is possible.
+    """
+    from rlscale.episode import ClusterEpisodes
+    from rlscale.policies.oracle import cost_floor
     from rlscale.rollout import run_policy
 
     trace = replayed_day(sc, speedup, seconds, peak, seed)
     steps = trace.shape[0] - 1
     price = sc.pools[0].price_per_hour
     out = {}
-    for spec in specs:
+    for spec in [*specs, *(["oracle"] if "oracle" not in specs else [])]:
         result = run_policy(sc, scaled_policy(spec, sc), [seed], steps=steps, trace=trace).mean()
         out[spec] = {**result, "worker_seconds": result["cost_usd"] / price * 3600.0}
+    engine = ClusterEpisodes(sc, 1, episode_steps=steps, randomise=False, trace=trace)
+    engine.seed(0, seed)
+    engine.reset(0)
+    floor = float(cost_floor(sc, engine.arrivals[:, :steps], engine.sim.key)[0])
+    out["oracle floor"] = {"cost_usd": floor, "worker_seconds": floor / price * 3600.0}
     return out
 
 

@@ -30,7 +30,7 @@ from rlscale.clusters.local.baselines import scaled_policy
 from rlscale.clusters.local.calibrate import skeleton
 from rlscale.clusters.local.procs import ProcessTable, free_port, pid_running, pids_with_arg
 from rlscale.clusters.local.prometheus import PrometheusClient
-from rlscale.config import ConfigError
+from rlscale.config import ConfigError, load_scenario
 from rlscale.controller import ControlLoop, Decider, GuardConfig
 from rlscale.loadgen import Plan, check_target, plan, replay, schedule
 from rlscale.policies import make_policy
@@ -335,6 +335,21 @@ def test_the_like_for_like_prediction_replays_the_load_generators_own_day_per_in
     assert trace.shape == (73, 1)
     assert trace[:72, 0].mean() * 72 * 5.0 == pytest.approx(p.rates.sum() * p.interval_s, rel=1e-9)
     assert trace.max() < 100.0 and p.rates.max() == pytest.approx(100.0)
+
+
+def test_the_replayed_day_reports_the_room_any_policy_has_on_it():
+    """A worker-seconds target must be checked against the oracle on the same rates, not taken on faith."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from local_cluster import replay_prediction
+
+    sc = load_scenario(str(Path(__file__).resolve().parents[1] / "envs" / "local.yaml"))
+    out = replay_prediction(sc, ["hpa", "static"], 240.0, 360.0, 100.0, 0)
+    assert list(out) == ["hpa", "static", "oracle", "oracle floor"]
+    oracle, floor = out["oracle"], out["oracle floor"]["worker_seconds"]
+    assert oracle["slo_violation_rate"] == 0.0 and oracle["dropped_fraction"] == 0.0
+    # the floor bounds every run that met the SLO everywhere; min_replicas (2 workers for 360 s) bounds the floor
+    assert 2 * 360.0 <= floor <= oracle["worker_seconds"] <= out["static"]["worker_seconds"]
+    assert oracle["worker_seconds"] == pytest.approx(oracle["cost_usd"] / sc.pools[0].price_per_hour * 3600.0)
 
 
 # --------------------------------------------------------------------------- slow: the whole cluster
