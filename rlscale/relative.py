@@ -318,10 +318,19 @@ class RelativeDecoder:
     def replicas(self, level_index: np.ndarray, obs: RelativeObservation) -> np.ndarray:
         """``[N, S]`` int64 desired replicas for level indices ``[N, S]`` (after ``obs.build`` of this interval)."""
         idx = np.clip(np.asarray(level_index, dtype=np.int64), 0, len(LEVELS) - 1)
+        return self.replicas_at(self._levels[idx], obs)
+
+    def replicas_at(self, level: np.ndarray, obs: RelativeObservation) -> np.ndarray:
+        """The same for target utilisations ``[N, S]`` in (0, 1] rather than indices into ``LEVELS``.
+
+        Hand-made level rules (``benchmarks/level_rules.py``) go through here, so
+        they are judged with exactly the windows, floor and limits the network's
+        levels get.
+        """
         demand, current = obs.demand, obs.current
         # HPA's tolerance is on the usage ratio, not on the count: a few replicas must not flap by one
-        ratio = demand / (np.maximum(current, 1.0) * self._levels[idx])
-        proposal = np.where(np.abs(ratio - 1.0) <= TOLERANCE, current, np.ceil(demand / self._levels[idx] - 1e-9))
+        ratio = demand / (np.maximum(current, 1.0) * level)
+        proposal = np.where(np.abs(ratio - 1.0) <= TOLERANCE, current, np.ceil(demand / level - 1e-9))
         self.recent = np.roll(self.recent, 1, axis=1)
         self.recent[:, 0] = proposal
         stable = self.recent.max(axis=1)

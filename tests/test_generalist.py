@@ -474,3 +474,27 @@ def test_a_training_checkpoint_carries_the_constraint_multipliers(tmp_path: Path
     save_checkpoint(tmp_path / "last", model, env, {})
     _, loaded, _ = load_checkpoint(tmp_path / "last", cfg, scenario("web-diurnal"))
     np.testing.assert_array_equal(loaded.venv.multipliers, [3.25, 71.5])  # type: ignore[attr-defined]
+
+
+def test_a_hand_made_level_goes_through_the_networks_decoder_unchanged():
+    """``replicas_at`` and ``verb`` are the network's decoding path, so level rules are judged on its footing."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from level_rules import LevelRule, parse_rule
+
+    sc = load_scenario("web-diurnal")
+    seeds = [5000, 5001]
+    rule = run_policy(sc, LevelRule(f"fixed:level={LEVELS[3]}", sc), seeds)
+
+    class Third(GeneralPolicy):
+        def act(self, m: Metrics):
+            self.observe(m)
+            return self.step_raw(m, np.full((m.n, 1), 3), np.zeros(m.n, dtype=np.int64))
+
+    net = run_policy(sc, Third(None, sc), seeds)
+    for key in ("cost_usd", "slo_violation_rate", "dropped_fraction", "scaling_actions", "rebalances"):
+        np.testing.assert_array_equal(rule.episodes[key], net.episodes[key])
+    assert parse_rule("quiet:step=0.05:window=720:top=0.84") == ("quiet", {"step": 0.05, "window": 720.0, "top": 0.84})
+    for bad, says in (("hot:level=1", "expected one of fixed, spread, quiet"), ("fixed:levle=0.7", "'levle' is not"),
+                      ("spread:z=3", "missing memory"), ("fixed:level=x", "level must be a number")):
+        with pytest.raises(ConfigError, match=says):
+            parse_rule(bad)

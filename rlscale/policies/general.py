@@ -111,12 +111,15 @@ class GeneralPolicy:
     def observe(self, metrics: Metrics) -> np.ndarray:
         return self.builder.build(metrics)
 
-    def step_raw(self, metrics: Metrics, levels: np.ndarray, rebalance: np.ndarray) -> Action:
-        """Decode levels ``[N, S]`` and verbs ``[N]`` (after ``observe`` for this interval)."""
+    def verb(self, metrics: Metrics, rebalance: np.ndarray) -> np.ndarray:
+        """``[N]`` rebalance verbs: the policy's where it asks for one, else calm repacking or the node drain."""
         calm = calm_to_repack(metrics, self.builder) if self.repack else np.zeros(metrics.n, dtype=bool)
         drain = np.where(calm, REBALANCE_CONSOLIDATE, self.nodes.rebalance(metrics))
-        verb = np.where(np.asarray(rebalance) > 0, rebalance, drain)
-        return decide(levels, verb, self.builder, self.decoder)
+        return np.where(np.asarray(rebalance) > 0, rebalance, drain)
+
+    def step_raw(self, metrics: Metrics, levels: np.ndarray, rebalance: np.ndarray) -> Action:
+        """Decode levels ``[N, S]`` and verbs ``[N]`` (after ``observe`` for this interval)."""
+        return decide(levels, self.verb(metrics, rebalance), self.builder, self.decoder)
 
     def act(self, metrics: Metrics) -> Action:
         if self.exported is None:
