@@ -118,6 +118,18 @@ class ObsSpec:
             cost_ref_usd_h=scenario.reward.cost_scale * 3600.0 / scenario.step_s,
         )
 
+    def mismatch(self, scenario: Scenario) -> str | None:
+        """Why a policy trained with this spec cannot run on ``scenario`` (other services or pools), or None.
+
+        The one check behind ``make_policy``'s refusal and the controller's
+        ``model_mismatch`` fallback, so both say the same thing.
+        """
+        cluster = ObsSpec.from_scenario(scenario)
+        if self.services == cluster.services and self.pools == cluster.pools:
+            return None
+        return (f"trained for services {list(self.services)} and pools {list(self.pools)}, "
+                f"but scenario {scenario.name!r} has {list(cluster.services)} and {list(cluster.pools)}")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ObsSpec":
         return cls(**{f.name: tuple(data[f.name]) if isinstance(data[f.name], list) else data[f.name] for f in fields(cls)})

@@ -32,7 +32,7 @@ from rlscale.controller.guards import (
     fallback_metrics,
 )
 from rlscale.policies.hpa import HPAPolicy
-from rlscale.spaces import REBALANCE_NAMES, Action, Metrics, ObsSpec
+from rlscale.spaces import REBALANCE_NAMES, Action, Metrics
 
 POLICY_ACTED, FALLBACK_ACTED, NOBODY_ACTED = "policy", "fallback:hpa", "none"
 
@@ -153,15 +153,8 @@ _LISTED = frozenset(PER_SERVICE + PER_POOL)
 def model_mismatch(policy: Any, scenario: Scenario) -> str | None:
     """Why the policy cannot run on this cluster (its card's services/pools differ), or None."""
     spec = getattr(policy, "obs_spec", None)
-    if spec is None:
-        return None
-    cluster = ObsSpec.from_scenario(scenario)
-    if spec.services != cluster.services or spec.pools != cluster.pools:
-        return (
-            f"policy trained for services {list(spec.services)} and pools {list(spec.pools)}, "
-            f"cluster has {list(cluster.services)} and {list(cluster.pools)}"
-        )
-    return None
+    why = spec.mismatch(scenario) if spec is not None else None
+    return f"policy {why}" if why else None
 
 
 class Decider:

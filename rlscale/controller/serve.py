@@ -137,22 +137,14 @@ def load_policy(
         model = policy.partition(":")[2]
         policy = None
     if model:
-        from rlscale.policies.ppo import PPOPolicy, load_exported, refuse_options, resolve_model_dir, split_options
+        from rlscale.policies.ppo import policy_builder, resolve_model_dir, split_options
 
-        arg = model
-        name = f"ppo:{arg}"
-        model, options = split_options(arg)
-        exported = load_exported(model)
-        root = resolve_model_dir(model)
+        name = f"ppo:{model}"
+        exported, build = policy_builder(model, scenario, name=name)
+        root = resolve_model_dir(split_options(model)[0])
         version = str(exported.card.get("version") or exported.card.get("policy_sha256") or _sha256(root / "policy.npz"))
-        if exported.general:
-            from rlscale.policies.general import GeneralPolicy
-
-            GeneralPolicy(exported, scenario, name=name, source=model, **options)  # outside its trained range: refuse now
-            return LoadedPolicy(name, version[:16],
-                                lambda: GeneralPolicy(exported, scenario, name=name, source=model, **options))
-        refuse_options(arg, model, options)
-        return LoadedPolicy(name, version[:16], lambda: PPOPolicy(exported, name=name))
+        build()  # a generalist outside its trained range: refuse now, not at the first decision
+        return LoadedPolicy(name, version[:16], build)
     if policy:
         from rlscale import __version__
         from rlscale.policies import make_policy

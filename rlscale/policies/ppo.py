@@ -12,6 +12,7 @@ import functools
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -393,12 +394,9 @@ def check_matches(exported: ExportedPolicy, scenario: Scenario, source: str) -> 
 
         check_range(exported.card, scenario, source)
         return
-    spec = ObsSpec.from_scenario(scenario)
-    if spec.services != exported.obs_spec.services or spec.pools != exported.obs_spec.pools:
-        raise ConfigError(
-            f"{source}: trained for services {list(exported.obs_spec.services)} and pools "
-            f"{list(exported.obs_spec.pools)}, but scenario {scenario.name!r} has {list(spec.services)} and {list(spec.pools)}"
-        )
+    why = exported.obs_spec.mismatch(scenario)
+    if why:
+        raise ConfigError(f"{source}: {why}")
 
 
 GENERAL_OPTIONS = {"repack": {"0": False, "1": True}}
@@ -427,17 +425,32 @@ def refuse_options(arg: str, path: str, options: dict[str, bool]) -> None:
                           f"{path} is a specialist")
 
 
-def make_policy(arg: str, scenario: Scenario) -> Any:
-    """A specialist must match the scenario's services and pools; a generalist must cover its ranges."""
+def policy_builder(arg: str, scenario: Scenario, name: str | None = None) -> tuple[ExportedPolicy, Callable[[], Any]]:
+    """``ppo:ARG`` loaded once, and a builder of fresh instances of it for ``scenario``.
+
+    Serving rebuilds its policy on every run of the control loop, so it keeps
+    the builder; evaluation builds once (``make_policy``). A generalist's
+    builder refuses a cluster outside the card's ranges; options on a
+    specialist are refused here.
+    """
     path, options = split_options(arg)
     exported = load_exported(path)
     if exported.general:
         from rlscale.policies.general import GeneralPolicy
 
-        return GeneralPolicy(exported, scenario, name=f"ppo:{arg}", source=path, **options)
+        general = name or f"ppo:{arg}"
+        return exported, lambda: GeneralPolicy(exported, scenario, name=general, source=path, **options)
     refuse_options(arg, path, options)
-    check_matches(exported, scenario, path)
-    return PPOPolicy(exported, name=f"ppo:{path}")
+    specialist = name or f"ppo:{path}"
+    return exported, lambda: PPOPolicy(exported, name=specialist)
+
+
+def make_policy(arg: str, scenario: Scenario) -> Any:
+    """A specialist must match the scenario's services and pools; a generalist must cover its ranges."""
+    exported, build = policy_builder(arg, scenario)
+    if not exported.general:
+        check_matches(exported, scenario, split_options(arg)[0])
+    return build()
 
 
 def write_exported(out: str | Path, weights: PolicyWeights, card: dict[str, Any]) -> Path:
