@@ -34,7 +34,7 @@ import numpy as np
 from rlscale.config import ConfigError, Scenario, load_scenario
 from rlscale.evaluate import TraceSource, trace_scenario
 from rlscale.learn.general_eval import GeneralEvalResult
-from rlscale.policies import make_policy
+from rlscale.policies import make_policy, parse_parameters
 from rlscale.policies.general import GeneralPolicy
 from rlscale.policies.hpa import HPAPolicy
 from rlscale.relative import U_MAX
@@ -53,18 +53,11 @@ RULE_PARAMS = {"fixed": ("level",), "spread": ("z", "memory"), "quiet": ("step",
 
 
 def parse_rule(spec: str) -> tuple[str, dict[str, float]]:
-    kind, *parts = spec.split(":")
+    """The baselines' ``name:key=value`` syntax and errors (``parse_parameters``), with every key required."""
+    kind, _, text = spec.partition(":")
     if kind not in RULE_PARAMS:
         raise ConfigError(f"rule {spec!r}: expected one of {', '.join(RULE_PARAMS)}")
-    params: dict[str, float] = {}
-    for part in parts:
-        key, _, value = part.partition("=")
-        if key not in RULE_PARAMS[kind]:
-            raise ConfigError(f"rule {spec!r}: {key!r} is not a parameter of {kind} (expected {', '.join(RULE_PARAMS[kind])})")
-        try:
-            params[key] = float(value)
-        except ValueError:
-            raise ConfigError(f"rule {spec!r}: {key} must be a number, got {value!r}") from None
+    params = parse_parameters(spec, kind, text, {k: k for k in RULE_PARAMS[kind]}) if text else {}
     missing = [k for k in RULE_PARAMS[kind] if k not in params]
     if missing:
         raise ConfigError(f"rule {spec!r}: missing {', '.join(missing)}")
@@ -81,6 +74,8 @@ class LevelRule(GeneralPolicy):
     def reset(self, n: int = 1) -> None:
         super().reset(n)
         S = self.traits.n_services
+        lead = self.traits.arrays()["lead_s"] / self.traits.step_s
+        self.back = np.clip(np.round(np.maximum(lead, 1.0)).astype(np.int64) + 1, 1, BUFFER - 1)
         self.arrivals = np.zeros((n, BUFFER, S))
         self.seen = 0
         self.rise_sq = np.zeros((n, S))
@@ -89,15 +84,13 @@ class LevelRule(GeneralPolicy):
         self.levels: list[np.ndarray] = []
 
     def _spread(self) -> np.ndarray:
-        b = self.builder
-        a = b.history[:, 0]
+        a = self.builder.history[:, 0]
         self.arrivals = np.roll(self.arrivals, 1, axis=1)
         self.arrivals[:, 0] = a
         if self.seen == 0:
             self.arrivals[:] = a[:, None, :]
         self.seen += 1
-        back = np.clip(np.round(np.maximum(b._lead, 1.0)).astype(np.int64) + 1, 1, BUFFER - 1)
-        past = self.arrivals[:, back, np.arange(a.shape[1])]
+        past = self.arrivals[:, self.back, np.arange(a.shape[1])]
         rise = np.maximum(np.log(np.maximum(a, 1e-9) / np.maximum(past, 1e-9)), 0.0)
         alpha = 1.0 / self.p["memory"]
         self.rise_sq = (1.0 - alpha) * self.rise_sq + alpha * rise ** 2

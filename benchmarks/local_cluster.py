@@ -252,8 +252,7 @@ def replay_prediction(sc: Any, specs: list[str], speedup: float, seconds: float,
     SLO; exact for this single-service, single-pool cluster) and its proven
     floor, so a worker-seconds target can be checked against what is possible.
     """
-    from rlscale.episode import ClusterEpisodes
-    from rlscale.policies.oracle import cost_floor
+    from rlscale.evaluate import episode_floor
     from rlscale.rollout import run_policy
 
     trace = replayed_day(sc, speedup, seconds, peak, seed)
@@ -263,10 +262,7 @@ def replay_prediction(sc: Any, specs: list[str], speedup: float, seconds: float,
     for spec in [*specs, *(["oracle"] if "oracle" not in specs else [])]:
         result = run_policy(sc, scaled_policy(spec, sc), [seed], steps=steps, trace=trace).mean()
         out[spec] = {**result, "worker_seconds": result["cost_usd"] / price * 3600.0}
-    engine = ClusterEpisodes(sc, 1, episode_steps=steps, randomise=False, trace=trace)
-    engine.seed(0, seed)
-    engine.reset(0)
-    floor = float(cost_floor(sc, engine.arrivals[:, :steps], engine.sim.key)[0])
+    floor = float(episode_floor(sc, [seed], steps, trace)[0])
     out["oracle floor"] = {"cost_usd": floor, "worker_seconds": floor / price * 3600.0}
     return out
 

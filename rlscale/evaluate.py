@@ -222,12 +222,13 @@ def _run_one(scenario: Scenario, spec: str, seeds: tuple[int, ...], steps: int |
     return PolicyResult(spec, policy_label(spec), rollout.episodes, rollout.series, notes, time.perf_counter() - start)
 
 
-def episode_floor(scenario: Scenario, seeds: Sequence[int], steps: int | None = None) -> np.ndarray:
-    """The oracle's proven cost floor (USD) of each seed's episode."""
+def episode_floor(scenario: Scenario, seeds: Sequence[int], steps: int | None = None,
+                  trace: np.ndarray | None = None) -> np.ndarray:
+    """The oracle's proven cost floor (USD) of each seed's episode (of ``trace``'s rates when given, as ``run_policy``)."""
     from rlscale.episode import ClusterEpisodes
     from rlscale.policies.oracle import cost_floor
 
-    engine = ClusterEpisodes(scenario, len(seeds), episode_steps=steps, randomise=False)
+    engine = ClusterEpisodes(scenario, len(seeds), episode_steps=steps, randomise=False, trace=trace)
     for i, seed in enumerate(seeds):
         engine.seed(i, seed)
         engine.reset(i)

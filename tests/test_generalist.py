@@ -494,7 +494,8 @@ def test_a_hand_made_level_goes_through_the_networks_decoder_unchanged():
     for key in ("cost_usd", "slo_violation_rate", "dropped_fraction", "scaling_actions", "rebalances"):
         np.testing.assert_array_equal(rule.episodes[key], net.episodes[key])
     assert parse_rule("quiet:step=0.05:window=720:top=0.84") == ("quiet", {"step": 0.05, "window": 720.0, "top": 0.84})
-    for bad, says in (("hot:level=1", "expected one of fixed, spread, quiet"), ("fixed:levle=0.7", "'levle' is not"),
-                      ("spread:z=3", "missing memory"), ("fixed:level=x", "level must be a number")):
+    for bad, says in (("hot:level=1", "expected one of fixed, spread, quiet"),
+                      ("fixed:levle=0.7", "'levle=0.7' is not a parameter of fixed"),
+                      ("spread:z=3", "missing memory"), ("fixed:level=x", "level='x' is not a number")):
         with pytest.raises(ConfigError, match=says):
             parse_rule(bad)

@@ -55,9 +55,12 @@ PARAMETERS: dict[str, dict[str, str]] = {
 fits in a comma-separated ``--policies`` list; each maps to the policy's keyword argument."""
 
 
-def parse_parameters(spec: str, name: str, text: str) -> dict[str, float]:
-    """``key=value:key=value`` -> keyword arguments of policy ``name``; one-line errors name the key."""
-    allowed = PARAMETERS.get(name, {})
+def parse_parameters(spec: str, name: str, text: str, allowed: dict[str, str] | None = None) -> dict[str, float]:
+    """``key=value:key=value`` -> keyword arguments of policy ``name``; one-line errors name the key.
+
+    ``allowed`` maps each key to its keyword (default: the baseline's ``PARAMETERS``).
+    """
+    allowed = PARAMETERS.get(name, {}) if allowed is None else allowed
     kwargs: dict[str, float] = {}
     for part in text.split(":"):
         key, eq, value = part.partition("=")
