@@ -10,14 +10,20 @@ this asks whether any simple rule on the service's own recent history can:
   lead time: hot where demand has been predictable, cautious where it jumped;
 - ``quiet:step=D:window=W:top=T``: start at 0.65, add D after every W
   intervals without an SLO violation or a drop, up to T; back to 0.65 at
-  the first violation or drop (additive increase, reset on harm).
+  the first violation or drop (additive increase, reset on harm);
+- ``worst:crit=C:memory=M:samples=K:top=T``: ``C`` over the worst rise of
+  demand within the lead time seen in the last ``M`` intervals, between 0.65
+  and ``T``, and 0.65 until ``K`` intervals have been seen: hot only where the
+  recent past shows no jump a hotter level could not absorb.
 
 Every rule goes through ``RelativeDecoder.replicas_at``: the same windows,
 tolerance, margin floor, limits and calm repacking as the network's levels.
 Cases: the four shipped scenarios on validation seeds (5000 and up), scored
-as training scores checkpoints (``GeneralEvalResult.score``), and
-web-diurnal's cluster replaying the Alibaba trace's five training days. Never
-the generalisation suite.
+as training scores checkpoints (``GeneralEvalResult.score``); web-diurnal's
+cluster replaying the Alibaba trace's five training days; and the same cluster
+replaying training families without minute-level noise (``smooth-families``:
+ramps, random walks, regime switches, from a validation seed). Never the
+generalisation suite.
 
     python benchmarks/level_rules.py [--seeds 8] [RULE ...]
 """
@@ -33,6 +39,7 @@ import numpy as np
 
 from rlscale.config import ConfigError, Scenario, load_scenario
 from rlscale.evaluate import TraceSource, trace_scenario
+from rlscale.learn import traffic
 from rlscale.learn.general_eval import GeneralEvalResult
 from rlscale.policies import make_policy, parse_parameters
 from rlscale.policies.general import GeneralPolicy
@@ -49,7 +56,8 @@ DEFAULT_RULES = ("fixed:level=0.65", "fixed:level=0.72", "spread:z=3:memory=120"
                  "quiet:step=0.03:window=180:top=0.84", "quiet:step=0.05:window=720:top=0.84")
 START = 0.65
 BUFFER = 64
-RULE_PARAMS = {"fixed": ("level",), "spread": ("z", "memory"), "quiet": ("step", "window", "top")}
+RULE_PARAMS = {"fixed": ("level",), "spread": ("z", "memory"), "quiet": ("step", "window", "top"),
+               "worst": ("crit", "memory", "samples", "top")}
 
 
 def parse_rule(spec: str) -> tuple[str, dict[str, float]]:
@@ -82,6 +90,24 @@ class LevelRule(GeneralPolicy):
         self.level = np.full((n, S), START)
         self.quiet = np.zeros((n, S))
         self.levels: list[np.ndarray] = []
+        self.worst_rise = np.zeros((n, int(self.p.get("memory", 1)), S))
+
+    def _worst(self) -> np.ndarray:
+        a = self.builder.history[:, 0]
+        self.arrivals = np.roll(self.arrivals, 1, axis=1)
+        self.arrivals[:, 0] = a
+        if self.seen == 0:
+            self.arrivals[:] = a[:, None, :]
+        self.seen += 1
+        S = a.shape[1]
+        k = int(self.back.max())
+        low = self.arrivals[:, 1 : k + 1].min(axis=1)
+        ratio = np.maximum(a, 1e-9) / np.maximum(low, 1e-9)
+        self.worst_rise = np.roll(self.worst_rise, 1, axis=1)
+        self.worst_rise[:, 0] = ratio
+        worst = self.worst_rise.max(axis=1)
+        level = np.clip(self.p["crit"] / np.maximum(worst, 1e-9), START, self.p["top"])
+        return np.where(self.seen > self.p["samples"], level, START)
 
     def _spread(self) -> np.ndarray:
         a = self.builder.history[:, 0]
@@ -110,6 +136,8 @@ class LevelRule(GeneralPolicy):
             level = np.full(self.builder.current.shape, self.p["level"])
         elif self.kind == "spread":
             level = self._spread()
+        elif self.kind == "worst":
+            level = self._worst()
         else:
             level = self._quiet()
         self.levels.append(level.ravel().copy())
@@ -117,9 +145,21 @@ class LevelRule(GeneralPolicy):
         return Action(replicas=self.decoder.replicas_at(level, self.builder), rebalance=verb)
 
 
+def smooth_days(out: Path, days: int = 10, seed: int = 5000) -> Path:
+    """Training families without minute-level noise (ramps, random walks, regimes), a day each, from a validation seed."""
+    rng = np.random.default_rng(seed)
+    n, step = 1440, 60.0
+    shapes = [traffic.ramp, traffic.random_walk, traffic.regimes]
+    x = np.concatenate([np.maximum(shapes[d % 3](rng, n, step, 0.0), 0.05) for d in range(days)])
+    out.write_text("timestamp,value\n" + "".join(f"{i * step:g},{v:.6g}\n" for i, v in enumerate(x)))
+    return out
+
+
 def cases(tmp: Path) -> list[tuple[str, Scenario]]:
-    alibaba = trace_scenario(load_scenario("web-diurnal"), TraceSource(str(training_days(tmp / "a.csv"))))
-    return [(n, load_scenario(n)) for n in SCENARIOS] + [("alibaba-training-days", alibaba)]
+    wd = load_scenario("web-diurnal")
+    alibaba = trace_scenario(wd, TraceSource(str(training_days(tmp / "a.csv"))))
+    smooth = trace_scenario(wd, TraceSource(str(smooth_days(tmp / "s.csv"))))
+    return [(n, load_scenario(n)) for n in SCENARIOS] + [("alibaba-training-days", alibaba), ("smooth-families", smooth)]
 
 
 def main() -> int:

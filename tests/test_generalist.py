@@ -494,8 +494,24 @@ def test_a_hand_made_level_goes_through_the_networks_decoder_unchanged():
     for key in ("cost_usd", "slo_violation_rate", "dropped_fraction", "scaling_actions", "rebalances"):
         np.testing.assert_array_equal(rule.episodes[key], net.episodes[key])
     assert parse_rule("quiet:step=0.05:window=720:top=0.84") == ("quiet", {"step": 0.05, "window": 720.0, "top": 0.84})
-    for bad, says in (("hot:level=1", "expected one of fixed, spread, quiet"),
+    for bad, says in (("hot:level=1", "expected one of fixed, spread, quiet, worst"),
                       ("fixed:levle=0.7", "'levle=0.7' is not a parameter of fixed"),
                       ("spread:z=3", "missing memory"), ("fixed:level=x", "level='x' is not a number")):
         with pytest.raises(ConfigError, match=says):
             parse_rule(bad)
+
+
+def test_the_worst_rise_rule_waits_for_evidence_and_falls_back_at_the_first_jump():
+    """Hot only after ``samples`` intervals of flat demand; one doubling within the lead time sends it back to 65%."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from level_rules import START, LevelRule
+
+    rule = LevelRule("worst:crit=0.8:memory=50:samples=10:top=0.78", load_scenario("web-diurnal"))
+    rule.reset(1)
+    levels = []
+    for rate in [100.0] * 12 + [200.0] + [200.0] * 5:
+        rule.builder.history[:, 0] = rate
+        levels.append(float(rule._worst()[0, 0]))
+    assert levels[:10] == [START] * 10
+    assert levels[10:12] == [0.78, 0.78]  # crit / 1.0, capped at top
+    assert levels[12:] == [START] * 6  # 0.8 / 2.0 is below the start level, and the memory keeps the jump
