@@ -110,7 +110,7 @@ def add_tuned_rule(console: Console, config: EvalConfig) -> tuple[EvalConfig, Tu
     """Sweep the rules on the config's seeds (a progress bar), print the winner, add it to the policies."""
     from rich.progress import Progress
 
-    from rlscale.evaluation.tune import best_tuned_rule, rule_grid
+    from rlscale.evaluation.tune import CHURN_BOUND, best_tuned_rule, rule_grid
 
     grid = rule_grid()
     with Progress(console=console, transient=True) as bar:
@@ -125,6 +125,11 @@ def add_tuned_rule(console: Console, config: EvalConfig) -> tuple[EvalConfig, Tu
     console.print(f"best tuned rule: {b.spec}: {b.cost_usd / tuned.hpa.cost_usd:.3f} of HPA's cost at "
                   f"{b.slo_violation_rate:.4f} SLO violations (HPA {tuned.hpa.slo_violation_rate:.4f}); "
                   f"{len(tuned.within)} of {len(grid)} settings within HPA's SLO and drops")
+    bounded = tuned.best_within_churn()
+    if bounded is not None and bounded != b:
+        console.print(f"best tuned rule within {CHURN_BOUND:g}x HPA's scaling actions and rebalances: {bounded.spec}: "
+                      f"{bounded.cost_usd / tuned.hpa.cost_usd:.3f} of HPA's cost (the best above churns "
+                      f"{b.churn / max(tuned.hpa.churn, 1e-9):.1f}x HPA's)")
     specs = config.policies if b.spec in config.policies else (*config.policies, b.spec)
     if "hpa" not in specs:
         specs = (*specs, "hpa")
@@ -135,6 +140,7 @@ def tuned_summary(tuned: TunedRule) -> dict[str, Any]:
     return {
         "hpa": asdict(tuned.hpa),
         "best": None if tuned.best is None else asdict(tuned.best),
+        "best_within_churn": None if (bounded := tuned.best_within_churn()) is None else asdict(bounded),
         "points": [{**asdict(p), "within_hpa_slo": tuned.admissible(p)} for p in tuned.points],
     }
 

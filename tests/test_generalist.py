@@ -189,6 +189,9 @@ def test_best_tuned_rule_is_the_cheapest_setting_within_hpa_slo() -> None:
     within = [p for p in tuned.points if p.slo_violation_rate <= tuned.hpa.slo_violation_rate
               and p.dropped_fraction <= tuned.hpa.dropped_fraction]
     assert tuned.best == (min(within, key=lambda p: p.cost_usd) if within else None)
+    calm = [p for p in within if p.scaling_actions + p.rebalances <= 2 * (tuned.hpa.scaling_actions + tuned.hpa.rebalances)]
+    assert tuned.best_within_churn() == (min(calm, key=lambda p: p.cost_usd) if calm else None)
+    assert tuned.best_within_churn(bound=1e9) == tuned.best
 
 
 @pytest.mark.slow
@@ -206,6 +209,11 @@ def test_evaluate_tune_adds_the_best_rule_and_writes_the_sweep(tmp_path: Path) -
     labels = [p["label"] for p in results["policies"]]
     if sweep["best"] is not None:
         assert sweep["best"]["spec"] in labels
+    bounded = sweep["best_within_churn"]
+    if bounded is not None:
+        hpa = sweep["hpa"]
+        assert bounded["scaling_actions"] + bounded["rebalances"] <= 2 * (hpa["scaling_actions"] + hpa["rebalances"])
+        assert bounded["cost_usd"] >= sweep["best"]["cost_usd"]
 
 
 @pytest.mark.parametrize("start", [3, 4])

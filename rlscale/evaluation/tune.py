@@ -40,6 +40,16 @@ class RulePoint:
     slo_violation_rate: float
     dropped_fraction: float
     scaling_actions: float
+    rebalances: float = 0.0
+
+    @property
+    def churn(self) -> float:
+        """Scaling actions and rebalances per episode: what the generalist's churn bound counts."""
+        return self.scaling_actions + self.rebalances
+
+
+CHURN_BOUND = 2.0
+"""The generalist may change replicas or rebalance at most this many times as often as default HPA (issue 10)."""
 
 
 @dataclass(frozen=True)
@@ -57,11 +67,23 @@ class TunedRule:
     def admissible(self, p: RulePoint) -> bool:
         return p.slo_violation_rate <= self.hpa.slo_violation_rate + 1e-12 and p.dropped_fraction <= self.hpa.dropped_fraction + 1e-12
 
+    def best_within_churn(self, bound: float = CHURN_BOUND) -> RulePoint | None:
+        """The cheapest admissible setting that also churns at most ``bound`` x HPA's.
+
+        The sweep's winner is usually a predictive setting that resizes every
+        interval (5-58x HPA's scaling actions on the generalisation suite); a
+        policy held to the churn bound is fairly compared with the best rule
+        held to it too. The default grid holds default HPA's own setting, so
+        with it there is always an answer.
+        """
+        ok = [p for p in self.within if p.churn <= bound * self.hpa.churn + 1e-9]
+        return min(ok, key=lambda p: p.cost_usd) if ok else None
+
 
 def rule_point(spec: str, means: Mapping[str, float]) -> RulePoint:
     """A point from a rollout's per-metric means (``Rollout.mean()``)."""
     return RulePoint(spec, float(means["cost_usd"]), float(means["slo_violation_rate"]),
-                     float(means["dropped_fraction"]), float(means["scaling_actions"]))
+                     float(means["dropped_fraction"]), float(means["scaling_actions"]), float(means.get("rebalances", 0.0)))
 
 
 def measure(spec: str, scenario: Scenario, seeds: Sequence[int], steps: int | None = None) -> RulePoint:
