@@ -22,7 +22,8 @@ Cases: the four shipped scenarios on validation seeds (5000 and up), scored
 as training scores checkpoints (``GeneralEvalResult.score``); web-diurnal's
 cluster replaying the Alibaba trace's five training days; and the same cluster
 replaying training families without minute-level noise (``smooth-families``:
-ramps, random walks, regime switches, from a validation seed). Never the
+ramps, random walks, regime switches, from a validation seed); and web-diurnal
+with the slowest node provisioning of the training ranges. Never the
 generalisation suite.
 
     python benchmarks/level_rules.py [--seeds 8] [RULE ...]
@@ -49,7 +50,7 @@ from rlscale.rollout import Rollout, run_policy
 from rlscale.spaces import Action, Metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from repacking import training_days  # noqa: E402
+from repacking import SLOW, slow_nodes, training_days  # noqa: E402
 
 SCENARIOS = ("web-diurnal", "flash-crowd", "mixed-pools", "ml-platform")
 DEFAULT_RULES = ("fixed:level=0.65", "fixed:level=0.72", "spread:z=3:memory=120", "spread:z=4:memory=120",
@@ -159,7 +160,8 @@ def cases(tmp: Path) -> list[tuple[str, Scenario]]:
     wd = load_scenario("web-diurnal")
     alibaba = trace_scenario(wd, TraceSource(str(training_days(tmp / "a.csv"))))
     smooth = trace_scenario(wd, TraceSource(str(smooth_days(tmp / "s.csv"))))
-    return [(n, load_scenario(n)) for n in SCENARIOS] + [("alibaba-training-days", alibaba), ("smooth-families", smooth)]
+    return [(n, load_scenario(n)) for n in SCENARIOS] + [("alibaba-training-days", alibaba), ("smooth-families", smooth),
+                                                         (f"nodes-in-{SLOW:g}s", slow_nodes(wd))]
 
 
 def main() -> int:
