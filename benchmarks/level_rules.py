@@ -93,14 +93,18 @@ class LevelRule(GeneralPolicy):
         self.levels: list[np.ndarray] = []
         self.worst_rise = np.zeros((n, int(self.p.get("memory", 1)), S))
 
-    def _worst(self) -> np.ndarray:
+    def _push(self) -> np.ndarray:
+        """This interval's arrivals ``[N, S]``, also kept in a ``BUFFER``-interval history the rules look back over."""
         a = self.builder.history[:, 0]
         self.arrivals = np.roll(self.arrivals, 1, axis=1)
         self.arrivals[:, 0] = a
         if self.seen == 0:
             self.arrivals[:] = a[:, None, :]
         self.seen += 1
-        S = a.shape[1]
+        return a
+
+    def _worst(self) -> np.ndarray:
+        a = self._push()
         k = int(self.back.max())
         low = self.arrivals[:, 1 : k + 1].min(axis=1)
         ratio = np.maximum(a, 1e-9) / np.maximum(low, 1e-9)
@@ -111,12 +115,7 @@ class LevelRule(GeneralPolicy):
         return np.where(self.seen > self.p["samples"], level, START)
 
     def _spread(self) -> np.ndarray:
-        a = self.builder.history[:, 0]
-        self.arrivals = np.roll(self.arrivals, 1, axis=1)
-        self.arrivals[:, 0] = a
-        if self.seen == 0:
-            self.arrivals[:] = a[:, None, :]
-        self.seen += 1
+        a = self._push()
         past = self.arrivals[:, self.back, np.arange(a.shape[1])]
         rise = np.maximum(np.log(np.maximum(a, 1e-9) / np.maximum(past, 1e-9)), 0.0)
         alpha = 1.0 / self.p["memory"]
