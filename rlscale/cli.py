@@ -410,7 +410,8 @@ def evaluate(
     report: str | None = typer.Option(None, help="report folder (default: reports/<scenario>)"),
     workers: int = typer.Option(2, min=1, max=2, help="processes (at most 2)"),
     tune: bool = typer.Option(False, "--tune", help="first sweep HPA and predictive settings on the same seeds and add "
-                              "the best tuned rule (cheapest within default HPA's SLO violations and drops)"),
+                              "the best tuned rule (cheapest within default HPA's SLO violations and drops), and the best "
+                              "within 2x HPA's scaling actions and rebalances when that is another"),
 ) -> None:
     """Evaluate policies on the same held-out episodes: table, TensorBoard runs, report (Markdown, JSON, PNG).
 

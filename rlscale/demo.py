@@ -130,9 +130,10 @@ def add_tuned_rule(console: Console, config: EvalConfig) -> tuple[EvalConfig, Tu
         console.print(f"best tuned rule within {CHURN_BOUND:g}x HPA's scaling actions and rebalances: {bounded.spec}: "
                       f"{bounded.cost_usd / tuned.hpa.cost_usd:.3f} of HPA's cost (the best above churns "
                       f"{b.churn / max(tuned.hpa.churn, 1e-9):.1f}x HPA's)")
-    specs = config.policies if b.spec in config.policies else (*config.policies, b.spec)
-    if "hpa" not in specs:
-        specs = (*specs, "hpa")
+    # a bounded winner that plays exactly like default HPA would only repeat HPA's row
+    same_as_hpa = bounded is not None and (bounded.cost_usd, bounded.churn) == (tuned.hpa.cost_usd, tuned.hpa.churn)
+    wanted = [b.spec, *([bounded.spec] if bounded is not None and not same_as_hpa else []), "hpa"]
+    specs = (*config.policies, *(s for s in dict.fromkeys(wanted) if s not in config.policies))
     return replace(config, policies=specs), tuned
 
 

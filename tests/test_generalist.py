@@ -214,6 +214,7 @@ def test_evaluate_tune_adds_the_best_rule_and_writes_the_sweep(tmp_path: Path) -
         hpa = sweep["hpa"]
         assert bounded["scaling_actions"] + bounded["rebalances"] <= 2 * (hpa["scaling_actions"] + hpa["rebalances"])
         assert bounded["cost_usd"] >= sweep["best"]["cost_usd"]
+        assert bounded["spec"] in labels
 
 
 @pytest.mark.parametrize("start", [3, 4])
