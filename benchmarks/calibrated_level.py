@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from rlscale.config import PROJECT_ROOT, TEST_SEED_BASE, Scenario
+from rlscale.evaluation.tune import within_hpa
 from rlscale.policies.hpa import HPAPolicy
 from rlscale.rollout import run_policy
 
@@ -34,20 +35,11 @@ LEVELS = (0.65, 0.72, 0.78, 0.84)
 SUITE_JSON = PROJECT_ROOT / "docs" / "generalisation.json"
 
 
-def _mean(sc: Scenario, policy: object, seeds: list[int]) -> dict[str, float]:
-    return {k: float(v.mean()) for k, v in run_policy(sc, policy, seeds).episodes.items()}
-
-
-def _within(e: dict[str, float], hpa: dict[str, float]) -> bool:
-    return (e["slo_violation_rate"] <= hpa["slo_violation_rate"] + 1e-12
-            and e["dropped_fraction"] <= hpa["dropped_fraction"] + 1e-12)
-
-
 def calibrate(sc: Scenario, seeds: list[int]) -> float:
     """The cheapest level within HPA's SLO and drops on ``seeds``; the network's own 65% when none is."""
-    hpa = _mean(sc, HPAPolicy(sc), seeds)
-    runs = {level: _mean(sc, LevelRule(f"fixed:level={level}", sc), seeds) for level in LEVELS}
-    ok = [level for level in LEVELS if _within(runs[level], hpa)]
+    hpa = run_policy(sc, HPAPolicy(sc), seeds).mean()
+    runs = {level: run_policy(sc, LevelRule(f"fixed:level={level}", sc), seeds).mean() for level in LEVELS}
+    ok = [level for level in LEVELS if within_hpa(runs[level], hpa)]
     return min(ok, key=lambda level: runs[level]["cost_usd"]) if ok else LEVELS[0]
 
 
@@ -76,12 +68,12 @@ def main() -> int:
             row = suite[name]
             seeds = list(row.get("seeds") or range(TEST_SEED_BASE, TEST_SEED_BASE + 10))
             level = calibrate(sc, calibration)
-            e = _mean(sc, LevelRule(f"fixed:level={level}", sc), seeds)
+            e = run_policy(sc, LevelRule(f"fixed:level={level}", sc), seeds).mean()
             hpa, room = row["hpa"], row["room_usd"]
             rule_cost = row["rule"]["cost_usd"] if row["rule"] else hpa["cost_usd"]
-            met = _within(e, hpa) and e["cost_usd"] <= rule_cost - 0.1 * room
+            met = within_hpa(e, hpa) and e["cost_usd"] <= rule_cost - 0.1 * room
             bounded_cost = row["rule_bounded"]["cost_usd"] if row.get("rule_bounded") else hpa["cost_usd"]
-            met_bounded = _within(e, hpa) and e["cost_usd"] <= bounded_cost - 0.1 * room
+            met_bounded = within_hpa(e, hpa) and e["cost_usd"] <= bounded_cost - 0.1 * room
             print(f"| {name} | {level:.2f} | {e['cost_usd'] / hpa['cost_usd']:.3f} | "
                   f"{(hpa['cost_usd'] - e['cost_usd']) / room:.2f} | {row['rule_room_captured']:.2f} | "
                   f"{row['room_captured']:.2f} | {100 * e['slo_violation_rate']:.2f}% / "

@@ -36,7 +36,7 @@ import numpy as np
 from rlscale.atomic import write_json, write_text
 from rlscale.config import PROJECT_ROOT, TEST_SEED_BASE, Scenario, load_scenario
 from rlscale.evaluate import TraceSource, trace_scenario
-from rlscale.evaluation.tune import CHURN_BOUND, best_tuned_rule, rule_point
+from rlscale.evaluation.tune import CHURN_BOUND, best_tuned_rule, rule_point, within_hpa
 from rlscale.policies import make_policy
 from rlscale.rollout import run_policy
 
@@ -97,8 +97,7 @@ def run_case(name: str, sc: Scenario, model: str, seeds: list[int]) -> dict[str,
     rule_cost = rule["cost_usd"] if rule else hpa["cost_usd"]
     bounded = tuned.best_within_churn()
     bounded_cost = bounded.cost_usd if bounded else hpa["cost_usd"]
-    within = general["slo_violation_rate"] <= hpa["slo_violation_rate"] + 1e-12 and \
-        general["dropped_fraction"] <= hpa["dropped_fraction"] + 1e-12
+    within = within_hpa(general, hpa)
     churn, churn_hpa = churn_per_day(general, sc), churn_per_day(hpa, sc)
     return {
         "case": name,

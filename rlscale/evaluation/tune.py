@@ -12,7 +12,7 @@ Specs use the policy-parameter syntax, so the winner can be passed back to
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from rlscale.config import Scenario
 from rlscale.policies import make_policy
@@ -65,7 +65,7 @@ class TunedRule:
         return [p for p in self.points if self.admissible(p)]
 
     def admissible(self, p: RulePoint) -> bool:
-        return p.slo_violation_rate <= self.hpa.slo_violation_rate + 1e-12 and p.dropped_fraction <= self.hpa.dropped_fraction + 1e-12
+        return within_hpa(asdict(p), asdict(self.hpa))
 
     def best_within_churn(self, bound: float = CHURN_BOUND) -> RulePoint | None:
         """The cheapest admissible setting that also churns at most ``bound`` x HPA's.
@@ -78,6 +78,12 @@ class TunedRule:
         """
         ok = [p for p in self.within if p.churn <= bound * self.hpa.churn + 1e-9]
         return min(ok, key=lambda p: p.cost_usd) if ok else None
+
+
+def within_hpa(means: Mapping[str, float], hpa: Mapping[str, float]) -> bool:
+    """SLO-violation rate and dropped fraction no higher than default HPA's: the bar every comparison keeps."""
+    return (means["slo_violation_rate"] <= hpa["slo_violation_rate"] + 1e-12
+            and means["dropped_fraction"] <= hpa["dropped_fraction"] + 1e-12)
 
 
 def rule_point(spec: str, means: Mapping[str, float]) -> RulePoint:
