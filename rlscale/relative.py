@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from rlscale.config import Scenario
-from rlscale.spaces import Action, Metrics, ObsSpec
+from rlscale.spaces import REBALANCE_CONSOLIDATE, REBALANCE_DRAIN, REBALANCE_NONE, Action, Metrics, ObsSpec
 
 LAGS = (1, 2, 5, 10, 15)
 HISTORY = max(LAGS) + 1
@@ -172,7 +172,8 @@ class RelativeObservation:
         self._per_node = np.log(a["replicas_per_node"]) / 3.0
         self._batch = a["batch"]
         self.uniform_speed = all(traits.uniform_speed)
-        """No service of the cluster can be repacked onto slower nodes (``calm_to_repack`` needs this)."""
+        self.node_steps = float(np.max(self._lead - self._cold))
+        """No service of the cluster can be repacked onto slower nodes (``calm_repack`` needs this)."""
         self.reset_all(n)
 
     def reset_all(self, n: int) -> None:
@@ -236,7 +237,7 @@ class RelativeObservation:
 
         Also leaves this interval's ``current``, ``demand`` and ``floor`` for the decoder, so the
         decision sizes with exactly the numbers the policy saw (and ``clean``, ``rise`` and ``hurting``,
-        which ``calm_to_repack`` reads).
+        which ``calm_repack`` reads).
         """
         c = _Clean.of(m)
         a = self._push(c, m)
@@ -343,8 +344,21 @@ PACK_UTILISATION = 0.75
 """Repack only while every service would stay under this utilisation without the replicas that restart."""
 
 
-def calm_to_repack(m: Metrics, obs: RelativeObservation) -> np.ndarray:
-    """``[N]`` bool: consolidating now frees a node at no risk to the SLO, so the decoder does it unasked.
+HOLE_FREE_STEPS = 2.0
+HOLE_PER_STEP = 0.04
+
+
+def hole_reserve(node_steps: float) -> float:
+    """Warm room to keep on ready nodes, as a share of the requested CPU, for nodes that take ``node_steps`` to come.
+
+    The holes a repack removes were room a sudden crowd fills at a replica's
+    cold start; without them it waits for a new node as well.
+    """
+    return HOLE_PER_STEP * max(0.0, node_steps - HOLE_FREE_STEPS)
+
+
+def calm_repack(m: Metrics, obs: RelativeObservation, drain: bool = True) -> np.ndarray:
+    """``[N]`` rebalance verbs the decoder runs unasked: consolidate, drain one node, or none.
 
     Reads what ``obs.build`` kept of this interval; call it after ``build``.
 
@@ -354,21 +368,32 @@ def calm_to_repack(m: Metrics, obs: RelativeObservation) -> np.ndarray:
     restarts the moved replicas, so it waits for a calm interval: a node can be
     freed, load is not rising, nothing is pending, violated or dropped, no
     repack is in progress, every service keeps ``PACK_UTILISATION`` without the
-    replicas on the nodes to be freed, and no service can be moved onto slower
-    nodes.
+    replicas that restart, and no service can be moved onto slower nodes.
+    Where repacking the whole cluster at once would restart too many replicas
+    (after a sudden fall in load, many nodes are freeable), draining the
+    emptiest node restarts at most its share, one node per calm interval.
     """
+    none = np.zeros(m.n, dtype=np.int64)
     c = obs.clean
     if c is None or not obs.uniform_speed:
-        return np.zeros(m.n, dtype=bool)
+        return none
     nodes = np.maximum(_finite(m.nodes_ready), 0.0)
     packing = np.clip(_finite(m.packing, 1.0), 0.0, 1.0)
     spare = nodes - np.ceil(packing * nodes - 1e-9)
-    share = np.max(_ratio(spare, nodes), axis=1)
-    left = c.ready * (1.0 - share[:, None])
-    hot = np.where(left >= 1.0, _ratio(c.arrivals, left * obs.rps_hat) >= PACK_UTILISATION, True)
-    busy = obs.hurting | (c.desired > c.ready)
-    return ((spare >= 1).any(axis=1) & ~(hot | busy).any(axis=1) & (obs.rise <= 1.0).all(axis=1)
-            & ~(_finite(m.rebalancing) > 0))
+    busy = (obs.hurting | (c.desired > c.ready)).any(axis=1)
+    calm = ((spare >= 1).any(axis=1) & ~busy & (obs.rise <= 1.0).all(axis=1) & ~(_finite(m.rebalancing) > 0))
+
+    def cool(share: np.ndarray) -> np.ndarray:
+        left = c.ready * (1.0 - share[:, None])
+        hot = np.where(left >= 1.0, _ratio(c.arrivals, left * obs.rps_hat) >= PACK_UTILISATION, True)
+        return ~hot.any(axis=1)
+
+    reserve = hole_reserve(obs.node_steps) * packing * nodes  # node units of warm room to keep
+    free = nodes - packing * nodes
+    whole = calm & cool(np.max(_ratio(spare, nodes), axis=1)) & (reserve < 1e-9).all(axis=1)
+    one = calm & ~whole & cool(np.max(_ratio(np.minimum(spare, 1.0), nodes), axis=1)) & (free - 1.0 >= reserve).any(axis=1)
+    one &= drain
+    return np.where(whole, REBALANCE_CONSOLIDATE, np.where(one, REBALANCE_DRAIN, REBALANCE_NONE)).astype(np.int64)
 
 
 def decide(level_index: np.ndarray, rebalance: np.ndarray, obs: RelativeObservation, dec: RelativeDecoder) -> Action:

@@ -17,8 +17,8 @@ from numba import njit
 
 from rlscale.config import Scenario
 
-REBALANCE_NONE, REBALANCE_CONSOLIDATE, REBALANCE_SPREAD = 0, 1, 2
-REBALANCE_NAMES = ("none", "consolidate", "spread")
+REBALANCE_NONE, REBALANCE_CONSOLIDATE, REBALANCE_SPREAD, REBALANCE_DRAIN = 0, 1, 2, 3
+REBALANCE_NAMES = ("none", "consolidate", "spread", "drain")
 HISTORY_LAGS = (1, 2, 5, 10, 15)
 HISTORY_LEN = max(HISTORY_LAGS) + 1
 OBS_CLIP = 10.0
@@ -81,7 +81,10 @@ class Action:
     """What every backend understands: desired replicas per service and a rebalance verb.
 
     ``replicas`` is ``[N, S]`` int64 (absolute, like a Deployment's ``spec.replicas``);
-    ``rebalance`` is ``[N]`` int64 in {0 none, 1 consolidate, 2 spread}.
+    ``rebalance`` is ``[N]`` int64 in {0 none, 1 consolidate (repack every node),
+    2 spread, 3 drain (move the emptiest node's replicas onto the others)}.
+    A policy's action space holds the first three; the generalist's decoder
+    drains unasked.
     """
 
     replicas: np.ndarray

@@ -107,15 +107,15 @@ def fake(tmp_path: Path):  # type: ignore[no-untyped-def]
 class Scripted:
     """A policy that asks for a fixed cycle of replicas (some beyond the bounds) and, when told, a consolidation."""
 
-    def __init__(self, cycle: list[tuple[int, int]], rebalance_at: set[int] | None = None) -> None:
-        self.cycle, self.rebalance_at, self.n = cycle, rebalance_at or set(), 0
+    def __init__(self, cycle: list[tuple[int, int]], rebalance_at: set[int] | None = None, verb: int = 1) -> None:
+        self.cycle, self.rebalance_at, self.n, self.verb = cycle, rebalance_at or set(), 0, verb
 
     def reset(self, n: int = 1) -> None:
         pass
 
     def act(self, metrics: Any) -> Action:
         replicas = self.cycle[self.n % len(self.cycle)]
-        verb = 1 if self.n in self.rebalance_at else 0
+        verb = self.verb if self.n in self.rebalance_at else 0
         self.n += 1
         return Action(np.array([replicas], dtype=np.int64), np.array([verb], dtype=np.int64))
 
@@ -270,7 +270,8 @@ def test_a_2s_api_server_times_out_holds_and_resumes(fake: Fake, tmp_path: Path)
     cluster.close()
 
 
-def test_consolidate_cordons_and_evicts_waiting_on_a_disruption_budget(tmp_path: Path) -> None:
+@pytest.mark.parametrize("verb", [1, 3], ids=["consolidate", "drain"])
+def test_consolidate_cordons_and_evicts_waiting_on_a_disruption_budget(tmp_path: Path, verb: int) -> None:
     fake = Fake(tmp_path, load={"api": 40.0, "batch": 0.5})
     try:
         fake.cluster.add_budget(NS, "batch", {"app": "batch"}, min_available=2)
@@ -285,7 +286,7 @@ def test_consolidate_cordons_and_evicts_waiting_on_a_disruption_budget(tmp_path:
             with fake.cluster.lock:
                 fake.cluster.budgets.clear()
 
-        run_loop(cluster, scenario, Scripted([(3, 2)], rebalance_at={1}), tmp_path / "audit.jsonl", 0.2, 12, lift)
+        run_loop(cluster, scenario, Scripted([(3, 2)], rebalance_at={1}, verb=verb), tmp_path / "audit.jsonl", 0.2, 12, lift)
         notes = [d["kubernetes"]["rebalance"] for d in decisions(tmp_path / "audit.jsonl") if "rebalance" in d.get("kubernetes", {})]
         assert notes[0]["status"] in ("cordoned", "evicting", "waiting")
         node = notes[0]["node"]

@@ -23,7 +23,7 @@ from rlscale.config import Scenario
 from rlscale.sim import Simulator, StepResult
 from rlscale.sim import kernel as K
 from rlscale.sim.params import P_GPU, P_MEM, P_MIN, P_VCPU, S_CPU, S_GPU, S_MAX, S_MEM, S_MIN, S_QLIMIT
-from rlscale.spaces import REBALANCE_CONSOLIDATE, REBALANCE_NONE, REBALANCE_SPREAD, Action
+from rlscale.spaces import REBALANCE_CONSOLIDATE, REBALANCE_DRAIN, REBALANCE_NONE, REBALANCE_SPREAD, Action
 
 EPS = 1e-9
 PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -118,7 +118,8 @@ def action_sequence(sim: Simulator, rng: np.random.Generator, steps: int) -> lis
     for _ in range(steps):
         change = rng.random(desired.shape) < 0.3
         desired = np.where(change, rng.integers(-3, hi + 6, desired.shape), desired)
-        verbs = rng.choice([REBALANCE_NONE, REBALANCE_CONSOLIDATE, REBALANCE_SPREAD], size=sim.n, p=[0.7, 0.15, 0.15])
+        verbs = rng.choice([REBALANCE_NONE, REBALANCE_CONSOLIDATE, REBALANCE_SPREAD, REBALANCE_DRAIN], size=sim.n,
+                           p=[0.7, 0.1, 0.1, 0.1])
         actions.append(Action(desired.astype(np.int64), verbs.astype(np.int64)))
     return actions
 
@@ -305,6 +306,29 @@ def test_consolidate_frees_nodes_and_restarts_the_replicas_it_moves() -> None:
     assert result.ready[0, 0] == 1, "the three moved replicas are still cold-starting"
     assert max_node_packing(sim) == 1.0
     assert act(sim, 4).ready[0, 0] == 4, "moved replicas are back after their 120 s cold start"
+
+
+def test_drain_frees_only_the_emptiest_node_and_restarts_only_its_replicas() -> None:
+    sim = Simulator(fragmentable(cold_start_s=120.0), 1)
+    sim.reset(0, 1, np.array([16]))
+    act(sim, 5)  # one node keeps 2 replicas, three keep 1
+    before = sim.rep[0, 0].copy()
+    assert sorted(before[before > 0]) == [1, 1, 1, 2]
+    result = act(sim, 5, REBALANCE_DRAIN)
+    assert result.rebalanced[0] == 1.0
+    assert nodes_alive(sim) == 3, "one node emptied and released, not all that could be"
+    assert result.ready[0, 0] == 4, "only the drained node's one replica restarts"
+    after = sim.rep[0, 0]
+    assert after.sum() == 5 and after.max() == 3, "it moved into the fullest node"
+    assert act(sim, 5, REBALANCE_DRAIN).rebalanced[0] == 0.0, "refused while the moved replica cold-starts"
+
+
+def test_drain_refuses_when_the_emptiest_nodes_replicas_fit_nowhere() -> None:
+    sim = Simulator(fragmentable(), 1)
+    sim.reset(0, 1, np.array([8]))
+    layout = sim.rep.copy()
+    assert act(sim, 8, REBALANCE_DRAIN).rebalanced[0] == 0.0
+    np.testing.assert_array_equal(sim.rep, layout)
 
 
 def test_spread_lowers_the_most_packed_nodes_load() -> None:

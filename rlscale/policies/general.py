@@ -22,8 +22,8 @@ import numpy as np
 from rlscale.config import ConfigError, Scenario
 from rlscale.policies.base import ClusterAutoscaler
 from rlscale.policies.ppo import ExportedPolicy, PolicyWeights, logits
-from rlscale.relative import LEVELS, RelativeDecoder, RelativeObservation, ServiceTraits, calm_to_repack, decide
-from rlscale.spaces import REBALANCE_CONSOLIDATE, Action, Metrics
+from rlscale.relative import LEVELS, RelativeDecoder, RelativeObservation, ServiceTraits, calm_repack, decide
+from rlscale.spaces import Action, Metrics
 
 N_LEVELS = len(LEVELS)
 NVEC = np.array([N_LEVELS, 3], dtype=np.int64)
@@ -81,11 +81,12 @@ class GeneralPolicy:
     """
 
     def __init__(self, exported: ExportedPolicy | None, scenario: Scenario, name: str = "general",
-                 source: str = "policy", repack: bool = True) -> None:
+                 source: str = "policy", repack: bool = True, drain: bool = True) -> None:
         if exported is not None:
             check_range(exported.card, scenario, source)
         self.exported = exported
         self.repack = repack
+        self.drain = drain
         self.name = name
         self.scenario = scenario
         self.traits = ServiceTraits.from_scenario(scenario)
@@ -113,9 +114,9 @@ class GeneralPolicy:
 
     def verb(self, metrics: Metrics, rebalance: np.ndarray) -> np.ndarray:
         """``[N]`` rebalance verbs: the policy's where it asks for one, else calm repacking or the node drain."""
-        calm = calm_to_repack(metrics, self.builder) if self.repack else np.zeros(metrics.n, dtype=bool)
-        drain = np.where(calm, REBALANCE_CONSOLIDATE, self.nodes.rebalance(metrics))
-        return np.where(np.asarray(rebalance) > 0, rebalance, drain)
+        calm = calm_repack(metrics, self.builder, self.drain) if self.repack else np.zeros(metrics.n, dtype=np.int64)
+        unasked = np.where(calm > 0, calm, self.nodes.rebalance(metrics))
+        return np.where(np.asarray(rebalance) > 0, rebalance, unasked)
 
     def step_raw(self, metrics: Metrics, levels: np.ndarray, rebalance: np.ndarray) -> Action:
         """Decode levels ``[N, S]`` and verbs ``[N]`` (after ``observe`` for this interval)."""

@@ -399,7 +399,7 @@ def check_matches(exported: ExportedPolicy, scenario: Scenario, source: str) -> 
         raise ConfigError(f"{source}: {why}")
 
 
-GENERAL_OPTIONS = {"repack": {"0": False, "1": True}}
+GENERAL_OPTIONS = {"repack": {"0": False, "1": True}, "drain": {"0": False, "1": True}}
 """``ppo:DIR:key=value`` options of a generalist and the values each takes."""
 
 

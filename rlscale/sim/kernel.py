@@ -306,6 +306,69 @@ def _rebalance(n, verb, rep, warming, warm_left, node_state, node_f, svc_f, pool
 
 
 @njit(cache=True, inline="always")
+def _drain_one(n, rep, warming, warm_left, node_state, node_f, svc_f, pool_f, node_pool, pref, new):
+    """drain: move the replicas of the least-used ready node into the others' room, fullest first; all or nothing.
+
+    What the cluster autoscaler and Kubernetes' cordon-and-evict do: one node
+    at a time, so only that node's replicas restart, where 'consolidate'
+    repacks the whole cluster at once.
+    """
+    S, M = rep.shape[1], rep.shape[2]
+    victim = -1
+    least = 1e300
+    for m in range(M):
+        if node_state[n, m] != READY:
+            continue
+        u = _used(n, m, rep, svc_f, S_CPU)
+        if 0.0 < u < least:
+            least = u
+            victim = m
+    if victim < 0:
+        return 0
+    used_cpu = np.zeros(M)
+    used_mem = np.zeros(M)
+    used_gpu = np.zeros(M)
+    for m in range(M):
+        for s in range(S):
+            new[s, m] = rep[n, s, m] if m != victim else 0
+        used_cpu[m] = _used(n, m, rep, svc_f, S_CPU)
+        used_mem[m] = _used(n, m, rep, svc_f, S_MEM)
+        used_gpu[m] = _used(n, m, rep, svc_f, S_GPU)
+    order_nodes = np.argsort(-used_cpu)
+    order_svc = np.argsort(-svc_f[:, S_CPU])
+    for si in range(S):
+        s = order_svc[si]
+        for _ in range(rep[n, s, victim]):
+            best = -1
+            for mi in range(M):
+                m = order_nodes[mi]
+                if m == victim or node_state[n, m] != READY:
+                    continue
+                p = node_pool[m]
+                allowed = False
+                for r in range(pref.shape[1]):
+                    if pref[s, r] == p:
+                        allowed = True
+                if not allowed:
+                    continue
+                if (used_cpu[m] + svc_f[s, S_CPU] > pool_f[p, P_VCPU] + 1e-9
+                        or used_mem[m] + svc_f[s, S_MEM] > pool_f[p, P_MEM] + 1e-9
+                        or used_gpu[m] + svc_f[s, S_GPU] > pool_f[p, P_GPU] + 1e-9):
+                    continue
+                best = m
+                break
+            if best < 0:
+                return 0
+            new[s, best] += 1
+            used_cpu[best] += svc_f[s, S_CPU]
+            used_mem[best] += svc_f[s, S_MEM]
+            used_gpu[best] += svc_f[s, S_GPU]
+    moved = _apply_layout(n, new, rep, warming, warm_left, node_state, node_f, svc_f)
+    node_f[n, victim, N_IDLE] = pool_f[node_pool[victim], P_IDLE]
+    return moved
+
+
+@njit(cache=True, inline="always")
 def _queue_p95(rho, c, rate, service_s, wait_scale):
     """p95 response of a G/G/c queue: the slow-node service time plus the M/M/c wait tail (Sakasegawa's P(wait)).
 
@@ -355,7 +418,10 @@ def _step_batch(
         # 2. rebalance (refused while a previous one is still restarting replicas)
         verb = int(rebalance_in[n])
         if verb != 0 and rebalance_left[n] <= 0.0:
-            moved = _rebalance(n, verb, rep, warming, warm_left, node_state, node_f, svc_f, pool_f, node_pool, pref, scratch)
+            if verb == 3:
+                moved = _drain_one(n, rep, warming, warm_left, node_state, node_f, svc_f, pool_f, node_pool, pref, scratch)
+            else:
+                moved = _rebalance(n, verb, rep, warming, warm_left, node_state, node_f, svc_f, pool_f, node_pool, pref, scratch)
             if moved > 0:
                 out_c[n, O_REBALANCED] = 1.0
                 cold = 0.0

@@ -41,7 +41,7 @@ from rlscale.clusters.kubernetes.rebalance import Consolidator
 from rlscale.clusters.kubernetes.settings import KubernetesSettings, Target
 from rlscale.clusters.local import prometheus as prom
 from rlscale.config import ConfigError, Scenario
-from rlscale.spaces import REBALANCE_CONSOLIDATE, Action, Metrics
+from rlscale.spaces import REBALANCE_CONSOLIDATE, REBALANCE_DRAIN, Action, Metrics
 
 log = logging.getLogger("rlscale.clusters.kubernetes")
 
@@ -327,12 +327,12 @@ class KubernetesCluster:
 
     def _rebalance(self, verb: int) -> None:
         if self.consolidator is None:
-            if verb == REBALANCE_CONSOLIDATE:
+            if verb in (REBALANCE_CONSOLIDATE, REBALANCE_DRAIN):
                 self._note["rebalance"] = {"verb": "consolidate", "status": "off", "why": "rebalance: consolidate is not enabled in the cluster config"}
             return
         managed = frozenset().union(*(p.names for p in self._pods.values())) if self._pods else frozenset()
         note: dict[str, Any] = {}
-        if verb == REBALANCE_CONSOLIDATE and self._read_ok:
+        if verb in (REBALANCE_CONSOLIDATE, REBALANCE_DRAIN) and self._read_ok:
             note.update(self.consolidator.start(managed))
         if self.consolidator.in_progress:
             note.update(self.consolidator.step(managed))

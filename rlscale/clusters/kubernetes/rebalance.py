@@ -1,7 +1,7 @@
 """``rebalance: consolidate`` on Kubernetes: cordon the least-utilised node and move its replicas off it.
 
-What ``consolidate`` means in the simulator (repack so nodes empty and are
-released) maps onto two API calls a cluster operator already trusts: cordon
+What ``drain`` means in the simulator (move the emptiest node's replicas
+onto the others so it is released) maps onto two API calls a cluster operator already trusts: cordon
 (``spec.unschedulable = true``, so nothing new lands there) and the Eviction
 API, which honours PodDisruptionBudgets. The workload's controller recreates
 each evicted pod on another node; the cluster autoscaler releases the empty
@@ -15,7 +15,9 @@ Only nodes that can actually empty are candidates: Ready, schedulable,
 holding at least one of our replicas and nothing else that would stay
 (DaemonSet pods, mirror pods and finished pods do not count), and whose
 replicas' CPU requests fit in the free requests of the other schedulable
-nodes. Among those, the one with the lowest requested-CPU share.
+nodes. Among those, the one with the lowest requested-CPU share. The
+simulator's ``consolidate`` (repack every node at once) runs here as the same
+one-node step, repeated while the policy keeps asking.
 """
 
 from __future__ import annotations
