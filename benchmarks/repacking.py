@@ -4,11 +4,13 @@ Runs web-diurnal on validation seeds (5000 and up), and web-diurnal's cluster
 replaying the first five days of the Alibaba 2018 trace (the generalist's
 training days; the held-out tail is the suite's), and web-diurnal with nodes
 that take the longest provisioning delay of the training ranges, with HPA, the oracle and the
-generalist with and without ``calm_to_repack``. Prints cost over HPA's,
+generalist with and without ``calm_repack`` (and without its one-node drain).
+Also the training families without noise (``level_rules.smooth_days``), where
+load falls suddenly and the drain matters. Prints cost over HPA's,
 SLO-violating intervals, dropped requests, repacks, and node CPU paid per
 replica CPU requested.
 
-    python benchmarks/repacking.py [--model models/general] [--seeds 12]
+    python benchmarks/repacking.py [--model models/general] [--seeds 12] [--delay 270]
 """
 
 from __future__ import annotations
@@ -49,27 +51,32 @@ SLOW = GeneralRanges().provision_delay_s[1]
 """The slowest node provisioning the generalist trained on: where warm holes are worth most."""
 
 
-def slow_nodes(sc: Scenario) -> Scenario:
-    return sc.model_copy(update={"pools": [p.model_copy(update={"provision_delay_s": SLOW}) for p in sc.pools]})
+def slow_nodes(sc: Scenario, delay_s: float = SLOW) -> Scenario:
+    return sc.model_copy(update={"pools": [p.model_copy(update={"provision_delay_s": delay_s}) for p in sc.pools]})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="models/general")
     ap.add_argument("--seeds", type=int, default=12)
+    ap.add_argument("--delay", type=float, default=SLOW, help="node provisioning of the slow-nodes case, s")
     args = ap.parse_args()
+    from level_rules import smooth_days  # noqa: PLC0415 (a sibling script)
+
     seeds = list(range(5000, 5000 + args.seeds))
     with tempfile.TemporaryDirectory() as tmp:
         cases = [("web-diurnal", load_scenario("web-diurnal")),
                  ("web-diurnal on Alibaba days 0-5", trace_scenario(load_scenario("web-diurnal"),
                                                                      TraceSource(str(training_days(Path(tmp) / "a.csv"))))),
-                 (f"web-diurnal, nodes in {SLOW:g} s", slow_nodes(load_scenario("web-diurnal")))]
+                 ("smooth families", trace_scenario(load_scenario("web-diurnal"), TraceSource(str(smooth_days(Path(tmp) / "s.csv"))))),
+                 (f"web-diurnal, nodes in {args.delay:g} s", slow_nodes(load_scenario("web-diurnal"), args.delay))]
         print("| case | policy | cost / HPA | SLO-violating intervals | dropped | repacks/day | node CPU / replica CPU |")
         print("|---|---|---:|---:|---:|---:|---:|")
         for name, sc in cases:
             hpa = row(sc, "hpa", seeds, None)
             runs = [("HPA", hpa), ("oracle", row(sc, "oracle", seeds, hpa["usd"])),
                     ("generalist", row(sc, f"ppo:{args.model}", seeds, hpa["usd"])),
+                    ("generalist, no one-node drain", row(sc, f"ppo:{args.model}:drain=0", seeds, hpa["usd"])),
                     ("generalist, no repacking", row(sc, f"ppo:{args.model}:repack=0", seeds, hpa["usd"]))]
             for label, r in runs:
                 print(f"| {name} | {label} | {r['cost']:.3f} | {r['slo']:.2f}% | {r['drops']:.3f}% | "
