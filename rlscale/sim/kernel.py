@@ -237,6 +237,21 @@ def _apply_layout(n, new, rep, warming, warm_left, node_state, node_f, svc_f):
 
 
 @njit(cache=True, inline="always")
+def _has_room(s, m, used_cpu, used_mem, used_gpu, svc_f, pool_f, node_pool, pref):
+    """One more replica of ``s`` may go on node ``m`` of a layout being built: its pool is one of the service's, and it fits."""
+    p = node_pool[m]
+    allowed = False
+    for r in range(pref.shape[1]):
+        if pref[s, r] == p:
+            allowed = True
+    if not allowed:
+        return False
+    return not (used_cpu[m] + svc_f[s, S_CPU] > pool_f[p, P_VCPU] + 1e-9
+                or used_mem[m] + svc_f[s, S_MEM] > pool_f[p, P_MEM] + 1e-9
+                or used_gpu[m] + svc_f[s, S_GPU] > pool_f[p, P_GPU] + 1e-9)
+
+
+@njit(cache=True, inline="always")
 def _rebalance(n, verb, rep, warming, warm_left, node_state, node_f, svc_f, pool_f, node_pool, pref, new):
     """consolidate: first-fit-decreasing into the fullest nodes; spread: even out replicas per node."""
     S, M = rep.shape[1], rep.shape[2]
@@ -261,21 +276,12 @@ def _rebalance(n, verb, rep, warming, warm_left, node_state, node_f, svc_f, pool
                 m = order_nodes[mi] if verb == 1 else mi
                 if node_state[n, m] != READY:
                     continue
-                p = node_pool[m]
-                allowed = False
-                for r in range(pref.shape[1]):
-                    if pref[s, r] == p:
-                        allowed = True
-                if not allowed:
-                    continue
-                if (used_cpu[m] + svc_f[s, S_CPU] > pool_f[p, P_VCPU] + 1e-9
-                        or used_mem[m] + svc_f[s, S_MEM] > pool_f[p, P_MEM] + 1e-9
-                        or used_gpu[m] + svc_f[s, S_GPU] > pool_f[p, P_GPU] + 1e-9):
+                if not _has_room(s, m, used_cpu, used_mem, used_gpu, svc_f, pool_f, node_pool, pref):
                     continue
                 if verb == 1:
                     best = m
                     break
-                score = new[s, m] * 1e6 + used_cpu[m] / pool_f[p, P_VCPU]
+                score = new[s, m] * 1e6 + used_cpu[m] / pool_f[node_pool[m], P_VCPU]
                 if score < best_score:
                     best_score = score
                     best = m
@@ -344,16 +350,7 @@ def _drain_one(n, rep, warming, warm_left, node_state, node_f, svc_f, pool_f, no
                 m = order_nodes[mi]
                 if m == victim or node_state[n, m] != READY:
                     continue
-                p = node_pool[m]
-                allowed = False
-                for r in range(pref.shape[1]):
-                    if pref[s, r] == p:
-                        allowed = True
-                if not allowed:
-                    continue
-                if (used_cpu[m] + svc_f[s, S_CPU] > pool_f[p, P_VCPU] + 1e-9
-                        or used_mem[m] + svc_f[s, S_MEM] > pool_f[p, P_MEM] + 1e-9
-                        or used_gpu[m] + svc_f[s, S_GPU] > pool_f[p, P_GPU] + 1e-9):
+                if not _has_room(s, m, used_cpu, used_mem, used_gpu, svc_f, pool_f, node_pool, pref):
                     continue
                 best = m
                 break
