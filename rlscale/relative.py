@@ -172,8 +172,9 @@ class RelativeObservation:
         self._per_node = np.log(a["replicas_per_node"]) / 3.0
         self._batch = a["batch"]
         self.uniform_speed = all(traits.uniform_speed)
-        self.node_steps = float(np.max(self._lead - self._cold))
         """No service of the cluster can be repacked onto slower nodes (``calm_repack`` needs this)."""
+        self.node_steps = float(np.max(self._lead - self._cold))
+        """The slowest node provisioning of the cluster's services, in intervals (``hole_reserve`` reads it)."""
         self.reset_all(n)
 
     def reset_all(self, n: int) -> None:
@@ -345,7 +346,9 @@ PACK_UTILISATION = 0.75
 
 
 HOLE_FREE_STEPS = 2.0
+"""Nodes that come within this many intervals need no warm room kept for them."""
 HOLE_PER_STEP = 0.04
+"""Warm room kept per interval of node provisioning beyond ``HOLE_FREE_STEPS`` (chosen on validation seeds)."""
 
 
 def hole_reserve(node_steps: float) -> float:
