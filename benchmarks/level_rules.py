@@ -40,7 +40,6 @@ import numpy as np
 
 from rlscale.config import ConfigError, Scenario, load_scenario
 from rlscale.evaluate import TraceSource, trace_scenario
-from rlscale.learn import traffic
 from rlscale.learn.general_eval import GeneralEvalResult
 from rlscale.policies import make_policy, parse_parameters
 from rlscale.policies.general import GeneralPolicy
@@ -50,7 +49,7 @@ from rlscale.rollout import Rollout, run_policy
 from rlscale.spaces import Action, Metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from repacking import SLOW, slow_nodes, training_days  # noqa: E402
+from repacking import SLOW, slow_nodes, smooth_days, training_days  # noqa: E402
 
 SCENARIOS = ("web-diurnal", "flash-crowd", "mixed-pools", "ml-platform")
 DEFAULT_RULES = ("fixed:level=0.65", "fixed:level=0.72", "spread:z=3:memory=120", "spread:z=4:memory=120",
@@ -143,16 +142,6 @@ class LevelRule(GeneralPolicy):
         self.levels.append(level.ravel().copy())
         verb = self.verb(metrics, np.zeros(metrics.n, dtype=np.int64))
         return Action(replicas=self.decoder.replicas_at(level, self.builder), rebalance=verb)
-
-
-def smooth_days(out: Path, days: int = 10, seed: int = 5000) -> Path:
-    """Training families without minute-level noise (ramps, random walks, regimes), a day each, from a validation seed."""
-    rng = np.random.default_rng(seed)
-    n, step = 1440, 60.0
-    shapes = [traffic.ramp, traffic.random_walk, traffic.regimes]
-    x = np.concatenate([np.maximum(shapes[d % 3](rng, n, step, 0.0), 0.05) for d in range(days)])
-    out.write_text("timestamp,value\n" + "".join(f"{i * step:g},{v:.6g}\n" for i, v in enumerate(x)))
-    return out
 
 
 def cases(tmp: Path) -> list[tuple[str, Scenario]]:

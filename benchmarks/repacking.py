@@ -5,7 +5,7 @@ replaying the first five days of the Alibaba 2018 trace (the generalist's
 training days; the held-out tail is the suite's), and web-diurnal with nodes
 that take the longest provisioning delay of the training ranges, with HPA, the oracle and the
 generalist with and without ``calm_repack`` (and without its one-node drain).
-Also the training families without noise (``level_rules.smooth_days``), where
+Also the training families without noise (``smooth_days``), where
 load falls suddenly and the drain matters. Prints cost over HPA's,
 SLO-violating intervals, dropped requests, repacks, and node CPU paid per
 replica CPU requested.
@@ -19,8 +19,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from rlscale.config import PROJECT_ROOT, GeneralRanges, Scenario, load_scenario
 from rlscale.evaluate import TraceSource, trace_scenario
+from rlscale.learn import traffic
 from rlscale.learn.traffic import Replay
 from rlscale.policies import make_policy
 from rlscale.rollout import run_policy
@@ -33,6 +36,16 @@ def training_days(out: Path) -> Path:
     """The trace's training days as a CSV, cut where the generalist's training cuts them (``Replay``)."""
     days = Replay(str(TRACE), TRAIN_DAYS)
     out.write_text("timestamp,value\n" + "".join(f"{t:g},{v:.6g}\n" for t, v in zip(days.t, days.v)))
+    return out
+
+
+def smooth_days(out: Path, days: int = 10, seed: int = 5000) -> Path:
+    """Training families without minute-level noise (ramps, random walks, regimes), a day each, from a validation seed."""
+    rng = np.random.default_rng(seed)
+    n, step = 1440, 60.0
+    shapes = [traffic.ramp, traffic.random_walk, traffic.regimes]
+    x = np.concatenate([np.maximum(shapes[d % 3](rng, n, step, 0.0), 0.05) for d in range(days)])
+    out.write_text("timestamp,value\n" + "".join(f"{i * step:g},{v:.6g}\n" for i, v in enumerate(x)))
     return out
 
 
@@ -61,8 +74,6 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=12)
     ap.add_argument("--delay", type=float, default=SLOW, help="node provisioning of the slow-nodes case, s")
     args = ap.parse_args()
-    from level_rules import smooth_days  # noqa: PLC0415 (a sibling script)
-
     seeds = list(range(5000, 5000 + args.seeds))
     with tempfile.TemporaryDirectory() as tmp:
         cases = [("web-diurnal", load_scenario("web-diurnal")),

@@ -320,26 +320,21 @@ def _drain_one(n, rep, warming, warm_left, node_state, node_f, svc_f, pool_f, no
     repacks the whole cluster at once.
     """
     S, M = rep.shape[1], rep.shape[2]
-    victim = -1
-    least = 1e300
-    for m in range(M):
-        if node_state[n, m] != READY:
-            continue
-        u = _used(n, m, rep, svc_f, S_CPU)
-        if 0.0 < u < least:
-            least = u
-            victim = m
-    if victim < 0:
-        return 0
     used_cpu = np.zeros(M)
     used_mem = np.zeros(M)
     used_gpu = np.zeros(M)
+    victim = -1
     for m in range(M):
-        for s in range(S):
-            new[s, m] = rep[n, s, m] if m != victim else 0
         used_cpu[m] = _used(n, m, rep, svc_f, S_CPU)
         used_mem[m] = _used(n, m, rep, svc_f, S_MEM)
         used_gpu[m] = _used(n, m, rep, svc_f, S_GPU)
+        if node_state[n, m] == READY and used_cpu[m] > 0.0 and (victim < 0 or used_cpu[m] < used_cpu[victim]):
+            victim = m
+    if victim < 0:
+        return 0
+    for m in range(M):
+        for s in range(S):
+            new[s, m] = rep[n, s, m] if m != victim else 0
     order_nodes = np.argsort(-used_cpu)
     order_svc = np.argsort(-svc_f[:, S_CPU])
     for si in range(S):
