@@ -18,7 +18,7 @@ import numpy as np
 
 from rlscale.config import PROJECT_ROOT, load_scenario
 from rlscale.policies.general import GeneralPolicy
-from rlscale.policies.ppo import load_exported
+from rlscale.policies.network import load_exported
 from rlscale.spaces import Metrics
 
 TARGET_RATIO = 20.0

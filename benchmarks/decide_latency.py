@@ -74,7 +74,8 @@ def in_process(model: str, passes: int) -> dict[str, float]:
     from rlscale.config import load_scenario
     from rlscale.controller import Decider, GuardConfig, GuardState
     from rlscale.controller.guards import record_applied
-    from rlscale.policies.ppo import PPOPolicy, load_exported
+    from rlscale.policies.ppo import PPOPolicy
+    from rlscale.policies.network import load_exported
 
     torch.set_num_threads(1)  # as in training; serving itself never imports torch
     scenario = load_scenario("web-diurnal")

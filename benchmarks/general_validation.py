@@ -19,9 +19,9 @@ import numpy as np
 from rlscale.config import GeneralSpec, load_scenario
 from rlscale.learn.general_eval import evaluate_general
 from rlscale.policies import make_policy
-from rlscale.policies.ppo import load_exported
+from rlscale.policies.network import load_exported
 from rlscale.policies.general import policy_logits
-from rlscale.relative import LEVELS
+from rlscale.policies.relative import LEVELS
 from rlscale.rollout import run_policy
 
 SCENARIOS = ("web-diurnal", "flash-crowd", "mixed-pools", "ml-platform")

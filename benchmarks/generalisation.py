@@ -35,7 +35,7 @@ import numpy as np
 
 from rlscale.atomic import write_json, write_text
 from rlscale.config import PROJECT_ROOT, TEST_SEED_BASE, Scenario, load_scenario
-from rlscale.evaluate import TraceSource, trace_scenario
+from rlscale.evaluation.evaluate import TraceSource, trace_scenario
 from rlscale.evaluation.tune import CHURN_BOUND, best_tuned_rule, rule_point, within_hpa
 from rlscale.policies import make_policy
 from rlscale.rollout import run_policy

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rlscale.config import ConfigError, Scenario, load_scenario, scenario_names
-from rlscale.evaluate import HELD_OUT_SEED_BASE, shipped_model
+from rlscale.evaluation.evaluate import HELD_OUT_SEED_BASE, shipped_model
 from rlscale.policies import HPAPolicy, Policy, PredictivePolicy, make_policy
 from rlscale.rollout import run_policy
 

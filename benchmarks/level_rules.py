@@ -39,12 +39,12 @@ from pathlib import Path
 import numpy as np
 
 from rlscale.config import ConfigError, Scenario, load_scenario
-from rlscale.evaluate import TraceSource, trace_scenario
+from rlscale.evaluation.evaluate import TraceSource, trace_scenario
 from rlscale.learn.general_eval import GeneralEvalResult
 from rlscale.policies import make_policy, parse_parameters
 from rlscale.policies.general import GeneralPolicy
 from rlscale.policies.hpa import HPAPolicy
-from rlscale.relative import U_MAX
+from rlscale.policies.relative import U_MAX
 from rlscale.rollout import Rollout, run_policy
 from rlscale.spaces import Action, Metrics
 

@@ -234,7 +234,7 @@ def sim_prediction(sc: Any, specs: list[str], seed: int) -> dict[str, dict[str, 
 
 def replayed_day(sc: Any, speedup: float, seconds: float, peak: float, seed: int) -> np.ndarray:
     """The load generator's ``day`` rates averaged per decision interval: the trace ``[steps + 1, 1]`` the simulator replays."""
-    from rlscale.loadgen import plan
+    from rlscale.clusters.local.loadgen import plan
 
     p = plan("web-diurnal", speedup, seconds, peak, seed)
     t = np.arange(p.rates.size) * p.interval_s
@@ -252,7 +252,7 @@ def replay_prediction(sc: Any, specs: list[str], speedup: float, seconds: float,
     SLO; exact for this single-service, single-pool cluster) and its proven
     floor, so a worker-seconds target can be checked against what is possible.
     """
-    from rlscale.evaluate import episode_floor
+    from rlscale.evaluation.evaluate import episode_floor
     from rlscale.rollout import run_policy
 
     trace = replayed_day(sc, speedup, seconds, peak, seed)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rlscale.config import PROJECT_ROOT, GeneralRanges, Scenario, load_scenario
-from rlscale.evaluate import TraceSource, trace_scenario
+from rlscale.evaluation.evaluate import TraceSource, trace_scenario
 from rlscale.learn import traffic
 from rlscale.learn.traffic import Replay
 from rlscale.policies import make_policy

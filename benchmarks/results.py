@@ -24,8 +24,8 @@ from pathlib import Path
 from rlscale import __version__
 from rlscale.atomic import write_text
 from rlscale.config import PROJECT_ROOT, ConfigError, scenario_names
-from rlscale.evaluate import BASELINES, HELD_OUT_SEED_BASE, evaluate, make_config, shipped_model, summary
-from rlscale.report import comparison_table, write_outputs
+from rlscale.evaluation.evaluate import BASELINES, HELD_OUT_SEED_BASE, evaluate, make_config, shipped_model, summary
+from rlscale.evaluation.report import comparison_table, write_outputs
 
 from headroom import TARGET_RATIO, headroom, table as headroom_table
 

@@ -51,9 +51,9 @@ sys.path.insert(0, str(ROOT))
 from rlscale.atomic import write_json  # noqa: E402
 from rlscale.clusters.local import LocalSettings  # noqa: E402
 from rlscale.clusters.local.calibrate import skeleton  # noqa: E402
-from rlscale.clusters.local.procs import free_port, pid_running, pids_with_arg  # noqa: E402
+from rlscale.clusters.local.procs import free_port, pids_with_arg  # noqa: E402
 from rlscale.clusters.local.supervisor import read_state, status  # noqa: E402
-from rlscale.loadgen import plan, replay  # noqa: E402
+from rlscale.clusters.local.loadgen import plan, replay  # noqa: E402
 
 FAULTS = ("worker_kill", "haproxy_kill", "prometheus_pause", "controller_kill")
 

@@ -5,7 +5,7 @@ and what Ray costs on its own (start-up time, memory of its processes).
     python benchmarks/sweep_speed.py                 # train/sweeps/web-diurnal-500k.yaml: 4 seeds x 500k steps
     python benchmarks/sweep_speed.py --ray-only      # just Ray's start-up and memory (seconds, not minutes)
 
-Sequential: each trial's ``TrainConfig`` (from the sweep's own plan) through ``rlscale.train.train`` in this
+Sequential: each trial's ``TrainConfig`` (from the sweep's own plan) through ``rlscale.learn.train.train`` in this
 process, one after another. Sweep: ``rlscale.learn.sweep.run_sweep`` on a private local Ray with 2 trials at
 once; its time runs from before Ray starts to after Ray has shut down (the export of the best trial is timed
 apart: the sequential side exports nothing). Both sides train the same configs, so the ratio is the speed-up
@@ -160,7 +160,7 @@ def ray_overhead(runs: int) -> dict:
 def sequential(config: str, root: Path) -> dict:
     from rlscale.config import TrainConfig
     from rlscale.learn.sweep import load_sweep, plan_trials
-    from rlscale.train import train
+    from rlscale.learn.train import train
 
     trials = plan_trials(load_sweep(config), config)
     load_before = load()
@@ -185,7 +185,7 @@ def _train_one(job: tuple[dict, str, str]) -> dict:
     import torch
 
     from rlscale.config import TrainConfig
-    from rlscale.train import train
+    from rlscale.learn.train import train
 
     torch.set_num_threads(1)
     config, run_dir, name = job

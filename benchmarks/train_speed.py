@@ -63,7 +63,7 @@ def ratio(config: str, rollouts: int, rounds: int) -> dict:
 
     from anchors import learn_rate, load_average, sb3_cartpole_model
     from rlscale.config import load_train_config
-    from rlscale.train import make_env, make_model, training_scenario
+    from rlscale.learn.train import make_env, make_model, training_scenario
 
     torch.set_num_threads(1)
     cfg = load_train_config(config)
@@ -123,7 +123,7 @@ def main() -> None:
         return
     if args.from_run is None:
         from rlscale.config import load_train_config
-        from rlscale.train import train
+        from rlscale.learn.train import train
 
         run = Path(tempfile.mkdtemp(prefix="rlscale-train-speed-")) / "run"
         started = time.monotonic()

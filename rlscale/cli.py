@@ -108,7 +108,7 @@ def simulate(
     """
     from rlscale.config import load_scenario
     from rlscale.policies import make_policy
-    from rlscale.report import per_hour
+    from rlscale.evaluation.report import per_hour
     from rlscale.rollout import run_policy
 
     sc = load_scenario(scenario)
@@ -165,12 +165,12 @@ def train(
 
     load_scenario(cfg.scenario)
     if out:
-        from rlscale.export import check_target
+        from rlscale.learn.export import check_target
 
         check_target(Path(out), force=force)  # before training, not after
     run_dir = Path(resume) if resume and Path(resume, "config.json").exists() else Path(logdir) / (name or f"ppo-{'general' if cfg.general else cfg.scenario}-s{cfg.seed}")
-    from rlscale.train import SCORE_MEANING
-    from rlscale.train import train as run_training
+    from rlscale.learn.train import SCORE_MEANING
+    from rlscale.learn.train import train as run_training
 
     command = "rlscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     outcome = run_training(cfg, run_dir, resume=Path(resume) if resume else None, progress_bar=progress, command=command,
@@ -181,7 +181,7 @@ def train(
     console.print(f"resume with: rlscale train --config {config} --resume {run_dir}")
     console.print(f"watch with:  tensorboard --logdir {run_dir / 'tb'}")
     if out and not outcome.interrupted:
-        from rlscale.export import export_run
+        from rlscale.learn.export import export_run
 
         card = export_run(run_dir, Path(out), force=force)
         ev = card["evaluation"]
@@ -204,7 +204,7 @@ def export(
     """
     from pathlib import Path
 
-    from rlscale.export import export_run
+    from rlscale.learn.export import export_run
 
     card = export_run(Path(run), Path(out), seeds=seeds, force=force)
     ev = card["evaluation"]
@@ -269,8 +269,8 @@ def sweep(
 @app.command(short_help='Serve a policy: control loop, guard rails, API, audit log.')
 @user_errors
 def serve(
-    model: str | None = typer.Option(None, help="exported policy: models/NAME or a directory with policy.npz + card.json"),
-    policy: str | None = typer.Option(None, help="instead of --model: hpa | static | target_tracking | predictive | ppo:DIR"),
+    policy: str | None = typer.Option(None, help="the policy: ppo:models/NAME (an exported model) | hpa | static | target_tracking | predictive"),
+    model: str | None = typer.Option(None, help="alias: --model DIR is --policy ppo:DIR"),
     cluster: str = typer.Option("sim", help="sim (the simulator on an accelerated clock) | local (worker processes + HAProxy + Prometheus) | kubernetes (workloads' scale subresource; needs --cluster-config) | none (HTTP API only)"),
     scenario: str = typer.Option("web-diurnal", help="scenario name in envs/ or a YAML path (the cluster's services and bounds)"),
     speedup: float = typer.Option(60.0, help="simulated seconds per wall second (sim only; 60 = one interval per second)"),
@@ -333,7 +333,7 @@ def loadgen(
     out: str | None = typer.Option(None, help="write per-request latencies and per-interval results here (JSON)"),
 ) -> None:
     """Replay a trace as open-loop Poisson arrivals against a local URL and report latency."""
-    from rlscale.loadgen import run
+    from rlscale.clusters.local.loadgen import run
 
     result = run(trace, target, speedup, duration, peak_rps=peak_rps, seed=seed, start_s=start_hour * 3600.0,
                  max_requests=max_requests, timeout_s=timeout, out=out)
@@ -418,7 +418,7 @@ def evaluate(
     Baselines take parameters: hpa:target=0.8:window=150, predictive:target=0.8:headroom=1.1:down=0.1,
     target_tracking:target=0.6:in_cooldown=300.
     """
-    from rlscale.demo import run_evaluation
+    from rlscale.evaluation.demo import run_evaluation
 
     run_evaluation(console, scenario, policies, seeds=seeds, seed_base=seed_base, steps=steps, trace=trace,
                    trace_column=trace_column, logdir=logdir, report=report, workers=workers, tune=tune)
@@ -434,7 +434,7 @@ def demo(
     workers: int = typer.Option(2, min=1, max=2, help="processes (at most 2)"),
 ) -> None:
     """The main job: the shipped web-diurnal policy against HPA and the oracle, with TensorBoard runs and a report."""
-    from rlscale.demo import run_demo
+    from rlscale.evaluation.demo import run_demo
 
     run_demo(console, seeds=seeds, steps=steps, logdir=logdir, report=report, workers=workers)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from rlscale.config import Scenario, load_scenario
-from rlscale.policies.ppo import CARD_FORMAT
+from rlscale.policies.network import CARD_FORMAT
 from rlscale.spaces import ActionSpec, ObsSpec
 
 

@@ -28,7 +28,7 @@ from rlscale.clusters.local import LocalSettings
 from rlscale.clusters.local.procs import pid_running, pids_with_arg
 from rlscale.clusters.local.supervisor import attach, read_state, status
 from rlscale.config import load_scenario
-from rlscale.loadgen import replay
+from rlscale.clusters.local.loadgen import replay
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_local_cluster import REAL_CLUSTER, _constant_plan, _scenario_file, needs_binaries  # noqa: E402

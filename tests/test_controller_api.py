@@ -17,7 +17,8 @@ from rlscale.config import load_scenario
 from rlscale.controller import AuditLog, Decider, GuardConfig, Telemetry
 from rlscale.controller.api import MAX_BODY_BYTES, create_app
 from rlscale.controller.serve import _Server, bind_socket
-from rlscale.policies.ppo import PPOPolicy, load_exported
+from rlscale.policies.ppo import PPOPolicy
+from rlscale.policies.network import load_exported
 from rlscale.spaces import Metrics
 
 TOKEN = "s3cret-token"

@@ -15,7 +15,7 @@ import rlscale  # noqa: F401  (registers rlscale/Cluster-v0)
 from rlscale.config import ENVS_DIR, load_scenario
 from rlscale.env import ClusterEnv, ClusterVectorEnv
 from rlscale.episode import ClusterEpisodes
-from rlscale.sb3_env import SB3ClusterVecEnv
+from rlscale.learn.sb3_env import SB3ClusterVecEnv
 from rlscale.spaces import ActionDecoder, ActionSpec
 
 SCENARIOS = sorted(p.stem for p in ENVS_DIR.glob("*.yaml"))

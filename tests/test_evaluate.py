@@ -17,11 +17,11 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlscale.config import ConfigError
-from rlscale.evaluate import STEP_TAGS, evaluate, make_config, parse_policies, policy_label, run_name
+from rlscale.evaluation.evaluate import STEP_TAGS, evaluate, make_config, parse_policies, policy_label, run_name
 from rlscale.atomic import staged_dir
-from rlscale.report import figures, write_outputs
+from rlscale.evaluation.report import figures, write_outputs
 from rlscale.rollout import METRIC_NAMES
-from rlscale.stats import head_to_head, mean_ci, t_quantile
+from rlscale.evaluation.stats import head_to_head, mean_ci, t_quantile
 
 PROJECT = Path(__file__).resolve().parent.parent
 

@@ -16,8 +16,8 @@ from rlscale.learn.general_eval import card_range, exported_general
 from rlscale.config import GeneralSpec
 from rlscale.policies import make_policy
 from rlscale.policies.general import GeneralPolicy, check_range, policy_logits
-from rlscale.policies.ppo import PolicyWeights, load_exported, write_exported
-from rlscale.relative import LEVELS, N_FEATURES, TOLERANCE, U_MAX
+from rlscale.policies.network import PolicyWeights, load_exported, write_exported
+from rlscale.policies.relative import LEVELS, N_FEATURES, TOLERANCE, U_MAX
 from rlscale.rollout import run_policy
 from rlscale.spaces import REBALANCE_CONSOLIDATE, REBALANCE_DRAIN, REBALANCE_NONE, Metrics
 
@@ -285,7 +285,7 @@ def calm_metrics(load: float = 200.0, nodes: float = 10.0, packing: float = 0.8)
 
 
 def _repack_after(sc: str | Scenario, metrics: list[Metrics]) -> int:
-    from rlscale.relative import calm_repack
+    from rlscale.policies.relative import calm_repack
 
     policy = GeneralPolicy(None, load_scenario(sc) if isinstance(sc, str) else sc)
     for m in metrics:
@@ -318,7 +318,7 @@ def test_where_repacking_every_node_is_too_hot_the_decoder_drains_one() -> None:
 
 
 def test_with_slow_nodes_the_decoder_keeps_warm_room_for_a_crowd() -> None:
-    from rlscale.relative import hole_reserve
+    from rlscale.policies.relative import hole_reserve
 
     wd = load_scenario("web-diurnal")
     slow = wd.model_copy(update={"pools": [p.model_copy(update={"provision_delay_s": 300}) for p in wd.pools]})
@@ -331,7 +331,7 @@ def test_with_slow_nodes_the_decoder_keeps_warm_room_for_a_crowd() -> None:
 
 def test_the_decoder_never_repacks_a_service_onto_slower_nodes() -> None:
     sc = load_scenario("mixed-pools")  # the API may land on spot nodes that run 30% slower
-    from rlscale.relative import ServiceTraits
+    from rlscale.policies.relative import ServiceTraits
 
     assert ServiceTraits.from_scenario(sc).uniform_speed == (False, False)
     assert ServiceTraits.from_scenario(load_scenario("web-diurnal")).uniform_speed == (True,)
@@ -493,7 +493,7 @@ def test_training_can_draw_shipped_single_service_scenarios_and_refuses_others()
 
 def test_a_training_checkpoint_carries_the_constraint_multipliers(tmp_path: Path) -> None:
     from rlscale.config import TrainConfig, load_scenario as scenario
-    from rlscale.train import load_checkpoint, make_env, make_model, save_checkpoint
+    from rlscale.learn.train import load_checkpoint, make_env, make_model, save_checkpoint
 
     cfg = TrainConfig.model_validate({
         "scenario": "web-diurnal", "n_envs": 4, "n_steps": 16, "batch_size": 32,

@@ -33,7 +33,8 @@ from rlscale.controller.guards import (
     record_applied,
 )
 from rlscale.policies import HPAPolicy
-from rlscale.policies.ppo import PPOPolicy, load_exported
+from rlscale.policies.ppo import PPOPolicy
+from rlscale.policies.network import load_exported
 from rlscale.spaces import Action, Metrics
 
 METRIC_FIELDS = tuple(f.name for f in fields(Metrics))

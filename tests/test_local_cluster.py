@@ -32,7 +32,7 @@ from rlscale.clusters.local.procs import ProcessTable, free_port, pid_running, p
 from rlscale.clusters.local.prometheus import PrometheusClient
 from rlscale.config import ConfigError, load_scenario
 from rlscale.controller import ControlLoop, Decider, GuardConfig
-from rlscale.loadgen import Plan, check_target, plan, replay, schedule
+from rlscale.clusters.local.loadgen import Plan, check_target, plan, replay, schedule
 from rlscale.policies import make_policy
 from rlscale.spaces import Metrics
 

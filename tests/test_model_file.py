@@ -23,7 +23,7 @@ import pytest
 
 from rlscale.config import ConfigError
 from rlscale.policies.model_file import MemberSpec, read_npz
-from rlscale.policies.ppo import load_exported
+from rlscale.policies.network import load_exported
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_serve import serve_cmd  # noqa: E402

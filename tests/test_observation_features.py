@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from rlscale.config import load_scenario
-from rlscale.relative import FEATURES, LAGS, RelativeObservation, ServiceTraits
+from rlscale.policies.relative import FEATURES, LAGS, RelativeObservation, ServiceTraits
 from rlscale.spaces import HISTORY_LAGS, OBS_CLIP, Metrics, ObservationBuilder, ObsSpec
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from rlscale.config import ConfigError, Scenario, load_scenario, scenario_names
 from rlscale.episode import ClusterEpisodes
-from rlscale.evaluate import BASELINES, shipped_model
+from rlscale.evaluation.evaluate import BASELINES, shipped_model
 from rlscale.policies import make_policy
 from rlscale.policies.oracle import (
     OraclePolicy,

@@ -153,7 +153,8 @@ def test_dry_run_logs_decisions_but_never_applies_them(tmp_path, exported_policy
 @pytest.mark.slow
 def test_a_simulated_day_served_for_real_matches_run_policy(tmp_path, exported_policy):
     from rlscale.config import load_scenario
-    from rlscale.policies.ppo import PPOPolicy, load_exported
+    from rlscale.policies.ppo import PPOPolicy
+    from rlscale.policies.network import load_exported
     from rlscale.rollout import run_policy
 
     audit, summary = tmp_path / "audit.jsonl", tmp_path / "summary.json"

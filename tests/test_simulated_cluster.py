@@ -12,7 +12,8 @@ from rlscale.clusters.simulated import SimulatedCluster
 from rlscale.config import MODELS_DIR, load_scenario
 from rlscale.controller import ControlLoop, Decider, GuardConfig
 from rlscale.policies import HPAPolicy
-from rlscale.policies.ppo import PPOPolicy, load_exported
+from rlscale.policies.ppo import PPOPolicy
+from rlscale.policies.network import load_exported
 from rlscale.rollout import run_policy
 from rlscale.spaces import Action
 

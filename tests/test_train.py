@@ -12,7 +12,8 @@ import pytest
 
 from rlscale.config import ConfigError, TrainConfig, load_scenario
 from rlscale.episode import ClusterEpisodes
-from rlscale.policies.ppo import deterministic_actions, load_exported, make_policy
+from rlscale.policies import make_policy
+from rlscale.policies.network import deterministic_actions, load_exported
 from rlscale.rollout import run_policy
 
 RLSCALE = str(Path(sys.executable).with_name("rlscale"))
@@ -38,7 +39,7 @@ def tiny_config(**overrides) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rlscale.train import train
+    from rlscale.learn.train import train
 
     run = tmp_path_factory.mktemp("run") / "tiny"
     outcome = train(tiny_config(reward=TRAINING_REWARD), run, progress_bar=False)
@@ -48,7 +49,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rlscale.export import export_run
+    from rlscale.learn.export import export_run
 
     out = tmp_path_factory.mktemp("models") / "tiny"
     export_run(trained_run, out, seeds=2)
@@ -80,7 +81,7 @@ def test_export_writes_a_card_that_describes_the_policy(exported: Path) -> None:
 
 
 def test_training_reward_override_trains_on_it_but_the_card_describes_the_served_scenario(exported: Path) -> None:
-    from rlscale.train import training_scenario
+    from rlscale.learn.train import training_scenario
 
     assert training_scenario(tiny_config(reward=TRAINING_REWARD)).reward.w_slo == 4.0
     card = json.loads((exported / "card.json").read_text())
@@ -89,7 +90,7 @@ def test_training_reward_override_trains_on_it_but_the_card_describes_the_served
 
 
 def test_numpy_forward_pass_matches_sb3_predict_on_many_observations(trained_run: Path, exported: Path) -> None:
-    from rlscale.train import load_checkpoint, training_scenario
+    from rlscale.learn.train import load_checkpoint, training_scenario
 
     cfg = tiny_config()
     model, env, _ = load_checkpoint(trained_run / "best", cfg, training_scenario(cfg))
@@ -113,14 +114,14 @@ def test_numpy_forward_pass_matches_sb3_predict_on_many_observations(trained_run
 
 def test_exported_policy_reloads_with_numpy_and_acts(exported: Path) -> None:
     sc = load_scenario("web-diurnal")
-    policy = make_policy(str(exported), sc)
+    policy = make_policy(f"ppo:{exported}", sc)
     result = run_policy(sc, policy, [10000, 10001], steps=60)
     assert result.episodes["cost_usd"].shape == (2,)
     assert np.all(result.episodes["cost_usd"] > 0)
 
 
 def test_training_is_deterministic_by_seed(tmp_path: Path) -> None:
-    from rlscale.train import train
+    from rlscale.learn.train import train
 
     cfg = tiny_config(n_timesteps=512, eval={"freq": 100000, "seeds": 1, "episode_steps": 30})
     a = train(cfg, tmp_path / "a", progress_bar=False)
@@ -129,7 +130,7 @@ def test_training_is_deterministic_by_seed(tmp_path: Path) -> None:
 
 
 def test_resume_continues_the_counters_of_an_interrupted_run(tmp_path: Path) -> None:
-    from rlscale.train import train
+    from rlscale.learn.train import train
 
     first = train(tiny_config(n_timesteps=1024), tmp_path / "r", progress_bar=False)
     assert first.timesteps >= 1024
@@ -162,7 +163,7 @@ def test_corrupted_export_gives_one_line_error(exported: Path, tmp_path: Path, d
 def test_mismatched_export_gives_one_line_error(exported: Path, tmp_path: Path) -> None:
     import shutil
 
-    from rlscale.policies.ppo import write_exported
+    from rlscale.policies.network import write_exported
 
     policy = load_exported(exported)
     card = dict(policy.card)
@@ -237,7 +238,7 @@ def test_a_feature_constant_in_training_is_held_at_its_training_value_when_servi
 
     from helpers import export_random_policy
 
-    from rlscale.policies.ppo import logits
+    from rlscale.policies.network import logits
 
     weights = load_exported(export_random_policy(tmp_path / "p")).weights
     k = 3

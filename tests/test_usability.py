@@ -134,7 +134,7 @@ def test_train_into_an_existing_run_refuses_and_names_the_ways_out(
 
 
 def test_overwrite_clears_the_old_run_so_tensorboard_events_do_not_pile_up(tmp_path: Path) -> None:
-    from rlscale.train import check_run_dir
+    from rlscale.learn.train import check_run_dir
 
     run = tmp_path / "run"
     for sub in ("last", "best", "tb"):
@@ -222,7 +222,7 @@ def test_loadgen_says_when_max_requests_stopped_it_early(capsys: pytest.CaptureF
 
 
 def test_loadgen_without_the_cap_reaching_says_nothing_about_it(http_ok: str) -> None:
-    from rlscale.loadgen import run
+    from rlscale.clusters.local.loadgen import run
 
     result = run("web-diurnal", http_ok, 480.0, 0.5, peak_rps=20.0, start_s=12 * 3600.0, max_requests=10_000)
     assert "capped" not in result.meta and result.summary()["requests"] > 0
@@ -316,7 +316,7 @@ def test_simulate_reports_scaling_actions_per_hour_next_to_hpas_on_the_same_epis
 
 
 def test_the_report_table_has_churn_and_its_ratio_to_hpa() -> None:
-    from rlscale.report import comparison_table
+    from rlscale.evaluation.report import comparison_table
 
     def entry(label: str, actions: float) -> dict:
         est = {"mean": 1.0, "ci95": 0.0}
@@ -332,7 +332,7 @@ def test_the_report_table_has_churn_and_its_ratio_to_hpa() -> None:
 
 def test_loadgen_target_may_be_a_local_clusters_run_dir(tmp_path: Path) -> None:
     from rlscale.config import ConfigError
-    from rlscale.loadgen import resolve_target
+    from rlscale.clusters.local.loadgen import resolve_target
 
     (tmp_path / "cluster.json").write_text(json.dumps({"services": {"api": "http://127.0.0.1:4321/work"}}))
     assert resolve_target(str(tmp_path)) == "http://127.0.0.1:4321/work"
@@ -344,7 +344,7 @@ def test_loadgen_target_may_be_a_local_clusters_run_dir(tmp_path: Path) -> None:
 def test_the_demo_table_shows_churn_and_fits_80_columns() -> None:
     from rich.console import Console
 
-    from rlscale.demo import results_table
+    from rlscale.evaluation.demo import results_table
 
     def entry(label: str, actions: float) -> dict:
         means = {m: {"mean": 0.5, "ci95": 0.01} for m in ("slo_violation_rate", "dropped_fraction", "utilisation",

@@ -93,7 +93,7 @@ class LocalHistory:
         same machine at the same moment, so a fitted capacity can be held
         against it while the machine's load is what it is now.
         """
-        from rlscale.loadgen import closed_loop
+        from rlscale.clusters.local.loadgen import closed_loop
 
         assert self.cluster is not None
         workers = self.initial

@@ -170,7 +170,7 @@ def scenario_for(model: str, scenario: str | None) -> tuple[Scenario, str]:
     if scenario is not None:
         sc = load_scenario(scenario)
         return sc, str(Path(scenario).resolve()) if Path(scenario).exists() else scenario
-    from rlscale.policies.ppo import load_exported
+    from rlscale.policies.network import load_exported
 
     card = load_exported(model).card
     data = card.get("scenario_config")

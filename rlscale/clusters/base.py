@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
+from rlscale.config import Scenario
 from rlscale.spaces import Action, Metrics
+
+# Why a decision falls back to the HPA rule, named below the backends so that they can report it: the Prometheus label values and the audit log's fallback.reason.
+METRICS_MISSING = "metrics_missing"
+METRICS_STALE = "metrics_stale"
+METRICS_INVALID = "metrics_invalid"
+METRICS_DEGRADED = "metrics_degraded"
+MODEL_MISMATCH = "model_mismatch"
+POLICY_ERROR = "policy_error"
+FALLBACK_REASONS = (METRICS_MISSING, METRICS_STALE, METRICS_INVALID, METRICS_DEGRADED, MODEL_MISMATCH, POLICY_ERROR)
 
 
 @dataclass
@@ -53,3 +66,35 @@ class Cluster(Protocol):
     def close(self) -> None:
         """Stop everything this backend started."""
         ...
+
+
+@dataclass(frozen=True)
+class VirtualNodes:
+    """Nodes, packing and cost rate of a real cluster seen as the scenario's pools: ``[P]`` arrays per pool."""
+
+    ready: np.ndarray
+    provisioning: np.ndarray
+    packing: np.ndarray
+    cost_rate_usd_h: float
+
+
+def virtual_nodes(scenario: Scenario, pool_of: list[int], up: list[float], starting: list[float]) -> VirtualNodes:
+    """A real cluster's replicas packed into the scenario's node shapes, the one derivation every backend uses.
+
+    Neither the local cluster (a worker is a process) nor a Kubernetes
+    namespace (its nodes are shared) has nodes of the scenario's pools, so the
+    controller sees the fewest whole nodes that would hold the replicas that
+    are up (``up``) and those still starting (``starting``), per service.
+    """
+    P = len(scenario.pools)
+    vcpu = np.array([pool.vcpu for pool in scenario.pools])
+    price = np.array([pool.price_per_hour for pool in scenario.pools])
+    used = np.zeros(P)
+    provisioning = np.zeros(P)
+    for i, svc in enumerate(scenario.services):
+        p = pool_of[i]
+        used[p] += up[i] * svc.replica.cpu
+        provisioning[p] += math.ceil(starting[i] * svc.replica.cpu / vcpu[p] - 1e-9)
+    nodes = np.ceil(used / vcpu - 1e-9)
+    packing = np.where(nodes > 0, used / np.maximum(nodes * vcpu, 1e-9), 0.0)
+    return VirtualNodes(nodes, provisioning, packing, float(((nodes + provisioning) * price).sum()))

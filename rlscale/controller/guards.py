@@ -25,6 +25,15 @@ import numpy as np
 
 from numba import njit
 
+from rlscale.clusters.base import (  # noqa: F401 - the reasons are named here too, beside the guards
+    FALLBACK_REASONS,
+    METRICS_DEGRADED,
+    METRICS_INVALID,
+    METRICS_MISSING,
+    METRICS_STALE,
+    MODEL_MISMATCH,
+    POLICY_ERROR,
+)
 from rlscale.config import ConfigError, Scenario
 from rlscale.spaces import REBALANCE_NAMES, Metrics, ObsSpec
 
@@ -34,14 +43,6 @@ RATE_WINDOW_S = 60.0
 STALE_INTERVALS = 2.0
 """Metrics older than this many decision intervals are stale."""
 
-# Fallback reasons: the Prometheus label values and the audit log's fallback.reason.
-METRICS_MISSING = "metrics_missing"
-METRICS_STALE = "metrics_stale"
-METRICS_INVALID = "metrics_invalid"
-METRICS_DEGRADED = "metrics_degraded"
-MODEL_MISMATCH = "model_mismatch"
-POLICY_ERROR = "policy_error"
-FALLBACK_REASONS = (METRICS_MISSING, METRICS_STALE, METRICS_INVALID, METRICS_DEGRADED, MODEL_MISMATCH, POLICY_ERROR)
 
 # Guard names: the Prometheus label values and the audit log's adjustments[].guard.
 CLAMP = "clamp"

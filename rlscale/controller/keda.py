@@ -158,7 +158,7 @@ class KedaServer:
     def __init__(self, board: DecisionBoard, address: str, *, max_age_s: float, tls_dir: str | None = None,
                  push_interval_s: float = 5.0) -> None:
         self.host, requested = parse_address(address)
-        from rlscale.controller.serve import is_loopback
+        from rlscale.controller.limits import is_loopback
 
         if not is_loopback(self.host) and tls_dir is None:
             raise ConfigError(f"--keda-grpc {address}: a non-loopback address needs --keda-tls DIR (tls.crt, tls.key, ca.crt: KEDA's mTLS)")

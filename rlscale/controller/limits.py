@@ -22,6 +22,7 @@ per status, with the client address and the reason, never a header value
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -185,3 +186,13 @@ def limited_protocol(limits: HttpLimits, reject: RejectLog) -> type[HttpToolsPro
                 self.transport.close()
 
     return LimitedHttpToolsProtocol
+
+
+def is_loopback(host: str) -> bool:
+    """Loopback binds need no token; every other bind does (serve's HTTP and KEDA's gRPC alike)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from rlscale.controller.audit import MAX_BYTES as AUDIT_MAX_BYTES
 from rlscale.controller.audit import AuditLog
 from rlscale.controller.decision import Decider
 from rlscale.controller.guards import GuardConfig
+from rlscale.controller.limits import is_loopback
 from rlscale.controller.telemetry import Telemetry
 
 CLUSTERS = ("sim", "local", "kubernetes", "none")
@@ -101,15 +101,6 @@ def resolve_token(token: str | None, token_file: str | None) -> str | None:
     return None if token is None else token.strip()
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_bind(host: str, token: str | None) -> None:
     """Only loopback without a token: anything reachable from elsewhere must authenticate its callers."""
     if not is_loopback(host) and not token:
@@ -126,34 +117,33 @@ class LoadedPolicy:
 def load_policy(
     model: str | None, policy: str | None, scenario: Scenario, baseline: Callable[[str, Scenario], Any] | None = None
 ) -> LoadedPolicy:
-    """``--model DIR`` (or ``--policy ppo:DIR``): an exported PPO policy; ``--policy NAME``: a baseline.
+    """``--policy SPEC``, the one front door (``--model DIR`` is its alias for ``--policy ppo:DIR``).
 
     ``baseline`` builds a baseline from its spec (default ``make_policy``; the
     local cluster passes ``scaled_policy``).
     """
-    if model and policy:
-        raise ConfigError("--model and --policy: give one of them, not both")
-    if policy and policy.startswith("ppo:"):
-        model = policy.partition(":")[2]
-        policy = None
-    if model:
-        from rlscale.policies.ppo import policy_builder, resolve_model_dir, split_options
+    from rlscale.policies import make_policy, parse_spec, policy_builder
 
-        name = f"ppo:{model}"
-        exported, build = policy_builder(model, scenario, name=name)
-        root = resolve_model_dir(split_options(model)[0])
+    if model and policy:
+        raise ConfigError("--model and --policy: give one of them, not both (--model DIR is --policy ppo:DIR)")
+    if model:
+        policy = f"ppo:{model}"
+    if not policy:
+        raise ConfigError("serve: give --policy ppo:models/NAME (an exported policy) or --policy hpa|static|target_tracking|predictive")
+    spec = parse_spec(policy)
+    if spec.is_model:
+        from rlscale.policies.network import resolve_model_dir
+
+        exported, build = policy_builder(spec, scenario, name=spec.text)
+        root = resolve_model_dir(str(spec.path))
         version = str(exported.card.get("version") or exported.card.get("policy_sha256") or _sha256(root / "policy.npz"))
         build()  # a generalist outside its trained range: refuse now, not at the first decision
-        return LoadedPolicy(name, version[:16], build)
-    if policy:
-        from rlscale import __version__
-        from rlscale.policies import make_policy
+        return LoadedPolicy(spec.text, version[:16], build)
+    from rlscale import __version__
 
-        spec = policy
-        build = baseline or make_policy
-        build(spec, scenario)
-        return LoadedPolicy(spec, __version__, lambda: build(spec, scenario))
-    raise ConfigError("serve: give --model models/NAME (an exported policy) or --policy hpa|static|target_tracking|predictive")
+    make = baseline or make_policy
+    make(spec.text, scenario)
+    return LoadedPolicy(spec.text, __version__, lambda: make(spec.text, scenario))
 
 
 def _sha256(path: Path) -> str:

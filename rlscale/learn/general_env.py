@@ -33,8 +33,8 @@ from rlscale.episode import ClusterEpisodes
 from rlscale.learn.general_eval import EXCESS_FLOOR
 from rlscale.learn.traffic import Replay, make_sampler
 from rlscale.policies.general import NVEC, GeneralPolicy
-from rlscale.sb3_env import InProcessVecEnv
-from rlscale.relative import CLIP, LEVELS as NVEC_LEVELS, N_FEATURES
+from rlscale.learn.sb3_env import InProcessVecEnv
+from rlscale.policies.relative import CLIP, LEVELS as NVEC_LEVELS, N_FEATURES
 
 REFERENCE_UTILISATION = 0.7
 

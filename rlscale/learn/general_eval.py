@@ -16,7 +16,7 @@ import numpy as np
 from rlscale.config import GeneralSpec, load_scenario
 from rlscale.policies.general import GeneralPolicy
 from rlscale.policies.hpa import HPAPolicy
-from rlscale.policies.ppo import GENERAL_KIND, ExportedPolicy, PolicyWeights
+from rlscale.policies.network import GENERAL_KIND, ExportedPolicy, PolicyWeights
 from rlscale.rollout import Rollout, run_policy
 
 

@@ -8,7 +8,7 @@ sampling. This module turns that file into a fixed list of trials, each a
 complete, validated ``TrainConfig``, before Ray starts: a mistake in any
 trial is one line naming the file and the field, not a failed worker twenty
 minutes in. Each trial is then the ordinary training code path
-(``rlscale.train.train``) in a Ray worker (``rlscale.learn.sweep_ray``); at the
+(``rlscale.learn.train.train``) in a Ray worker (``rlscale.learn.sweep_ray``); at the
 end the trials are tabulated (Markdown + CSV), the best is picked by the rule
 that picks a run's best checkpoint, and exported like ``rlscale export`` does,
 its card recording the sweep.
@@ -57,6 +57,7 @@ from rlscale.config import (
     read_yaml,
     resolve_scenario_path,
 )
+from rlscale.learn.trial import TRIAL_FILE, TUNE_DIR, Trial, best_evaluation, metrics_of
 
 SELECTION_RULE = (
     "lowest validation score: cost / HPA's cost on the validation seeds, plus 100 x any SLO-violation rate "
@@ -64,9 +65,7 @@ SELECTION_RULE = (
 )
 # sections of a training config that default to the scenario's own values when the config leaves them out
 SCENARIO_SECTIONS = ("reward", "randomisation")
-TRIAL_FILE = "trial.json"
 PLAN_FILE = "sweep.json"
-TUNE_DIR = "tune"
 
 
 class RandomAxis(Strict):
@@ -154,19 +153,6 @@ class SweepConfig(Strict):
         if self.search == "grid" and self.samples is not None:
             raise ValueError("samples: only for search: random (a grid runs every combination once)")
         return self
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One planned training run of a sweep: its axis values and the complete training config they give."""
-
-    index: int
-    name: str
-    axes: dict[str, Any]
-    config: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "axes": self.axes, "config": self.config}
 
 
 # --------------------------------------------------------------------------- plan
@@ -285,44 +271,6 @@ def _check_random_bounds(spec: SweepConfig, base: dict[str, Any], defaults: dict
 
 
 # --------------------------------------------------------------------------- a trial's results (read in the worker and the driver)
-
-
-def best_evaluation(run_dir: Path) -> dict[str, Any] | None:
-    """The validation entry of the run's best checkpoint (what its score was picked on)."""
-    try:
-        state = json.loads((run_dir / "best" / "state.json").read_text())
-    except (OSError, ValueError):
-        return None
-    entry = state.get("evaluation")
-    return entry if isinstance(entry, dict) else None
-
-
-def metrics_of(entry: dict[str, Any]) -> dict[str, float]:
-    """The flat numbers of one validation entry (``HeldOutEvalCallback``'s history) that the table shows."""
-    ppo, hpa = entry.get("ppo") or {}, entry.get("hpa") or {}
-    return {
-        "timesteps": float(entry.get("timesteps", float("nan"))),
-        "score": float(entry.get("score", float("nan"))),
-        "cost_vs_hpa": float(entry.get("cost_vs_hpa", float("nan"))),
-        "slo_violation_rate": float(ppo.get("slo_violation_rate", float("nan"))),
-        "hpa_slo_violation_rate": float(hpa.get("slo_violation_rate", float("nan"))),
-        "dropped_fraction": float(ppo.get("dropped_fraction", float("nan"))),
-        "hpa_dropped_fraction": float(hpa.get("dropped_fraction", float("nan"))),
-    }
-
-
-def trial_summary(trial: dict[str, Any], run_dir: Path, timesteps: int, wall_s: float) -> dict[str, Any]:
-    best = best_evaluation(run_dir)
-    return {
-        "trial": trial["name"],
-        "index": trial["index"],
-        "axes": trial["axes"],
-        "status": "finished",
-        "timesteps": int(timesteps),
-        "wall_s": round(float(wall_s), 1),
-        "best": metrics_of(best) if best is not None else None,
-        "run_dir": str(run_dir),
-    }
 
 
 # --------------------------------------------------------------------------- table and selection
@@ -515,7 +463,7 @@ def _ray_environment(local: bool) -> None:
 
 def _sigterm_as_sigint() -> Any:
     """SIGTERM stops a sweep the way Ctrl-C does: Tune saves its state, Ray is shut down, and ``--resume`` continues."""
-    from rlscale.train import sigterm_as_interrupt
+    from rlscale.learn.train import sigterm_as_interrupt
 
     return sigterm_as_interrupt(lambda signum, frame: signal.raise_signal(signal.SIGINT))
 
@@ -546,7 +494,7 @@ def run_sweep(
     prepare_sweep_dir(sweep_dir, plan, resume=resume)
     export_dir = Path(out) if out else sweep_dir / "policy"
     if out:  # fail before hours of training, not after, when --out would replace a policy
-        from rlscale.export import check_target
+        from rlscale.learn.export import check_target
 
         check_target(export_dir, force=force)
     concurrency = max_concurrent or spec.max_concurrent or (None if address else max(1, os.cpu_count() or 1))
@@ -576,7 +524,7 @@ def run_sweep(
     outcome = SweepOutcome(sweep_dir, rows, best, interrupted, 0.0, ray=info)
     outcome.tables = write_tables(sweep_dir, rows, list(spec.axes), best)
     if not interrupted and best is not None:
-        from rlscale.export import export_run
+        from rlscale.learn.export import export_run
 
         outcome.export_dir = export_dir
         # the sweep's own policy/ is the sweep's to replace (a resumed sweep exports again); --out needs --force

@@ -4,7 +4,7 @@ Imported only by ``rlscale.learn.sweep.run_sweep`` after it has set the
 environment Ray reads at import (``_ray_environment``), and by Ray's workers
 to unpickle the trial function. Serving and the default install never import it.
 
-Each trial is one ``rlscale.train.train`` call in a worker that holds 1 CPU
+Each trial is one ``rlscale.learn.train.train`` call in a worker that holds 1 CPU
 and runs torch on 1 thread: the simulator and PPO's updates alternate in that
 one thread, so a trial uses one core and K trials use K. A trial reports to
 Tune after every validation evaluation, and saves ``last/`` there too, so a
@@ -29,7 +29,7 @@ from ray import tune
 
 from rlscale import atomic
 from rlscale.config import ConfigError, TrainConfig
-from rlscale.learn.sweep import TRIAL_FILE, TUNE_DIR, Trial, metrics_of, trial_summary
+from rlscale.learn.trial import TRIAL_FILE, TUNE_DIR, Trial, metrics_of, trial_summary
 
 OBJECT_STORE_BYTES = 128 * 1024 * 1024  # trials pass configs and metrics, never arrays: Ray's default is 30% of RAM
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -108,7 +108,7 @@ def run_trial(config: dict[str, Any]) -> None:
     """One trial: ``rlscale train`` with the trial's config, reporting each validation evaluation to Tune."""
     import torch
 
-    from rlscale.train import save_checkpoint, train
+    from rlscale.learn.train import save_checkpoint, train
 
     torch.set_num_threads(1)
     try:

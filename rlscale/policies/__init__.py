@@ -11,15 +11,15 @@ lazily so that the baselines never pull in what those need.
 from __future__ import annotations
 
 import importlib
-import math
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable
 
 from rlscale.config import ConfigError, Scenario
 from rlscale.policies.base import Policy, clamp_replicas
 from rlscale.policies.hpa import HPAPolicy, ScalingPolicy, ScalingRules, recommend
 from rlscale.policies.predictive import PredictivePolicy
 from rlscale.policies.static import StaticPolicy
+from rlscale.policies.spec import POLICY_NAMES, PolicySpec, parse_parameters, parse_spec
 from rlscale.policies.target_tracking import TargetTrackingPolicy
 
 __all__ = [
@@ -34,50 +34,17 @@ __all__ = [
     "clamp_replicas",
     "make_policy",
     "parse_parameters",
+    "parse_spec",
+    "policy_builder",
     "recommend",
 ]
 
-_BASELINES: dict[str, Callable[[Scenario], Policy]] = {
+_BASELINES: dict[str, Callable[..., Policy]] = {
     "static": StaticPolicy,
     "hpa": HPAPolicy,
     "target_tracking": TargetTrackingPolicy,
     "predictive": PredictivePolicy,
 }
-POLICY_NAMES = (*_BASELINES, "oracle", "ppo:PATH")
-
-PARAMETERS: dict[str, dict[str, str]] = {
-    "hpa": {"target": "target_utilisation", "window": "downscale_window_s", "tolerance": "tolerance"},
-    "predictive": {"target": "target_utilisation", "headroom": "headroom", "down": "max_scale_down"},
-    "target_tracking": {"target": "target_utilisation", "out_cooldown": "scale_out_cooldown_s",
-                        "in_cooldown": "scale_in_cooldown_s"},
-}
-"""Short parameter names of ``name:key=value:...`` specs (``hpa:target=0.8:window=150``), so a tuned rule
-fits in a comma-separated ``--policies`` list; each maps to the policy's keyword argument."""
-
-
-def parse_parameters(spec: str, name: str, text: str, allowed: dict[str, str] | None = None) -> dict[str, float]:
-    """``key=value:key=value`` -> keyword arguments of policy ``name``; one-line errors name the key.
-
-    ``allowed`` maps each key to its keyword (default: the baseline's ``PARAMETERS``).
-    """
-    allowed = PARAMETERS.get(name, {}) if allowed is None else allowed
-    kwargs: dict[str, float] = {}
-    for part in text.split(":"):
-        key, eq, value = part.partition("=")
-        key = key.strip()
-        if not eq or key not in allowed:
-            expected = ", ".join(f"{k}=<number>" for k in allowed) or "no parameters"
-            raise ConfigError(f"policy {spec!r}: {part!r} is not a parameter of {name} (expected {expected})")
-        try:
-            number = float(value)
-        except ValueError:
-            raise ConfigError(f"policy {spec!r}: {key}={value!r} is not a number") from None
-        if not math.isfinite(number) or number <= 0:
-            raise ConfigError(f"policy {spec!r}: {key} must be a finite number > 0, got {value!r}")
-        if allowed[key] in kwargs:
-            raise ConfigError(f"policy {spec!r}: {key} is given twice")
-        kwargs[allowed[key]] = number
-    return kwargs
 
 
 def _optional_module(name: str, needs: str) -> ModuleType:
@@ -91,29 +58,63 @@ def _optional_module(name: str, needs: str) -> ModuleType:
         raise ConfigError(f"{needs} the module {full}, which is not available in this installation") from None
 
 
-def make_policy(spec: str, scenario: Scenario) -> Policy:
-    """Build a policy from its spec string; unknown specs raise a one-line ``ConfigError``.
+def _model_builder(spec: PolicySpec, scenario: Scenario, name: str | None) -> tuple[Any, Callable[[], Policy]]:
+    """An exported model loaded once, and a builder of fresh instances of it for ``scenario``.
 
-    ``ppo:PATH`` calls ``rlscale.policies.ppo.make_policy(PATH, scenario)`` and
-    ``oracle`` calls ``rlscale.policies.oracle.make_policy(scenario)``; those
-    modules own their arguments and errors.
+    A generalist's builder refuses a cluster outside the card's ranges; options
+    on a specialist are refused here rather than silently ignored.
     """
-    name, sep, arg = spec.strip().partition(":")
-    if name in _BASELINES and not sep:
-        return _BASELINES[name](scenario)
-    if name in _BASELINES and arg:
-        kwargs = parse_parameters(spec, name, arg)
-        baseline: Policy = _BASELINES[name](scenario, **kwargs)  # type: ignore[call-arg]
-        baseline.name = spec.strip()
-        return baseline
-    if name == "ppo" and sep:
-        if not arg:
-            raise ConfigError("policy 'ppo:': expected ppo:PATH to an exported model")
-        ppo = _optional_module("ppo", "ppo policies need")
-        policy: Policy = ppo.make_policy(arg, scenario)
-        return policy
-    if name == "oracle" and not sep:
+    assert spec.path is not None
+    network = _optional_module("network", "ppo policies need")
+    exported = network.load_exported(spec.path)
+    arg = spec.text.partition(":")[2]
+    if exported.general:
+        from rlscale.policies.general import GeneralPolicy
+
+        label = name or spec.text
+        return exported, lambda: GeneralPolicy(exported, scenario, name=label, source=spec.path, **spec.options)
+    if spec.options:
+        raise ConfigError(f"policy 'ppo:{arg}': options ({', '.join(spec.options)}) apply to a generalist only; "
+                          f"{spec.path} is a specialist")
+    from rlscale.policies.ppo import PPOPolicy
+
+    label = name or f"ppo:{spec.path}"
+    return exported, lambda: PPOPolicy(exported, name=label)
+
+
+def policy_builder(spec: str | PolicySpec, scenario: Scenario, name: str | None = None) -> tuple[Any, Callable[[], Policy]]:
+    """A spec -> (the exported model or None, a builder of fresh instances for ``scenario``).
+
+    Serving rebuilds its policy on every run of the control loop, so it keeps
+    the builder; evaluation builds once (``make_policy``).
+    """
+    parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    if parsed.is_model:
+        return _model_builder(parsed, scenario, name)
+    if parsed.name == "oracle":
         oracle = _optional_module("oracle", "the oracle policy needs")
-        policy = oracle.make_policy(scenario)
-        return policy
-    raise ConfigError(f"unknown policy {spec!r}: expected one of {', '.join(POLICY_NAMES)}")
+        return None, lambda: oracle.make_policy(scenario)
+    cls = _BASELINES[parsed.name]
+    if not parsed.params:
+        return None, lambda: cls(scenario)
+
+    def build() -> Policy:
+        baseline: Policy = cls(scenario, **parsed.params)
+        baseline.name = parsed.text
+        return baseline
+
+    return None, build
+
+
+def make_policy(spec: str, scenario: Scenario) -> Policy:
+    """Build a policy from its spec string; every mistake is a one-line ``ConfigError``.
+
+    A specialist must match the scenario's services and pools; a generalist must cover its ranges.
+    """
+    parsed = parse_spec(spec)
+    exported, build = policy_builder(parsed, scenario)
+    if exported is not None and not exported.general:
+        why = exported.obs_spec.mismatch(scenario)
+        if why:
+            raise ConfigError(f"{parsed.path}: {why}")
+    return build()

@@ -2,7 +2,7 @@
 
 The network is an SB3 ``MlpPolicy`` trained on one service at a time over a
 wide distribution of clusters and traffic; its input is the scale-free row of
-``rlscale.relative`` and its output is a target utilisation level per service
+``rlscale.policies.relative`` and its output is a target utilisation level per service
 plus a rebalance verb. At serve time the rows of all services go through the
 network in one batched call. The rebalance head is linear in the last hidden
 layer, so averaging its logits over a cluster's services is the head applied
@@ -21,8 +21,8 @@ import numpy as np
 
 from rlscale.config import ConfigError, Scenario
 from rlscale.policies.base import ClusterAutoscaler
-from rlscale.policies.ppo import ExportedPolicy, PolicyWeights, logits
-from rlscale.relative import LEVELS, RelativeDecoder, RelativeObservation, ServiceTraits, calm_repack, decide
+from rlscale.policies.network import ExportedPolicy, PolicyWeights, logits
+from rlscale.policies.relative import LEVELS, RelativeDecoder, RelativeObservation, ServiceTraits, calm_repack, decide
 from rlscale.spaces import Action, Metrics
 
 N_LEVELS = len(LEVELS)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from rlscale.clusters.base import MetricsSample
+from rlscale.clusters.base import MetricsSample, virtual_nodes
 from rlscale.clusters.kubernetes.client import ScaleCalls, api_client, scale_calls
 from rlscale.clusters.kubernetes.errors import ApiProblem, classify
 from rlscale.clusters.kubernetes.rebalance import Consolidator
@@ -342,17 +342,8 @@ class KubernetesCluster:
     # ------------------------------------------------------------------ metrics
 
     def _metrics(self, views: list[ScaleView], pods: list[PodCounts], values: dict[str, list[float]], observed: float) -> Metrics:
-        S, P = len(self._names), len(self.scenario.pools)
-        vcpu = np.array([pool.vcpu for pool in self.scenario.pools])
-        price = np.array([pool.price_per_hour for pool in self.scenario.pools])
-        used = np.zeros(P)
-        provisioning = np.zeros(P)
-        for i, svc in enumerate(self.scenario.services):
-            p = self._pool_of[i]
-            used[p] += pods[i].ready * svc.replica.cpu
-            provisioning[p] += math.ceil(pods[i].starting * svc.replica.cpu / vcpu[p] - 1e-9)
-        nodes = np.ceil(used / vcpu - 1e-9)
-        packing = np.where(nodes > 0, used / np.maximum(nodes * vcpu, 1e-9), 0.0)
+        S = len(self._names)
+        virtual = virtual_nodes(self.scenario, self._pool_of, [p.ready for p in pods], [p.starting for p in pods])
         rebalancing = 1.0 if self.consolidator is not None and self.consolidator.in_progress else 0.0
 
         def row(name: str) -> np.ndarray:
@@ -367,10 +358,10 @@ class KubernetesCluster:
             latency_p95_s=row("latency_p95_s"),
             backlog=row("backlog"),
             dropped=row("dropped"),
-            nodes_ready=nodes[None].astype(np.float64),
-            nodes_provisioning=provisioning[None],
-            packing=packing[None],
-            cost_rate_usd_h=np.array([float(((nodes + provisioning) * price).sum())]),
+            nodes_ready=virtual.ready[None],
+            nodes_provisioning=virtual.provisioning[None],
+            packing=virtual.packing[None],
+            cost_rate_usd_h=np.array([virtual.cost_rate_usd_h]),
             hot_spot=np.zeros(1),
             rebalancing=np.array([rebalancing]),
         )

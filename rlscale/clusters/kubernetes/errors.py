@@ -26,7 +26,7 @@ from typing import Any
 
 import urllib3
 
-from rlscale.controller.guards import METRICS_MISSING
+from rlscale.clusters.base import METRICS_MISSING
 
 # reason names (the audit log's words)
 NOT_FOUND = "not_found"

@@ -49,7 +49,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rlscale.clusters.base import MetricsSample
+from rlscale.clusters.base import MetricsSample, virtual_nodes
 from rlscale.clusters.local import haproxy as hap
 from rlscale.clusters.local import prometheus as prom
 from rlscale.clusters.local.procs import Child, ProcessTable, free_port, require_binary
@@ -599,20 +599,11 @@ class LocalCluster:
     def _metrics(self, arrivals: list[float], util: list[float], p95: list[float], backlog: list[float],
                  dropped: list[float], hot_spot: float) -> Metrics:
         census = self._census
-        S, P = len(self._names), len(self.scenario.pools)
+        S = len(self._names)
         ready = np.array([[census.ready.get(n, 0) for n in self._names]], dtype=np.float64)
-        nodes = np.zeros((1, P))
-        provisioning = np.zeros((1, P))
-        used_cpu = np.zeros(P)
-        for i, (name, svc) in enumerate(zip(self._names, self.scenario.services)):
-            p = self._pool_of[i]
-            up = census.ready.get(name, 0) + census.draining.get(name, 0)
-            used_cpu[p] += up * svc.replica.cpu
-            provisioning[0, p] += math.ceil(census.starting.get(name, 0) * svc.replica.cpu / self.scenario.pools[p].vcpu)
-        vcpu = np.array([pool.vcpu for pool in self.scenario.pools])
-        price = np.array([pool.price_per_hour for pool in self.scenario.pools])
-        nodes[0] = np.ceil(used_cpu / vcpu - 1e-9)
-        packing = np.where(nodes[0] > 0, used_cpu / np.maximum(nodes[0] * vcpu, 1e-9), 0.0)[None, :]
+        virtual = virtual_nodes(self.scenario, self._pool_of,
+                                [census.ready.get(n, 0) + census.draining.get(n, 0) for n in self._names],
+                                [census.starting.get(n, 0) for n in self._names])
         desired = self.desired()
         return Metrics(
             time_s=np.array([self.now()]),
@@ -623,10 +614,10 @@ class LocalCluster:
             latency_p95_s=np.array([p95], dtype=np.float64).reshape(1, S),
             backlog=np.array([backlog], dtype=np.float64).reshape(1, S),
             dropped=np.array([dropped], dtype=np.float64).reshape(1, S),
-            nodes_ready=nodes,
-            nodes_provisioning=provisioning,
-            packing=packing,
-            cost_rate_usd_h=np.array([float(((nodes[0] + provisioning[0]) * price).sum())]),
+            nodes_ready=virtual.ready[None],
+            nodes_provisioning=virtual.provisioning[None],
+            packing=virtual.packing[None],
+            cost_rate_usd_h=np.array([virtual.cost_rate_usd_h]),
             hot_spot=np.array([hot_spot]),
             rebalancing=np.array([1.0 if census.rebalancing else 0.0]),
         )

@@ -54,7 +54,7 @@ from rlscale.clusters.local.backend import open_local_cluster
 from rlscale.clusters.local.settings import LocalSettings
 from rlscale.config import ConfigError, Scenario, load_scenario, parse_model
 from rlscale.atomic import write_json, write_text
-from rlscale.loadgen import Plan, closed_loop, replay
+from rlscale.clusters.local.loadgen import Plan, closed_loop, replay
 from rlscale.spaces import Action
 from rlscale.workload import generate
 

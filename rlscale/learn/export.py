@@ -14,7 +14,7 @@ from typing import Any
 
 from rlscale import __version__
 from rlscale.config import TEST_SEED_BASE, ConfigError, TrainConfig, load_scenario, parse_model
-from rlscale.policies.ppo import write_exported
+from rlscale.policies.network import write_exported
 from rlscale.spaces import ActionSpec, ObsSpec
 
 EXPORT_SEEDS = 10
@@ -81,7 +81,7 @@ def export_run(run: Path, out: Path, *, seeds: int = EXPORT_SEEDS, force: bool =
 
     Refuses to replace a policy already in ``out`` unless ``force`` (see ``check_target``).
     """
-    from rlscale.train import evaluate_weights, load_checkpoint, training_scenario, weights_from_sb3
+    from rlscale.learn.train import evaluate_weights, load_checkpoint, training_scenario, weights_from_sb3
 
     check_target(out, force=force)
     ckpt = find_checkpoint(run)
@@ -125,9 +125,9 @@ def export_run(run: Path, out: Path, *, seeds: int = EXPORT_SEEDS, force: bool =
 
 def general_card(name: str, weights: Any, cfg: TrainConfig, held_out: list[int], training: dict[str, Any]) -> dict[str, Any]:
     """A generalist's card: its kind, features, levels and margin, the range it covers, and held-out results."""
-    from rlscale import relative
+    from rlscale.policies import relative
     from rlscale.learn.general_eval import card_range, evaluate_general
-    from rlscale.policies.ppo import GENERAL_KIND
+    from rlscale.policies.network import GENERAL_KIND
 
     assert cfg.general is not None
     result = evaluate_general(weights, cfg.general, held_out, cfg.eval.episode_steps)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from rlscale.atomic import staged_dir, write_json
-from rlscale.evaluate import STEP_TAGS, Evaluation, format_estimate, run_name, summary
+from rlscale.evaluation.evaluate import STEP_TAGS, Evaluation, format_estimate, run_name, summary
 from rlscale.rollout import METRIC_NAMES
 
 SECONDS_PER_DAY = 86_400.0
@@ -62,7 +62,7 @@ def write_tensorboard(evaluation: Evaluation, logdir: Path) -> None:
     as scalars with the seed as the step, the default smoothing would draw a
     meaningless trend across seeds.
     """
-    from rlscale.tblog import RunWriter
+    from rlscale.evaluation.tblog import RunWriter
 
     data = summary(evaluation)
     labels = [r.label for r in evaluation.results]

@@ -1,7 +1,7 @@
 """The flow of ``rlscale evaluate`` and ``rlscale demo``: check inputs, run, write, print.
 
 Kept out of ``cli.py`` so the command functions stay a list of options; the
-work itself is in ``rlscale.evaluate`` (running) and ``rlscale.report``
+work itself is in ``rlscale.evaluation.evaluate`` (running) and ``rlscale.evaluation.report``
 (writing).
 """
 
@@ -18,12 +18,12 @@ from rich.console import Console
 from rich.table import Table
 
 from rlscale.config import load_scenario
-from rlscale.evaluate import (
+from rlscale.evaluation.evaluate import (
     BASELINES, HELD_OUT_SEED_BASE, EvalConfig, Evaluation, PolicyResult, evaluate, format_estimate, make_config,
     shipped_model,
 )
 from rlscale.evaluation.tune import TunedRule
-from rlscale.report import churn, write_outputs
+from rlscale.evaluation.report import churn, write_outputs
 
 DEMO_SCENARIO = "web-diurnal"
 DEMO_SEEDS = 5

@@ -266,7 +266,7 @@ def evaluate(config: EvalConfig, on_done: Callable[[PolicyResult], None] | None 
 
 def summary(evaluation: Evaluation) -> dict[str, Any]:
     """Everything ``results.json`` holds: per-seed metrics, means with 95% CIs, ratios and records."""
-    from rlscale.stats import head_to_head, mean_ci, paired_ratio
+    from rlscale.evaluation.stats import head_to_head, mean_ci, paired_ratio
 
     oracle = evaluation.result("oracle")
     hpa = evaluation.result("hpa")

@@ -31,9 +31,10 @@ from stable_baselines3.common.vec_env import VecNormalize
 from rlscale.atomic import staged_dir
 from rlscale.config import ConfigError, Scenario, TrainConfig, load_scenario
 from rlscale.policies.hpa import HPAPolicy
-from rlscale.policies.ppo import ExportedPolicy, PolicyWeights, PPOPolicy
+from rlscale.policies.ppo import PPOPolicy
+from rlscale.policies.network import ExportedPolicy, PolicyWeights
 from rlscale.rollout import Rollout, run_policy
-from rlscale.sb3_env import SB3ClusterVecEnv
+from rlscale.learn.sb3_env import SB3ClusterVecEnv
 from rlscale.spaces import ActionSpec, ObsSpec
 
 CHECKPOINT_FILES = ("model.zip", "vecnormalize.pkl", "state.json")
