@@ -374,6 +374,12 @@ class GeneralSpec(Strict):
         default=None, description="adapt w_slo and w_drop so the policy's rates match the rule twin's (needs rule_twin)")
     ranges: GeneralRanges = GeneralRanges()
     validation: list[str] = Field(default=["web-diurnal", "flash-crowd", "mixed-pools", "ml-platform"], min_length=1)
+    history_days: float = Field(default=0.0, ge=0, le=14, description=(
+        "days of each service's past demand every decision reads (DESIGN.md section 15); 0: the history-free policy"))
+    history_none_fraction: float = Field(default=0.15, ge=0, le=1, description=(
+        "share of training episodes with no history, so the policy learns the behaviour of a new service"))
+    history_short_fraction: float = Field(default=0.15, ge=0, le=1, description=(
+        "share of training episodes with one to two days of history (a service that has just started)"))
 
     @model_validator(mode="after")
     def _twin_options_need_the_twin(self) -> "GeneralSpec":
