@@ -367,7 +367,7 @@ class RelativeDecoder:
     def replicas_at(self, level: np.ndarray, obs: RelativeObservation, ahead: np.ndarray | None = None) -> np.ndarray:
         """The same for target utilisations ``[N, S]`` in (0, 1] rather than indices into ``LEVELS``.
 
-        Hand-made level rules (``benchmarks/level_rules.py``) go through here, so
+        Hand-made level rules (``experiments/level_rules.py``) go through here, so
         they are judged with exactly the windows, floor and limits the network's
         levels get.
         """
