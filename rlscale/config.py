@@ -365,6 +365,8 @@ class GeneralSpec(Strict):
     w_churn: float = Field(default=0.05, ge=0)
     rule_twin: bool = Field(default=False, description="reward relative to the start-level rule on the same episode (a baseline)")
     start_level: int = Field(default=4, ge=0, le=7, description="index into the target levels the fresh policy is biased to (4: 72%)")
+    start_preference: float = Field(default=4.0, ge=0, le=20, description=(
+        "logit bias of the fresh policy towards start_level (4: the other levels are drawn ~1.6% of the time each)"))
     scenarios: list[str] = Field(
         default=[], description="single-service scenarios (envs/ names) drawn in place of a random cluster, on training seeds")
     scenario_fraction: float = Field(default=0.0, ge=0, le=1, description="share of slot draws that use one of `scenarios`")

@@ -140,7 +140,7 @@ def sample_cluster(rng: np.random.Generator, spec: GeneralSpec) -> tuple[Scenari
 START_PREFERENCE = 4.0
 
 
-def start_at_rule(model: Any, level: int, history: bool = False) -> None:
+def start_at_rule(model: Any, level: int, history: bool = False, preference: float = START_PREFERENCE) -> None:
     """Bias a fresh policy's action layer towards target ``level`` (``general.start_level``) and no rebalance.
 
     With these fixed, the decoder alone is a sound rule (at or below HPA's cost
@@ -152,10 +152,10 @@ def start_at_rule(model: Any, level: int, history: bool = False) -> None:
 
     with torch.no_grad():
         bias = model.policy.action_net.bias
-        bias[level] += START_PREFERENCE
+        bias[level] += preference
         bias[len(NVEC_LEVELS)] += 2 * START_PREFERENCE
         if history:
-            bias[len(NVEC_LEVELS) + 3] += START_PREFERENCE / 2  # size for demand now until the forecast earns trust
+            bias[len(NVEC_LEVELS) + 3] += preference / 2  # size for demand now until the forecast earns trust
 
 
 class GeneralVecEnv(InProcessVecEnv):

@@ -165,3 +165,23 @@ class GeneralPolicy:
         rows = self.observe(metrics)
         lv, rb, ah = head_logits(self.exported.weights, rows, metrics.n)
         return self.step_raw(metrics, lv.argmax(axis=2), rb.argmax(axis=1), None if ah is None else ah.argmax(axis=2))
+
+
+class FixedSetting(GeneralPolicy):
+    """The generalist's observation and decoder at one fixed setting: a level and (with history) a forecast pick.
+
+    The ablation every learned generalist is reported beside (DESIGN.md section 11, "the network earns its
+    keep"): the same features, floor, windows and node drain, with the network replaced by a constant.
+    """
+
+    def __init__(self, scenario: Scenario, level: int, ahead: int = 0, history: dict[str, Any] | None = None,
+                 name: str | None = None) -> None:
+        self.level, self.ahead = int(level), int(ahead)
+        super().__init__(None, scenario, name=name or f"fixed:level={LEVELS[level]:g}:ahead={ahead}", history=history)
+
+    def act(self, metrics: Metrics) -> Action:
+        self.observe(metrics)
+        S = self.traits.n_services
+        ahead = np.full((metrics.n, S), self.ahead, dtype=np.int64) if self.history is not None else None
+        return self.step_raw(metrics, np.full((metrics.n, S), self.level, dtype=np.int64),
+                             np.zeros(metrics.n, dtype=np.int64), ahead)

@@ -32,11 +32,19 @@ CROWD_LOG_RISE = float(np.log(1.5))
 """A rise of 50% or more within the lead time counts as a crowd."""
 QUANTILES = (0.5, 0.9, 0.99)
 
+OVERRUN_LEVELS = (0.40, 0.50, 0.58, 0.65, 0.72, 0.78, 0.84, 0.90)
+"""Target utilisations whose past overruns the history reports (the generalist's levels, ``relative.LEVELS``)."""
+OVERRUN_UTILISATION = 0.9
+"""A rise overruns a level when the demand it brings within the lead time would run capacity sized at that
+level above this utilisation: where latency climbs."""
+
 FEATURES = (
     "has_history", "history_days", "log_yesterday", "log_last_week", "log_forecast",
     "forecast_err_q50", "forecast_err_q90", "forecast_err_q99", "rise_q90", "rise_q99", "crowds_per_day",
+    *(f"overrun_at_{level:g}" for level in OVERRUN_LEVELS),
 )
 N_FEATURES = len(FEATURES)
+_BASE = 11  # features before the overruns
 
 
 def steps_per_day(step_s: float) -> int:
@@ -71,11 +79,13 @@ class ServiceForecast:
     err_q: np.ndarray  # [3] quantiles of log(actual / forecast) at the lead time
     rise_q: np.ndarray  # [2] q90, q99 of log(max over the next lead / now)
     crowds_per_day: float
+    overrun: np.ndarray  # [len(OVERRUN_LEVELS)] share of past intervals whose rise overran each level
     scale: float
     days: float
 
 
-EMPTY = ServiceForecast(np.zeros(0), np.zeros(3), np.zeros(2), 0.0, 1.0, 0.0)
+_NO_OVERRUN = np.zeros(len(OVERRUN_LEVELS))
+EMPTY = ServiceForecast(np.zeros(0), np.zeros(3), np.zeros(2), 0.0, _NO_OVERRUN, 1.0, 0.0)
 
 
 def fit_service(y: np.ndarray, h: int, day: int, phase0: float) -> ServiceForecast:
@@ -90,7 +100,7 @@ def fit_service(y: np.ndarray, h: int, day: int, phase0: float) -> ServiceForeca
     valid = np.isfinite(y)
     days = float(valid.sum()) / day
     if days < MIN_DAYS or L < day + h + 3:
-        return ServiceForecast(np.zeros(0), np.zeros(3), np.zeros(2), 0.0, 1.0, days)
+        return ServiceForecast(np.zeros(0), np.zeros(3), np.zeros(2), 0.0, _NO_OVERRUN, 1.0, days)
     filled = y.copy()
     idx = np.where(valid, np.arange(L), 0)
     np.maximum.accumulate(idx, out=idx)
@@ -103,7 +113,7 @@ def fit_service(y: np.ndarray, h: int, day: int, phase0: float) -> ServiceForeca
     good = valid[t] & valid[t + h] & valid[t - 1] & valid[t - 2] & valid[t + h - day]
     t = t[good]
     if t.size < 16:
-        return ServiceForecast(np.zeros(0), np.zeros(3), np.zeros(2), 0.0, scale, days)
+        return ServiceForecast(np.zeros(0), np.zeros(3), np.zeros(2), 0.0, _NO_OVERRUN, scale, days)
     tod = (phase0 + (t + h) / day) % 1.0
     X = _regressors(logs, t, h, day, tod)
     target = logs[t + h]
@@ -119,11 +129,14 @@ def fit_service(y: np.ndarray, h: int, day: int, phase0: float) -> ServiceForeca
     ok_rise = valid[: L - h]
     rise = rise[ok_rise]
     crowds = float((rise > CROWD_LOG_RISE).sum()) / max(days, MIN_DAYS)
+    limits = np.log(OVERRUN_UTILISATION / np.asarray(OVERRUN_LEVELS))
+    overrun = (rise[:, None] > limits[None, :]).mean(axis=0) if rise.size else _NO_OVERRUN
     return ServiceForecast(
         weights=w,
         err_q=np.quantile(err, QUANTILES),
         rise_q=np.quantile(rise, (0.9, 0.99)) if rise.size else np.zeros(2),
         crowds_per_day=crowds,
+        overrun=overrun,
         scale=scale,
         days=days,
     )
@@ -156,6 +169,7 @@ class DemandHistory:
         self.err_q = np.zeros((n, n_services, 3))
         self.rise_q = np.zeros((n, n_services, 2))
         self.crowds = np.zeros((n, n_services))
+        self.overrun = np.zeros((n, n_services, len(OVERRUN_LEVELS)))
         self.scale = np.ones((n, n_services))
         self.fit_days = np.zeros((n, n_services))
         self.fitted = np.zeros((n, n_services), dtype=bool)
@@ -196,6 +210,7 @@ class DemandHistory:
                 self.weights[i, j] = f.weights
             self.err_q[i, j], self.rise_q[i, j] = f.err_q, f.rise_q
             self.crowds[i, j], self.scale[i, j], self.fit_days[i, j] = f.crowds_per_day, f.scale, f.days
+            self.overrun[i, j] = f.overrun
 
     def append(self, arrivals: np.ndarray, time_s: np.ndarray) -> None:
         """Add one interval ``[N, S]`` for every cluster (NaN where a reading is missing)."""
@@ -255,6 +270,8 @@ class DemandHistory:
                 *np.moveaxis(self.rise_q, 2, 0), np.minimum(self.crowds, 48.0) / 8.0]
         for k, col in enumerate(cols):
             out[:, :, 2 + k] = np.where(on, col, 0.0)
+        # overrun shares sit in [0, 1]; a square root x3 so the rare ones (0.1-1%) that decide a level are visible
+        out[:, :, _BASE:] = np.where(on[:, :, None], np.sqrt(self.overrun) * 3.0, 0.0)
         return out
 
 

@@ -52,6 +52,7 @@ FEATURES = (
     "at_min", "to_max", "log_price_ratio", "log_replicas_per_node", "packing", "hot_spot",
     "rebalancing", "batch", "floor_ratio",
 )
+assert LEVELS == hist.OVERRUN_LEVELS  # the history reports past overruns at exactly these levels
 N_FEATURES = len(FEATURES)
 """The history-free row (cards without ``history``: the generalist as first shipped)."""
 AHEAD = (None, 0, 1)
