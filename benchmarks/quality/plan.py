@@ -34,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from rlscale.assess.plan import Method  # noqa: E402
 from rlscale.assess.planning import make_plan, planned_data  # noqa: E402
 from rlscale.assess.simulated import simulated_usage  # noqa: E402
 from rlscale.atomic import write_json  # noqa: E402
@@ -83,11 +84,11 @@ def evaluate(sc: Scenario, spec: str, seeds: list[int]) -> dict[str, float]:
     return {k: m[k] for k in ("cost_usd", "slo_violation_rate", "dropped_fraction")}
 
 
-def run_case(name: str, path: str, factor: float, right_memory: bool, seeds: list[int]) -> dict[str, Any]:
+def run_case(name: str, path: str, factor: float, right_memory: bool, seeds: list[int], method: Method) -> dict[str, Any]:
     t0 = time.time()
     raw, today = oversized(path, factor, right_memory)
     usages = simulated_usage(today, "hpa", USAGE_SEEDS, end_unix=1.7e9)
-    plan = make_plan(today, {u.service: u for u in usages}, source="simulated usage")
+    plan = make_plan(today, {u.service: u for u in usages}, method, source="simulated usage")
     planned = parse_model(Scenario, planned_data(raw, ROOT / path, ROOT / path, plan, "benchmarks/quality/plan.py"), name)
     sizes = []
     for svc, new in zip(today.services, planned.services):
@@ -159,12 +160,14 @@ def main() -> int:
     p.add_argument("--seed-base", type=int, default=10_000)
     p.add_argument("--json", default=None, help="write the results here (docs/planning.json)")
     p.add_argument("--cases", default=None, help="comma-separated case indices (default: all)")
+    p.add_argument("--percentile", type=float, default=Method().cpu_percentile, help="CPU target percentile")
     args = p.parse_args()
     seeds = list(range(args.seed_base, args.seed_base + args.seeds))
     chosen = [CASES[int(i)] for i in args.cases.split(",")] if args.cases else CASES
-    results = [run_case(*case, seeds=seeds) for case in chosen]
+    method = Method(cpu_percentile=args.percentile, upper_percentile=max(args.percentile, Method().upper_percentile))
+    results = [run_case(*case, seeds=seeds, method=method) for case in chosen]
     if args.json:
-        write_json(args.json, {"command": "python " + " ".join(sys.argv), "seeds": seeds, "usage_seeds": list(USAGE_SEEDS),
+        write_json(args.json, {"command": "python " + " ".join(sys.argv), "seeds": seeds, "usage_seeds": list(USAGE_SEEDS), "method": method.__dict__,
                                "results": results})
     print(table(results))
     return 0

@@ -50,21 +50,21 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any], console: Any) 
         pools: str | None = typer.Option(None, help="YAML with `pools:` the plan may choose from (default: the scenario's)"),
         out: str | None = typer.Option(None, help="planned scenario to write (default: <scenario>-planned.yaml beside it)"),
         report: str | None = typer.Option(None, help="plan report folder (default: reports/plan-<NAME>)"),
-        percentile: float = typer.Option(0.95, min=0.5, max=1.0, help="CPU target percentile of usage (the VPA's is 0.9)"),
+        percentile: float = typer.Option(0.98, min=0.5, max=1.0, help="CPU target percentile of usage (the VPA's is 0.9)"),
         margin: float = typer.Option(0.15, min=0.0, max=2.0, help="safety margin on CPU and memory (the VPA's 0.15)"),
         half_life_h: float = typer.Option(24.0, min=0.01, help="half-life of a usage sample's weight, hours (the VPA's 24)"),
         model: str | None = typer.Option(None, help="generalist to check the planned scenario against (default: models/general)"),
     ) -> None:
         """Right-size each service's replica from its usage history and pick the cheapest pool mix.
 
-        CPU: the VPA recommender's method, p95 of a decaying usage histogram + 15%; memory: the peak
+        CPU: the VPA recommender's method, p98 of a decaying usage histogram + 15%; memory: the peak
         working set + 15%. Writes the planned scenario, ready for `rlscale evaluate`.
         """
         from rlscale.assess.plan import Method
         from rlscale.assess.planning import lines, run_plan
 
         command = "rlscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        method = Method(cpu_percentile=percentile, upper_percentile=max(percentile, 0.99), margin=margin,
+        method = Method(cpu_percentile=percentile, upper_percentile=max(percentile, 0.995), margin=margin,
                         half_life_s=half_life_h * 3600.0)
         result, planned, folder, verdict = run_plan(scenario, usage, out, pools, report, method, model, command)
         for line in lines(result):

@@ -157,6 +157,9 @@ def planned_data(raw: dict[str, Any], source: Path, out: Path, plan: Plan, comma
         cpu, mem = planned_request(sc, plan, svc.name)
         replica = data["services"][i]["replica"]
         replica["cpu"], replica["memory_gib"] = float(f"{cpu:.6g}"), float(f"{mem:.6g}")
+        if svc.replica.gpus == 0 and svc.replica.cpu_used is None and cpu != svc.replica.cpu:
+            # the plan changes what is reserved, not what a replica does: it keeps serving as many requests at once
+            replica["cpu_used"] = svc.replica.cpu
         changes.append(f"{svc.name} {svc.replica.cpu:g}->{cpu:g} CPU, {svc.replica.memory_gib:g}->{mem:.4g} GiB")
         trace = data["services"][i].get("workload", {}).get("trace")
         if trace and not Path(trace).is_absolute() and source.parent.resolve() != out.parent.resolve():
