@@ -52,9 +52,17 @@ class PoolSpec(Strict):
 
 
 class ReplicaSpec(Strict):
-    cpu: float = Field(gt=0, le=1024)
+    """A replica's requests (what packing and cost see) and, optionally, what it really uses (``docs/PLANNING.md``)."""
+
+    cpu: float = Field(gt=0, le=1024, description="CPU request: reserved on the node whether used or not")
     memory_gib: float = Field(gt=0, le=65536)
     gpus: int = Field(default=0, ge=0, le=64)
+    cpu_used: float | None = Field(default=None, gt=0, le=1024, description=(
+        "cores a fully busy replica uses (a one-thread server: 1, whatever it requests); default: cpu. "
+        "It serves cpu_used / work_s requests/s; a request below it borrows the node's idle cores (no CPU limit), "
+        "and a node whose replicas use more cores than it has slows them all"))
+    memory_used_gib: float | None = Field(default=None, gt=0, le=65536, description=(
+        "peak working set of a busy replica; default: memory_gib (only simulated usage histories read it)"))
 
 
 class SloSpec(Strict):
@@ -129,8 +137,10 @@ class ServiceSpec(Strict):
 
     @property
     def servers_per_replica(self) -> float:
-        """Parallel servers inside a replica: its GPUs if it asks for any, else its vCPUs."""
-        return float(self.replica.gpus) if self.replica.gpus > 0 else self.replica.cpu
+        """Parallel servers inside a replica: its GPUs if it asks for any, else the cores it requests and can use."""
+        if self.replica.gpus > 0:
+            return float(self.replica.gpus)
+        return self.replica.cpu if self.replica.cpu_used is None else self.replica.cpu_used
 
     @property
     def wait_scale(self) -> float:
