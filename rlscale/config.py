@@ -392,6 +392,8 @@ class GeneralSpec(Strict):
         "share of training episodes with no history, so the policy learns the behaviour of a new service"))
     history_short_fraction: float = Field(default=0.15, ge=0, le=1, description=(
         "share of training episodes with one to two days of history (a service that has just started)"))
+    hold_steps: int = Field(default=1, ge=1, le=240, description=(
+        "with history: the network picks a level and a forecast use every this many intervals, held between"))
 
     @model_validator(mode="after")
     def _twin_options_need_the_twin(self) -> "GeneralSpec":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -12,6 +15,8 @@ from rlscale.policies.general import GeneralPolicy
 from rlscale.policies.relative import LEVELS, RelativeDecoder, RelativeObservation, ServiceTraits
 from rlscale.rollout import run_policy
 from rlscale.spaces import Metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DAY = 1440  # intervals of 60 s
 
@@ -211,3 +216,27 @@ def test_evaluation_with_history_hands_each_episode_its_past_and_hpa_is_unchange
         e.reset(i)
     e.give_history(g)
     assert seen == [DAY, DAY]
+
+
+def test_a_pick_holds_for_the_decision_period_while_the_decoder_runs_every_interval() -> None:
+    from rlscale.policies.network import ExportedPolicy
+    from test_serve_history import history_weights
+
+    sc = load_scenario("web-diurnal")
+    from rlscale.config import GeneralSpec
+    from rlscale.learn.general_eval import card_range
+
+    card = {"kind": "general", "range": card_range(GeneralSpec()),
+            "history": {"days": 7.0, "min_days": 1.0, "hold_steps": 3}}
+    policy = GeneralPolicy(ExportedPolicy(history_weights(), card, None, None), sc)  # type: ignore[arg-type]
+    calls: list[int] = []
+    import rlscale.policies.general as general
+
+    real = general.head_logits
+    general.head_logits = lambda *a: calls.append(1) or real(*a)  # type: ignore[assignment]
+    try:
+        for t in range(7):
+            policy.act(steady(1, 100.0 + 50 * t, 8.0, t))
+    finally:
+        general.head_logits = real  # type: ignore[assignment]
+    assert len(calls) == 3  # intervals 0, 3 and 6

@@ -167,6 +167,7 @@ class GeneralVecEnv(InProcessVecEnv):
         self.spec = spec if isinstance(spec, GeneralSpec) else parse_model(GeneralSpec, spec, "general")
         self.engines_n, self.clusters = engines, clusters
         self.history = policy_history(self.spec)
+        self.hold = int(self.history["hold_steps"]) if self.history else 1
         self.heads = len(nvec(self.history is not None))
         obs = spaces.Box(-CLIP, CLIP, shape=(n_features(self.history is not None),), dtype=np.float32)
         super().__init__(engines * clusters, obs, spaces.MultiDiscrete(nvec(self.history is not None)))
@@ -308,14 +309,22 @@ class GeneralVecEnv(InProcessVecEnv):
         for k in range(self.engines_n):
             eng, pol, ref = self._slots[k]
             act = self._actions[k * C : (k + 1) * C]
-            terms, truncated, reward = self._advance(eng, pol, act[:, :1], act[:, 1], ref,
-                                                     act[:, 2:3] if self.heads > 2 else None)
-            if self._twins[k] is not None:
-                twin_terms, twin_reward = self._twin_reward(k, ref)
-                reward = reward - twin_reward
-                if self.spec.twin_penalty == "excess":
-                    reward = reward + excess_credit(terms, twin_terms, self.multipliers)
-                self._account(terms, twin_terms)
+            reward = np.zeros(C)
+            for j in range(self.hold):  # the picks hold for the decision period; a rebalance is asked once
+                if j:
+                    pol.observe(eng.metrics())
+                verbs = act[:, 1] if j == 0 else np.zeros(C, dtype=np.int64)
+                terms, truncated, step_reward = self._advance(eng, pol, act[:, :1], verbs, ref,
+                                                              act[:, 2:3] if self.heads > 2 else None)
+                if self._twins[k] is not None:
+                    twin_terms, twin_reward = self._twin_reward(k, ref)
+                    step_reward = step_reward - twin_reward
+                    if self.spec.twin_penalty == "excess":
+                        step_reward = step_reward + excess_credit(terms, twin_terms, self.multipliers)
+                    self._account(terms, twin_terms)
+                reward = reward + step_reward
+                if truncated.all():
+                    break
             self._ep_reward[k] += reward
             self._ep_len[k] += 1
             obs = pol.observe(eng.metrics())

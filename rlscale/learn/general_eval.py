@@ -42,7 +42,7 @@ def policy_history(spec: GeneralSpec) -> dict[str, Any] | None:
     """The card's ``history`` section for a training spec; None for the history-free generalist."""
     if spec.history_days <= 0:
         return None
-    return {"days": spec.history_days, "min_days": 1.0}
+    return {"days": spec.history_days, "min_days": 1.0, "hold_steps": spec.hold_steps}
 
 
 EXCESS_FLOOR = 1e-3

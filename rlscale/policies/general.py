@@ -110,6 +110,8 @@ class GeneralPolicy:
             history = card_history(exported.card)
         self.exported = exported
         self.history = history
+        self.hold = int((history or {}).get("hold_steps", 1))
+        """Intervals a pick of the network holds (a decision period); the decoder still runs every interval."""
         """The card's history section; None: the history-free generalist (no history features, no forecast head)."""
         self.repack = repack
         self.drain = drain
@@ -128,6 +130,8 @@ class GeneralPolicy:
         uses = self.history is not None
         days = float(self.history.get("days", hist.DEFAULT_DAYS)) if uses else hist.DEFAULT_DAYS
         self.builder = RelativeObservation(self.traits, n, history=uses, history_days=days)
+        self._held: tuple[np.ndarray, np.ndarray | None] | None = None
+        self._since = 0
         self.decoder = RelativeDecoder(self.traits, n, history=uses)
         self.nodes.reset(n)
 
@@ -163,8 +167,14 @@ class GeneralPolicy:
         if self.exported is None:
             raise ValueError("GeneralPolicy without weights can only be driven through step_raw")
         rows = self.observe(metrics)
+        if self._held is not None and self._since < self.hold:
+            self._since += 1
+            return self.step_raw(metrics, self._held[0], np.zeros(metrics.n, dtype=np.int64), self._held[1])
         lv, rb, ah = head_logits(self.exported.weights, rows, metrics.n)
-        return self.step_raw(metrics, lv.argmax(axis=2), rb.argmax(axis=1), None if ah is None else ah.argmax(axis=2))
+        levels, ahead = lv.argmax(axis=2), None if ah is None else ah.argmax(axis=2)
+        if self.hold > 1:
+            self._held, self._since = (levels, ahead), 1
+        return self.step_raw(metrics, levels, rb.argmax(axis=1), ahead)
 
 
 class FixedSetting(GeneralPolicy):
