@@ -6,14 +6,13 @@ the same arrays and card fields ``rlscale.policies.ppo.load_exported`` reads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from rlscale.config import Scenario, load_scenario
-from rlscale.policies.network import CARD_FORMAT
+from rlscale.policies.network import PolicyWeights, write_exported
 from rlscale.spaces import ActionSpec, ObsSpec
 
 
@@ -42,20 +41,22 @@ def export_random_policy(
     arrays["obs_var"] = rng.uniform(0.5, 2.0, obs_spec.size)
     arrays["obs_clip"] = np.array(10.0)
     arrays["obs_eps"] = np.array(1e-8)
+    weights = PolicyWeights(
+        layers=tuple((arrays[f"pi_{i}_w"], arrays[f"pi_{i}_b"]) for i in range(len(hidden))),
+        action_w=arrays["action_w"], action_b=arrays["action_b"], obs_mean=arrays["obs_mean"], obs_var=arrays["obs_var"],
+        obs_clip=10.0, obs_eps=1e-8, activation=activation,
+    )
     root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    npz = root / "policy.npz"
-    np.savez(npz, **arrays)
     card = {
-        "format": CARD_FORMAT,
+        "name": root.name,
         "scenario": sc.name,
+        "scenario_config": json.loads(sc.model_dump_json()),
         "obs_spec": obs_spec.to_dict(),
+        "obs_features": obs_spec.feature_names(),
         "action_spec": action_spec.to_dict(),
-        "network": {"activation": activation, "layers": len(hidden)},
-        "policy_sha256": hashlib.sha256(npz.read_bytes()).hexdigest(),
-        "training": {"algorithm": "none (random weights for tests)", "seed": seed, "timesteps": 0},
+        "training": {"checkpoint": "none (random weights for tests)", "seed": seed, "timesteps": 0},
         "evaluation": {},
         "versions": {"numpy": np.__version__},
     }
-    (root / "card.json").write_text(json.dumps(card, indent=2))
+    write_exported(root, weights, card)
     return root
