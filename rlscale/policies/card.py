@@ -92,8 +92,8 @@ class ActionSpecSection(Section):
 
     @model_validator(mode="after")
     def _bounds(self) -> "ActionSpecSection":
-        _same_length("min_replicas", self.min_replicas, "n_services", self.n_services)
-        _same_length("max_replicas", self.max_replicas, "n_services", self.n_services)
+        _same_length("min_replicas", self.min_replicas, "services (n_services)", self.n_services)
+        _same_length("max_replicas", self.max_replicas, "services (n_services)", self.n_services)
         for i, (lo, hi) in enumerate(zip(self.min_replicas, self.max_replicas)):
             if lo > hi:
                 raise ValueError(f"min_replicas[{i}] ({lo}) exceeds max_replicas[{i}] ({hi})")
@@ -154,7 +154,9 @@ class TrainingSection(Section):
     seed: int = Field(ge=0, lt=2**32)
     timesteps: int = Field(ge=0, le=10**12)
     n_timesteps: int | None = Field(default=None, ge=1, le=10**12, description="what the run was asked to train")
+    run_timesteps: int | None = Field(default=None, ge=0, le=10**12, description="how far the run got (its last checkpoint)")
     complete: bool | None = Field(default=None, description="false: exported from a run interrupted before n_timesteps")
+    validation_score: float | None = Field(default=None, ge=-1e15, le=1e15, description="the checkpoint's validation score")
 
 
 Metric = Annotated[float, Field(ge=-1e15, le=1e15)] | None
