@@ -107,7 +107,7 @@ SPECIALIST = [
     ("scenario_config.services[0].max_replicas", {"scenario_config.services.0.max_replicas": 0}),
     ("scenario_config", {"scenario_config": "x"}),
     ("training.timesteps", {"training.timesteps": -5}),
-    ("training.config.randomisation", {"training.config.randomisation.scale": [2.0, 1.0]}),
+    ("training.config.randomisation: scale", {"training.config.randomisation": {"scale": [2.0, 1.0]}}),
     ("training.config.randomise", {"training.config.randomise": "yes"}),
     ("evaluation.cost_vs_hpa", {"evaluation.cost_vs_hpa": "cheap"}),
     ("evaluation.held_out_seeds.0", {"evaluation.held_out_seeds": [-1]}),
