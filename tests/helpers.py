@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,3 +61,16 @@ def export_random_policy(
     }
     write_exported(root, weights, card)
     return root
+
+
+def general_card(ranges: dict[str, list[float]]) -> dict[str, Any]:
+    """The fields of a generalist card besides the network and checksums (``write_exported`` adds those)."""
+    from rlscale.policies import relative
+
+    return {
+        "name": "general", "kind": "general", "obs_features": list(relative.FEATURES),
+        "action": {"levels": list(relative.LEVELS), "rebalance": ["none", "consolidate", "spread"], "u_max": relative.U_MAX,
+                   "tolerance": relative.TOLERANCE, "down_window_steps": relative.DOWN_WINDOW_STEPS},
+        "range": ranges, "training": {"checkpoint": "none (random weights for tests)", "seed": 0, "timesteps": 0},
+        "evaluation": {}, "versions": {"numpy": np.__version__},
+    }
