@@ -21,6 +21,6 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
 bench: $(STAMP)
-	$(PY) benchmarks/sim_throughput.py
-	$(PY) benchmarks/train_speed.py
-	$(PY) benchmarks/decide_latency.py
+	$(PY) benchmarks/perf/sim_throughput.py
+	$(PY) benchmarks/perf/train_speed.py
+	$(PY) benchmarks/perf/decide_latency.py

@@ -106,6 +106,7 @@ def simulate(
     steps: int | None = typer.Option(None, min=1, max=MAX_STEPS, help="decision intervals (default: the scenario's episode)"),
     seed: int = typer.Option(10_000, min=0, max=MAX_SEED, help="episode seed (10000 and up: never used in training)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    history_days: float | None = typer.Option(None, min=0.0, max=14.0, help="days before each episode a policy that reads history gets (default: what its card asks for; 1 plays a new service)"),
 ) -> None:
     """Run one policy on one seeded episode: cost, SLO violations, drops, utilisation, scaling actions.
 
@@ -118,7 +119,7 @@ def simulate(
 
     sc = load_scenario(scenario)
     pol = make_policy(policy, sc)
-    result = run_policy(sc, pol, [seed], steps=steps)
+    result = run_policy(sc, pol, [seed], steps=steps, history_days=history_days)
     values = result.mean()
     n_steps = steps or sc.episode_steps
     values["scaling_actions_per_hour"] = per_hour(values["scaling_actions"], n_steps, sc.step_s)
@@ -306,8 +307,11 @@ def serve(
     keda_grpc: str | None = typer.Option(None, help="also serve the decisions as a KEDA external scaler (gRPC) on HOST:PORT, e.g. 127.0.0.1:9090"),
     keda_tls: str | None = typer.Option(None, help="folder with tls.crt, tls.key and ca.crt: mTLS for --keda-grpc (needed off loopback)"),
     force: bool = typer.Option(False, "--force", help="let --summary replace a file that is not an rlscale summary"),
+    history: str | None = typer.Option(None, help="a policy that reads history: each service's past demand from a CSV (timestamp,<service>...) or prometheus=URL (with --history-service); default on sim: the simulator's own days before the episode"),
+    history_days: float = typer.Option(7.0, min=0.0, max=14.0, help="days of history to load (at most 14)"),
+    history_service: list[str] = typer.Option([], help="with --history prometheus=URL: a service.yaml whose queries.arrivals_rps is that service's request rate (repeat per service)"),
 ) -> None:
-    """Serve a policy: control loop over a cluster + HTTP API (/v1/decide, /healthz, /metrics), with guard rails and an audit log."""
+    """Serve a policy: control loop over a cluster + HTTP API (/v1/decide, /v1/status, /healthz, /metrics), with guard rails and an audit log."""
     from pathlib import Path
 
     from rlscale.controller.serve import ServeOptions
@@ -322,6 +326,7 @@ def serve(
         scale_down_cooldown=scale_down_cooldown, stale_after=stale_after, run_dir=run_dir,
         token_file=token_file, fallback_only=fallback_only, audit_max_bytes=audit_max_bytes, audit_keep=audit_keep,
         cluster_config=cluster_config, take_over=take_over, keda_grpc=keda_grpc, keda_tls=keda_tls, force=force,
+        history=history, history_days=history_days, history_services=tuple(history_service),
     ))
     raise typer.Exit(code)
 
@@ -426,6 +431,7 @@ def evaluate(
     tune: bool = typer.Option(False, "--tune", help="first sweep HPA and predictive settings on the same seeds and add "
                               "the best tuned rule (cheapest within default HPA's SLO violations and drops), and the best "
                               "within 2x HPA's scaling actions and rebalances when that is another"),
+    history_days: float | None = typer.Option(None, min=0.0, max=14.0, help="days before each episode a policy that reads history gets (default: what its card asks for; 1 plays a new service)"),
 ) -> None:
     """Evaluate policies on the same held-out episodes: table, TensorBoard runs, report (Markdown, JSON, PNG).
 
@@ -435,7 +441,8 @@ def evaluate(
     from rlscale.evaluation.demo import run_evaluation
 
     run_evaluation(console, scenario, policies, seeds=seeds, seed_base=seed_base, steps=steps, trace=trace,
-                   trace_column=trace_column, logdir=logdir, report=report, workers=workers, tune=tune)
+                   trace_column=trace_column, logdir=logdir, report=report, workers=workers, tune=tune,
+                   history_days=history_days)
 
 
 @app.command(short_help='The main job: the shipped policy against HPA and the oracle.')

@@ -66,9 +66,17 @@ class PoolSpec(Strict):
 
 
 class ReplicaSpec(Strict):
-    cpu: float = Field(gt=0, le=1024)
+    """A replica's requests (what packing and cost see) and, optionally, what it really uses (``docs/PLANNING.md``)."""
+
+    cpu: float = Field(gt=0, le=1024, description="CPU request: reserved on the node whether used or not")
     memory_gib: float = Field(gt=0, le=65536)
     gpus: int = Field(default=0, ge=0, le=64)
+    cpu_used: float | None = Field(default=None, gt=0, le=1024, description=(
+        "cores a fully busy replica uses (a one-thread server: 1, whatever it requests); default: cpu. "
+        "It serves cpu_used / work_s requests/s; a request below it borrows the node's idle cores (no CPU limit), "
+        "and a node whose replicas use more cores than it has slows them all"))
+    memory_used_gib: float | None = Field(default=None, gt=0, le=65536, description=(
+        "peak working set of a busy replica; default: memory_gib (only simulated usage histories read it)"))
 
 
 class SloSpec(Strict):
@@ -149,8 +157,10 @@ class ServiceSpec(Strict):
 
     @property
     def servers_per_replica(self) -> float:
-        """Parallel servers inside a replica: its GPUs if it asks for any, else its vCPUs."""
-        return float(self.replica.gpus) if self.replica.gpus > 0 else self.replica.cpu
+        """Parallel servers inside a replica: its GPUs if it asks for any, else the cores it requests and can use."""
+        if self.replica.gpus > 0:
+            return float(self.replica.gpus)
+        return self.replica.cpu if self.replica.cpu_used is None else self.replica.cpu_used
 
     @property
     def wait_scale(self) -> float:
@@ -500,6 +510,8 @@ class GeneralSpec(Strict):
     w_churn: float = Field(default=0.05, ge=0, le=1e6)
     rule_twin: bool = Field(default=False, description="reward relative to the start-level rule on the same episode (a baseline)")
     start_level: int = Field(default=4, ge=0, le=7, description="index into the target levels the fresh policy is biased to (4: 72%)")
+    start_preference: float = Field(default=4.0, ge=0, le=20, description=(
+        "logit bias of the fresh policy towards start_level (4: the other levels are drawn ~1.6% of the time each)"))
     scenarios: list[str] = Field(
         default=[], max_length=64, description="single-service scenarios (envs/ names) drawn in place of a random cluster, on training seeds")
     scenario_fraction: float = Field(default=0.0, ge=0, le=1, description="share of slot draws that use one of `scenarios`")
@@ -509,6 +521,14 @@ class GeneralSpec(Strict):
         default=None, description="adapt w_slo and w_drop so the policy's rates match the rule twin's (needs rule_twin)")
     ranges: GeneralRanges = GeneralRanges()
     validation: list[str] = Field(default=["web-diurnal", "flash-crowd", "mixed-pools", "ml-platform"], min_length=1, max_length=64)
+    history_days: float = Field(default=0.0, ge=0, le=14, description=(
+        "days of each service's past demand every decision reads (DESIGN.md section 15); 0: the history-free policy"))
+    history_none_fraction: float = Field(default=0.15, ge=0, le=1, description=(
+        "share of training episodes with no history, so the policy learns the behaviour of a new service"))
+    history_short_fraction: float = Field(default=0.15, ge=0, le=1, description=(
+        "share of training episodes with one to two days of history (a service that has just started)"))
+    hold_steps: int = Field(default=1, ge=1, le=240, description=(
+        "with history: the network picks a level and a forecast use every this many intervals, held between"))
 
     @model_validator(mode="after")
     def _twin_options_need_the_twin(self) -> "GeneralSpec":

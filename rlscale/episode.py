@@ -121,6 +121,7 @@ class ClusterEpisodes:
         randomise: bool = False,
         trace: np.ndarray | None = None,
         sampler: Callable[[np.random.Generator, int, float, float], np.ndarray] | None = None,
+        history_days: float = 0.0,
     ) -> None:
         self.scenario = load_scenario(scenario)
         self.sampler = sampler
@@ -135,7 +136,11 @@ class ClusterEpisodes:
         self.decoder = ActionDecoder(self.action_spec)
         S = len(self.scenario.services)
         self.arrivals = np.zeros((n, self.episode_steps + 1, S))
+        self.history_steps = int(round(history_days * SECONDS_PER_DAY / self.scenario.step_s))
+        self.history = np.full((n, self.history_steps, S), np.nan)
+        """``[n, H, S]`` demand of the intervals before each episode (DESIGN.md section 15), oldest first."""
         self.step_index = np.zeros(n, dtype=np.int64)
+        self.start_s = np.zeros(n)
         # arrivals[i, max(step_index[i] - 1, 0)]: the rate of the interval just past, kept by step_action and reset
         self._past_arrivals = np.zeros((n, S))
         self.rngs: list[np.random.Generator] = [np.random.default_rng(i) for i in range(n)]
@@ -157,24 +162,39 @@ class ClusterEpisodes:
         sc = self.scenario
         day = int(rng.integers(7)) if sc.randomisation.random_start_day else 0
         start_s = day * SECONDS_PER_DAY
+        H = self.history_steps
+        # the history's own stream: an episode's draws are the same with or without its history
+        past_rng = np.random.Generator(rng.bit_generator.jumped()) if H else rng
         if self.sampler is not None:
-            self.arrivals[index] = self.sampler(rng, self.episode_steps + 1, sc.step_s, start_s)
+            full = self.sampler(rng, H + self.episode_steps + 1, sc.step_s, start_s - H * sc.step_s)
+            self.arrivals[index] = full[H:]
+            self.history[index] = full[:H]
         for j, svc in enumerate(sc.services if self.sampler is None else ()):
             spec = workload.randomise(svc.workload, sc.randomisation, rng) if self.randomise else svc.workload
             if self.fixed_trace is not None:
                 self.arrivals[index, :, j] = self.fixed_trace[: self.episode_steps + 1, j]
             else:
                 self.arrivals[index, :, j] = workload.generate(spec, self.episode_steps + 1, sc.step_s, rng, start_s)
+                if H:
+                    self.history[index, :, j] = workload.generate(spec, H, sc.step_s, past_rng, start_s - H * sc.step_s)
         key = int(rng.integers(0, 2**63 - 1))
         initial = np.ceil(self.arrivals[index, 0] / (self._replica_rps * INITIAL_UTILISATION))
         initial = np.clip(initial, self._min, self._max).astype(np.int64)
         self.sim.reset(index, key, initial, start_s)
+        self.start_s[index] = start_s
         self.sim.out_s[index, :, K.O_UTIL] = np.minimum(1.0, self.arrivals[index, 0] / (initial * self._replica_rps))
         self.step_index[index] = 0
         past = self._past_arrivals.copy()  # a new array: a Metrics handed out before keeps its values
         past[index] = self.arrivals[index, 0]
         self._past_arrivals = past
         self.builder.reset(np.arange(self.n) == index)
+
+    def give_history(self, policy: object) -> None:
+        """Hand each cluster's past to a policy that reads history (``load_history``); others ignore it."""
+        load = getattr(policy, "load_history", None)
+        if self.history_steps and callable(load):
+            for i in range(self.n):
+                load(i, self.history[i], float(self.start_s[i]) - self.scenario.step_s)
 
     def current_arrivals(self) -> np.ndarray:
         return self.arrivals[self._rows, self.step_index]

@@ -86,13 +86,24 @@ def run_policy(
     trace: np.ndarray | None = None,
     record: bool = False,
     on_step: Callable[[int], None] | None = None,
+    history_days: float | None = None,
 ) -> Rollout:
-    """Play ``policy`` on one episode per seed (evaluation: no workload randomisation)."""
-    engine = ClusterEpisodes(scenario, len(seeds), episode_steps=steps, randomise=False, trace=trace)
+    """Play ``policy`` on one episode per seed (evaluation: no workload randomisation).
+
+    With ``history_days`` each episode carries the days before its start (the
+    same generator's warm-up days, or a trace's preceding days), handed to a
+    policy that reads history; the episodes themselves are the same as without.
+    None: the days the policy's card asks for (0 for a policy without history).
+    """
+    if history_days is None:  # a policy that reads history gets the days its card asks for
+        history_days = float((getattr(policy, "history", None) or {}).get("days", 0.0))
+    engine = ClusterEpisodes(scenario, len(seeds), episode_steps=steps, randomise=False, trace=trace,
+                             history_days=history_days)
     for i, seed in enumerate(seeds):
         engine.seed(i, seed)
         engine.reset(i)
     policy.reset(len(seeds))
+    engine.give_history(policy)
     n, T = len(seeds), engine.episode_steps
     prepare = getattr(policy, "prepare", None)
     if callable(prepare):

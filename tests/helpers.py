@@ -63,12 +63,15 @@ def export_random_policy(
     return root
 
 
-def general_card(ranges: dict[str, list[float]]) -> dict[str, Any]:
+def general_card(ranges: dict[str, list[float]], history: dict[str, Any] | None = None) -> dict[str, Any]:
     """The fields of a generalist card besides the network and checksums (``write_exported`` adds those)."""
+    from rlscale.policies import history as hist
     from rlscale.policies import relative
 
     return {
-        "name": "general", "kind": "general", "obs_features": list(relative.FEATURES),
+        **({"history": history} if history else {}),
+        "name": "general", "kind": "general",
+        "obs_features": list(relative.FEATURES) + (list(hist.FEATURES) if history else []),
         "action": {"levels": list(relative.LEVELS), "rebalance": ["none", "consolidate", "spread"], "u_max": relative.U_MAX,
                    "tolerance": relative.TOLERANCE, "down_window_steps": relative.DOWN_WINDOW_STEPS},
         "range": ranges, "training": {"checkpoint": "none (random weights for tests)", "seed": 0, "timesteps": 0},

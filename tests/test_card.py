@@ -137,6 +137,10 @@ GENERALIST = [
     ("obs_features", {"obs_features": []}),
     ("network.layers", {"network.layers": 33}),
     ("training.seed", {"training.seed": -1}),
+    ("history.days", {"history": {"days": 0}}),
+    ("history: min_days (9) exceeds days (7)", {"history": {"days": 7, "min_days": 9}}),
+    ("history.hold_steps", {"history": {"days": 7, "hold_steps": "2"}}),
+    ("obs_features: not this rlscale's generalist features with history", {"history": {"days": 7}}),
 ]
 
 CASES = [("web-diurnal", m, e) for m, e in SPECIALIST] + [("general", m, e) for m, e in GENERALIST]

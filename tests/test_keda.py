@@ -18,8 +18,8 @@ from rlscale.controller.externalscaler import externalscaler_pb2 as pb
 from rlscale.controller.externalscaler import externalscaler_pb2_grpc as pb_grpc
 from rlscale.controller.keda import METRIC_NAME, DecisionBoard, KedaServer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from keda_getmetrics import poll  # noqa: E402  (the benchmark's pollers: one load for the test and the benchmark)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.perf.keda_getmetrics import poll  # noqa: E402  (the benchmark's pollers: one load for the test and the benchmark)
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO = "rlscale/controller/externalscaler/externalscaler.proto"
@@ -132,7 +132,7 @@ def test_serve_sim_answers_keda_with_the_loops_decisions_and_fast(tmp_path: Path
                 assert value.metricValueFloat in decided[-3:]
                 seen.append(value.metricValue)
                 time.sleep(0.3)
-        latencies = sorted(asyncio.run(poll(port, objects=100, seconds=4.0, period=0.5)))  # benchmarks/keda_getmetrics.py
+        latencies = sorted(asyncio.run(poll(port, objects=100, seconds=4.0, period=0.5)))  # benchmarks/perf/keda_getmetrics.py
         p99 = latencies[int(0.99 * (len(latencies) - 1))]
         print(f"GetMetrics with 100 ScaledObjects: {len(latencies)} calls, p50 {latencies[len(latencies) // 2] * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms")
         assert len(latencies) > 500

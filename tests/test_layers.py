@@ -136,3 +136,23 @@ def test_serving_rooms_import_nothing_of_training(room):
     bad = sorted(f"{a} -> {b}" for a, targets in _edges().items() if _room(a) == room
                  for b in targets if _room(b) in training)
     assert bad == []
+
+
+def _imported_names(path: Path) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.append(node.module or "")
+    return names
+
+
+def test_no_test_benchmark_or_module_imports_a_trial_kept_for_the_record():
+    """``experiments/`` is a record: nothing the suite, a benchmark or the package runs may depend on it."""
+    project = ROOT.parent
+    trials = {"experiments", *(p.stem for p in (project / "experiments").glob("*.py") if p.stem != "__init__")}
+    users = [*(project / "tests").rglob("*.py"), *(project / "benchmarks").rglob("*.py"), *ROOT.rglob("*.py")]
+    found = [f"{p.relative_to(project)} imports {n}" for p in users for n in _imported_names(p) if n.split(".")[0] in trials]
+    assert not found, found
+    assert not [p for p in ROOT.rglob("*.py") if any(n.split(".")[0] == "benchmarks" for n in _imported_names(p))]

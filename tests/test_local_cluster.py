@@ -326,8 +326,8 @@ def test_the_simulators_hot_spot_on_a_calibrated_scenario_is_the_measured_one_no
 
 
 def test_the_like_for_like_prediction_replays_the_load_generators_own_day_per_interval():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from local_cluster import replayed_day
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.quality.local_cluster import replayed_day
 
     sc = skeleton(LocalSettings(), 5.0, 8, 0.25)
     p = plan("web-diurnal", 240.0, 360.0, 100.0, seed=0)
@@ -339,8 +339,8 @@ def test_the_like_for_like_prediction_replays_the_load_generators_own_day_per_in
 
 def test_the_replayed_day_reports_the_room_any_policy_has_on_it():
     """A worker-seconds target must be checked against the oracle on the same rates, not taken on faith."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from local_cluster import replay_prediction
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.quality.local_cluster import replay_prediction
 
     sc = load_scenario(str(Path(__file__).resolve().parents[1] / "envs" / "local.yaml"))
     out = replay_prediction(sc, ["hpa", "static"], 240.0, 360.0, 100.0, 0)

@@ -28,7 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))  # benchmarks.docs.readme
 
 TINY_TRAINING = (
     "# the README's config, shortened by tests/test_readme.py\n"
@@ -128,16 +128,16 @@ def workspace(tmp: Path) -> Path:
 
 
 def test_the_readmes_generated_blocks_match_the_code() -> None:
-    from readme import render
+    from benchmarks.docs.readme import render
 
     text = README.read_text()
     assert "<!-- begin generated: results" in text and "<!-- begin generated: simulate" in text
     _, changed = render(text)
-    assert not changed, f"README.md drifted from the code in {changed}: run python benchmarks/readme.py"
+    assert not changed, f"README.md drifted from the code in {changed}: run python benchmarks/docs/readme.py"
 
 
 def test_the_results_table_reports_churn_next_to_hpas() -> None:
-    from readme import results_block
+    from benchmarks.docs.readme import results_block
 
     head, _, *rows = results_block().splitlines()
     assert head.split(" | ")[-2:] == ["PPO actions/h", "HPA actions/h |"]

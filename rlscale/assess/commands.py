@@ -1,4 +1,4 @@
-"""The ``rlscale assess | shadow | shadow-report`` commands, registered on the CLI's Typer app by ``rlscale.cli``.
+"""The ``rlscale assess | plan | shadow | shadow-report`` commands, registered on the CLI's Typer app by ``rlscale.cli``.
 
 They live here so the CLI module only wires them in; the work is in
 ``rlscale.assess`` and ``rlscale.evaluation.shadow_report``, imported when a
@@ -16,7 +16,7 @@ import typer
 
 
 def register(app: typer.Typer, user_errors: Callable[[Any], Any], console: Any) -> None:
-    """Add the three commands to ``app``; ``user_errors`` turns ConfigError into one line and exit code 2."""
+    """Add the four commands to ``app``; ``user_errors`` turns ConfigError into one line and exit code 2."""
 
     @app.command()
     @user_errors
@@ -44,6 +44,37 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any], console: Any) 
 
     @app.command()
     @user_errors
+    def plan(
+        scenario: str = typer.Option(..., help="the scenario to right-size (e.g. the one `rlscale assess` wrote)"),
+        usage: str | None = typer.Option(None, help="per-replica usage CSV (default: <scenario>-usage.csv beside it)"),
+        pools: str | None = typer.Option(None, help="YAML with `pools:` the plan may choose from (default: the scenario's)"),
+        out: str | None = typer.Option(None, help="planned scenario to write (default: <scenario>-planned.yaml beside it)"),
+        report: str | None = typer.Option(None, help="plan report folder (default: reports/plan-<NAME>)"),
+        percentile: float = typer.Option(0.98, min=0.5, max=1.0, help="CPU target percentile of usage (the VPA's is 0.9)"),
+        margin: float = typer.Option(0.15, min=0.0, max=2.0, help="safety margin on CPU and memory (the VPA's 0.15)"),
+        half_life_h: float = typer.Option(24.0, min=0.01, max=24 * 366.0, help="half-life of a usage sample's weight, hours (the VPA's 24)"),
+        model: str | None = typer.Option(None, help="generalist to check the planned scenario against (default: models/general)"),
+    ) -> None:
+        """Right-size each service's replica from its usage history and pick the cheapest pool mix.
+
+        CPU: the VPA recommender's method, p98 of a decaying usage histogram + 15%; memory: the peak
+        working set + 15%. Writes the planned scenario, ready for `rlscale evaluate`.
+        """
+        from rlscale.assess.plan import Method
+        from rlscale.assess.planning import lines, run_plan
+
+        command = "rlscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        method = Method(cpu_percentile=percentile, upper_percentile=max(percentile, 0.995), margin=margin,
+                        half_life_s=half_life_h * 3600.0)
+        result, planned, folder, verdict = run_plan(scenario, usage, out, pools, report, method, model, command)
+        for line in lines(result):
+            console.print(line, markup=False, highlight=False)
+        console.print(f"generalist: {verdict}", markup=False, highlight=False)
+        console.print(f"wrote {planned}; report {folder / 'plan.md'}; compare: rlscale evaluate --scenario {scenario} "
+                      f"--policies hpa,ppo:models/general and the same with --scenario {planned}", markup=False, highlight=False)
+
+    @app.command()
+    @user_errors
     def shadow(
         prometheus: str = typer.Option(..., help="Prometheus base URL of the running service"),
         config: str = typer.Option(..., help="the service.yaml used for assess"),
@@ -67,6 +98,7 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any], console: Any) 
     def shadow_report(
         audit: str = typer.Argument(..., help="the audit log `rlscale shadow` wrote"),
         out: str | None = typer.Option(None, help="report folder (default: <audit>-report beside the log)"),
+        planned: str | None = typer.Option(None, help="a planned scenario (`rlscale plan`): the same runs with its sizes"),
     ) -> None:
         """Report a shadow run: what the policy would have cost.
 
@@ -75,7 +107,7 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any], console: Any) 
         """
         from rlscale.evaluation.shadow_report import write_report
 
-        folder, data = write_report(audit, out)
+        folder, data = write_report(audit, out, planned=planned)
         for label, m in data["estimates"].items():
             if "error" in m:
                 console.print(f"{label}: {m['error']}", markup=False, highlight=False)

@@ -40,6 +40,15 @@ def assess(prometheus: str, config_path: str | Path, days: float, out: str | Pat
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"assess: reading {iso(start)}..{iso(stop)} from {prometheus} every {config.history.step_s:g} s")
     history = fetch(config, client, start, stop, source=str(config_path), progress=lambda name: say(f"  query {name}"))
+    from rlscale.assess.usage import fetch_usage, write_usage
+
+    say("  query usage (cpu_cores, memory_bytes)")
+    usage, usage_notes = fetch_usage(config, client, history.t, history.step_s, str(config_path))
+    usage_path = out_path.with_name(f"{out_path.stem}-usage.csv")
+    if usage is not None:
+        usage_notes.append(f"usage: {usage.size} replica-intervals written to {usage_path.name}; "
+                           f"size the replica with `rlscale plan --scenario {out_path}`")
+    history.notes += usage_notes
     say(f"assess: {history.size} intervals ({int(history.filled.sum())} filled); fitting")
     last = [0.0]
 
@@ -52,6 +61,8 @@ def assess(prometheus: str, config_path: str | Path, days: float, out: str | Pat
     report_dir = Path(report) if report is not None else Path("reports") / f"assess-{out_path.stem}"
     source = {"prometheus": prometheus, "config": str(config_path), "days": days, "end_unix": stop}
     try:
+        if usage is not None:
+            write_usage(usage_path, [usage])
         scenario = write_all(config, fit, history, out_path, report_dir, command, source)
     except OSError as err:
         raise ConfigError(f"--out {out}: cannot write ({err.strerror or err})") from None

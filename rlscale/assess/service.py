@@ -15,6 +15,12 @@ series per replica whose value is the seconds from its creation to ready,
 e.g. ``kube_pod_status_ready_time - on(pod) kube_pod_created`` on
 Kubernetes: the cold-start estimate), ``nodes`` (node count: the
 provisioning-delay estimate).
+
+Usage, for ``rlscale plan`` (optional; one series **per replica**, not a sum):
+``cpu_cores`` (cores used, e.g. ``sum by (pod) (rate(container_cpu_usage_seconds_total{container="api"}[{window}]))``
+from cAdvisor) and ``memory_bytes`` (working set, e.g. ``sum by (pod)
+(container_memory_working_set_bytes{container="api"})``); ``rlscale.assess.usage``
+reads them, and a missing one is a note in the fit report, not a failure.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pydantic import Field, model_validator
 from rlscale.config import ConfigError, RewardSpec, SloSpec, Strict, parse_model, read_yaml
 
 REQUIRED = ("arrivals_rps", "ready", "latency_p95_s")
-OPTIONAL = ("utilisation", "desired", "backlog", "dropped", "cold_start_s", "nodes")
+OPTIONAL = ("utilisation", "desired", "backlog", "dropped", "cold_start_s", "nodes", "cpu_cores", "memory_bytes")
 
 
 class Queries(Strict):
@@ -42,6 +48,8 @@ class Queries(Strict):
     dropped: str | None = Field(default=None, max_length=4096, description="requests failed or dropped in the interval")
     cold_start_s: str | None = Field(default=None, max_length=4096, description="per replica: seconds from its creation to ready")
     nodes: str | None = None
+    cpu_cores: str | None = Field(default=None, description="per replica (one series each): CPU cores used")
+    memory_bytes: str | None = Field(default=None, description="per replica (one series each): memory working set, bytes")
 
 
 class ReplicaShape(Strict):

@@ -29,10 +29,11 @@ class SimulatedCluster:
     without acting (dry-run), since here time only moves when the engine steps.
     """
 
-    def __init__(self, scenario: Scenario | str, seed: int = 0, steps: int | None = None, speedup: float = 60.0) -> None:
+    def __init__(self, scenario: Scenario | str, seed: int = 0, steps: int | None = None, speedup: float = 60.0,
+                 history_days: float = 0.0) -> None:
         if not speedup > 0:
             raise ConfigError(f"--speedup {speedup}: expected a factor > 0")
-        self.engine = ClusterEpisodes(scenario, 1, episode_steps=steps, randomise=False)
+        self.engine = ClusterEpisodes(scenario, 1, episode_steps=steps, randomise=False, history_days=history_days)
         self.engine.seed(0, seed)
         self.engine.reset(0)
         self.scenario = self.engine.scenario
@@ -43,6 +44,12 @@ class SimulatedCluster:
         self._services = [s.name for s in self.scenario.services]
         self._slo = np.array([s.slo_target_s for s in self.scenario.services])
         self._totals = EpisodeTotals(1)
+
+    def past(self) -> tuple[np.ndarray, float] | None:
+        """The episode's days before its start ``[H, S]`` and the end of their last interval (None without)."""
+        if not self.engine.history_steps:
+            return None
+        return self.engine.history[0].copy(), float(self.engine.start_s[0]) - self.step_s
 
     def services(self) -> list[str]:
         return list(self._services)

@@ -278,6 +278,11 @@ def create_app(
         state = "ok" if health is None or health["ok"] else "degraded"
         return {"status": state, **(status() if status is not None else {}), **({} if health is None else {"audit": health})}
 
+    @app.get("/v1/status")
+    async def status_view() -> dict[str, Any]:
+        """The control loop and what the policy knows of each service's past (history or history-free)."""
+        return status() if status is not None else {}
+
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(telemetry.exposition(), media_type=telemetry.content_type)

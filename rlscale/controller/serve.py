@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from rlscale.atomic import check_output_file, finite, write_json, write_output_json
 from rlscale.config import ConfigError, Scenario, load_scenario
 from rlscale.controller.audit import KEEP as AUDIT_KEEP
@@ -73,6 +75,9 @@ class ServeOptions:
     audit_max_bytes: int = AUDIT_MAX_BYTES
     audit_keep: int = AUDIT_KEEP
     force: bool = False
+    history: str | None = None
+    history_days: float = 7.0
+    history_services: tuple[str, ...] = ()
 
 
 TOKEN_FILE_LIMIT = 4096
@@ -201,12 +206,15 @@ def local_settings(interval: float) -> Any:
     return LocalSettings(interval_s=interval)
 
 
-def open_cluster(opts: ServeOptions, scenario: Scenario, interval: float) -> Any:
-    """The cluster the loop drives (None for ``--cluster none``); the local one is running and ready when this returns."""
+def open_cluster(opts: ServeOptions, scenario: Scenario, interval: float, history_days: float = 0.0) -> Any:
+    """The cluster the loop drives (None for ``--cluster none``); the local one is running and ready when this returns.
+
+    ``history_days``: the simulated cluster's episode carries that many days before it (a policy that reads history).
+    """
     if opts.cluster == "sim":
         from rlscale.clusters.simulated import SimulatedCluster
 
-        return SimulatedCluster(scenario, seed=opts.seed, steps=opts.steps, speedup=opts.speedup)
+        return SimulatedCluster(scenario, seed=opts.seed, steps=opts.steps, speedup=opts.speedup, history_days=history_days)
     if opts.cluster == "local":
         from rlscale.clusters.local import open_local_cluster
         from rlscale.clusters.local.supervisor import attach
@@ -227,6 +235,43 @@ def open_cluster(opts: ServeOptions, scenario: Scenario, interval: float) -> Any
         cluster.taken_over = hpas
         return cluster
     return None
+
+
+def served_history(opts: ServeOptions, scenario: Scenario, interval: float, policy: Any, cluster: Any) -> dict[str, Any]:
+    """Hand a policy that reads history its past (``--history``, or the simulator's own warm-up days) and say
+    what it has: the status ``/v1/status``, the gauge and the audit log report (DESIGN.md section 15)."""
+    from rlscale.controller import history as served
+
+    services = tuple(s.name for s in scenario.services)
+    if getattr(policy, "history", None) is None or not callable(getattr(policy, "load_history", None)):
+        if opts.history:
+            raise ConfigError(f"--history: the policy {opts.policy or opts.model!r} reads no history")
+        return served.history_status(None, services)
+    if not 0 < opts.history_days <= 14:
+        raise ConfigError(f"--history-days {opts.history_days:g}: expected more than 0 and at most 14")
+    now = float(cluster.now()) if cluster is not None else time.time()
+    past: tuple[np.ndarray, float] | None = None
+    if opts.history and opts.history.startswith("prometheus="):
+        from rlscale.assess.service import load_service
+
+        queries = {}
+        for path in opts.history_services:
+            svc = load_service(path)
+            queries[svc.service] = svc.queries.arrivals_rps
+        missing = [s for s in services if s not in queries]
+        if missing:
+            raise ConfigError(f"--history prometheus: no --history-service file for service(s) {', '.join(missing)}")
+        got = served.fetch_history_prometheus(opts.history.partition("=")[2], queries, services, interval,
+                                              opts.history_days, now)
+        past = (got.series, now - interval)
+    elif opts.history:
+        got = served.read_history_csv(opts.history, services, interval, opts.history_days)
+        past = (got.series, now - interval)
+    elif cluster is not None and callable(getattr(cluster, "past", None)):
+        past = cluster.past()
+    if past is not None:
+        policy.load_history(0, past[0], past[1])
+    return served.history_status(policy.history_days(), services)
 
 
 def describe_local(cluster: Any) -> dict[str, Any]:
@@ -286,7 +331,9 @@ def serve(opts: ServeOptions) -> int:
     loop_decider.warm_up()
     api_decider.warm_up()
     telemetry = Telemetry(config.services, loaded.name, loaded.version, opts.dry_run)
-    cluster: Any = open_cluster(opts, scenario, interval) if opts.cluster == "sim" else None
+    reads_history = getattr(loop_decider.policy, "history", None) is not None
+    sim_days = opts.history_days if reads_history and not opts.history else 0.0
+    cluster: Any = open_cluster(opts, scenario, interval, sim_days) if opts.cluster == "sim" else None
 
     run_id = uuid.uuid4().hex[:12]
     audit = AuditLog(opts.audit_log, run=run_id, max_bytes=opts.audit_max_bytes, keep=opts.audit_keep,
@@ -306,11 +353,19 @@ def serve(opts: ServeOptions) -> int:
     keda: Any = None
     server: _Server | None = None
 
+    history_state: dict[str, Any] = {}
+
     def status() -> dict[str, Any]:
+        days = getattr(loop_decider.policy, "history_days", None)
+        if callable(days) and history_state.get("reads_history"):
+            from rlscale.controller.history import history_status
+
+            history_state.update(history_status(days(), config.services))
+        extra = {"history": dict(history_state)} if history_state else {}
         if loop is None:
-            return {"loop": "off"}
+            return {"loop": "off", **extra}
         state = "done" if loop.completed else "stopping" if stop.is_set() else "running"
-        return {"loop": state, "decisions": loop.decisions}
+        return {"loop": state, "decisions": loop.decisions, **extra}
 
     audit.write({
         "kind": "event", "event": "start", "policy": loaded.name, "version": loaded.version,
@@ -326,6 +381,14 @@ def serve(opts: ServeOptions) -> int:
             for hpa in getattr(cluster, "taken_over", []):
                 print(f"warning: --take-over: {hpa}; delete it or the two will fight", file=sys.stderr)
                 audit.write({"kind": "event", "event": "take_over", "hpa": hpa})
+        history_state.update(served_history(opts, scenario, interval, loop_decider.policy, cluster))
+        if history_state.get("reads_history"):
+            for name, d in history_state["days"].items():
+                telemetry.history_days.labels(name).set(d)
+            audit.write({"kind": "event", "event": "history", **history_state})
+            if history_state["history_free"]:
+                print(f"note: {', '.join(history_state['history_free'])}: less than {history_state['min_days']:g} day of "
+                      "demand history; served history-free until a day has been seen", file=sys.stderr)
         if cluster is not None:
             from rlscale.controller.loop import ControlLoop
 

@@ -65,6 +65,11 @@ class Telemetry:
         )
         for status in REJECT_STATUSES:
             self.http_rejected.labels(str(status))
+        self.history_days = Gauge(
+            "rlscale_history_days",
+            "Days of its own demand history the policy reads, per service (under 1: served history-free).",
+            ["service"], registry=r,
+        )
         self.dry_run = Gauge("rlscale_dry_run", "1 when the controller decides and logs but never acts.", registry=r)
         self.dry_run.set(1 if dry_run else 0)
         Info("rlscale_policy", "The policy being served.", registry=r).info({"name": policy_name, "version": policy_version})

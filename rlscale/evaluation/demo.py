@@ -67,6 +67,7 @@ def run_evaluation(
     workers: int,
     command: str | None = None,
     tune: bool = False,
+    history_days: float | None = None,
 ) -> Evaluation:
     """Check everything, evaluate, write the TensorBoard runs and the report, print the table and where they are.
 
@@ -74,7 +75,7 @@ def run_evaluation(
     rule (the cheapest setting within default HPA's SLO-violation rate and drops) to the policies.
     """
     config = make_config(scenario, policies, seeds=seeds, seed_base=seed_base, steps=steps, trace=trace,
-                         trace_column=trace_column, workers=workers)
+                         trace_column=trace_column, workers=workers, history_days=history_days)
     tuned = None
     if tune:
         config, tuned = add_tuned_rule(console, config)

@@ -60,6 +60,8 @@ class EvalConfig:
     steps: int | None = None
     trace: TraceSource | None = None
     workers: int = MAX_WORKERS
+    history_days: float | None = None
+    """Days before each episode a policy that reads history gets; None: the days its card asks for."""
 
     @property
     def episode_steps(self) -> int:
@@ -178,6 +180,7 @@ def make_config(
     trace: str | None = None,
     trace_column: str = "value",
     workers: int = MAX_WORKERS,
+    history_days: float | None = None,
 ) -> EvalConfig:
     """Resolve and check every input; raises ConfigError (one line) before any work is done."""
     sc = load_scenario(scenario)
@@ -201,18 +204,20 @@ def make_config(
         steps=steps,
         trace=TraceSource(trace, trace_column) if trace is not None else None,
         workers=max(1, min(MAX_WORKERS, workers)),
+        history_days=history_days,
     )
 
 
 # --------------------------------------------------------------------------- running
 
 
-def _run_one(scenario: Scenario, spec: str, seeds: tuple[int, ...], steps: int | None) -> PolicyResult:
+def _run_one(scenario: Scenario, spec: str, seeds: tuple[int, ...], steps: int | None,
+             history_days: float | None = None) -> PolicyResult:
     from rlscale.policies import make_policy
 
     start = time.perf_counter()
     policy = make_policy(spec, scenario)
-    rollout = run_policy(scenario, policy, list(seeds), steps=steps, record=True)
+    rollout = run_policy(scenario, policy, list(seeds), steps=steps, record=True, history_days=history_days)
     notes: dict[str, Any] = {}
     capped = getattr(policy, "capped", None)
     if isinstance(capped, np.ndarray) and capped.ndim == 3:
@@ -243,7 +248,7 @@ def evaluate(config: EvalConfig, on_done: Callable[[PolicyResult], None] | None 
     workers = min(config.workers, len(config.policies))
     if workers <= 1:
         for spec in config.policies:
-            results[spec] = _run_one(sc, spec, seeds, steps)
+            results[spec] = _run_one(sc, spec, seeds, steps, config.history_days)
             if on_done:
                 on_done(results[spec])
         floor = episode_floor(sc, seeds, steps)
@@ -251,7 +256,7 @@ def evaluate(config: EvalConfig, on_done: Callable[[PolicyResult], None] | None 
         # slowest first (the oracle replays its plan), so the two workers finish together
         order = sorted(config.policies, key=lambda s: (s != "oracle", not s.startswith("ppo")))
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {spec: pool.submit(_run_one, sc, spec, seeds, steps) for spec in order}
+            futures = {spec: pool.submit(_run_one, sc, spec, seeds, steps, config.history_days) for spec in order}
             floor = episode_floor(sc, seeds, steps)
             for spec in order:
                 results[spec] = futures[spec].result()

@@ -15,7 +15,10 @@ The simulator's estimate, on the arrival rates that really happened:
   applied, so they would have had to start);
 * **policy (closed loop)** and **hpa (closed loop)**: each policy run in the
   simulator on the same rates, acting on the simulated cluster's own
-  metrics: what it would have done had it been in charge.
+  metrics: what it would have done had it been in charge;
+* with ``--planned`` (a scenario ``rlscale plan`` wrote): the replicas that
+  ran and both closed loops again with the planned replica sizes, today's
+  sizing against the plan under the same policies.
 
 A **disagreement** is a decision whose replicas differ from the desired
 count the acting autoscaler reported at the next decision (its answer to the
@@ -108,7 +111,8 @@ def _closed_loop(scenario: Scenario, spec: str, rates: np.ndarray) -> dict[str, 
     return {k: float(m[k]) for k in ("cost_usd", "slo_violation_rate", "dropped_fraction", "utilisation", "scaling_actions")}
 
 
-def analyse(log: ShadowLog) -> dict[str, Any]:
+def analyse(log: ShadowLog, planned: Scenario | None = None) -> dict[str, Any]:
+    """The report's numbers; with ``planned`` (``rlscale plan``'s scenario) the same runs again with its replica sizes."""
     d = log.decisions
     rates = np.array([r["actual"]["arrivals_rps"][0] for r in d], dtype=np.float64)
     ready = np.array([r["actual"]["ready"][0] for r in d], dtype=np.float64)
@@ -141,6 +145,16 @@ def analyse(log: ShadowLog) -> dict[str, Any]:
             closed[label] = _closed_loop(sc, spec, rates)
         except ConfigError as err:
             closed[label] = {"error": str(err)}  # type: ignore[dict-item]
+    if planned is not None:
+        estimates["actual replicas, planned sizes"] = _replay(planned, rates, np.rint(ready), warm=True)
+        for label, spec in (("policy (closed loop, planned sizes)", f"ppo:{model}" if model else None),
+                            ("hpa (closed loop, planned sizes)", "hpa")):
+            if spec is None:
+                continue
+            try:
+                closed[label] = _closed_loop(planned, spec, rates)
+            except ConfigError as err:
+                closed[label] = {"error": str(err)}  # type: ignore[dict-item]
     actual_cost = estimates["actual (replicas that ran)"]["cost_usd"]
     logged_cost = estimates["policy (its decisions, as logged)"]["cost_usd"]
     return {
@@ -224,10 +238,19 @@ def markdown(data: dict[str, Any], source: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(audit: str | Path, out: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+def write_report(audit: str | Path, out: str | Path | None = None,
+                 planned: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
     """Read the audit log, estimate, and write the report folder; returns (folder, data)."""
     log = read_log(audit)
-    data = analyse(log)
+    plan_sc = None
+    if planned is not None:
+        from rlscale.config import load_scenario
+
+        plan_sc = load_scenario(planned)
+        if [x.name for x in plan_sc.services] != [x.name for x in log.scenario.services]:
+            raise ConfigError(f"--planned {planned}: services {[x.name for x in plan_sc.services]} are not the shadowed "
+                              f"scenario's {[x.name for x in log.scenario.services]}")
+    data = analyse(log, plan_sc)
     folder = Path(out) if out is not None else Path(audit).with_name(Path(audit).stem + "-report")
     with staged_dir(folder) as tmp:
         figure(tmp / "replicas.png", data)

@@ -59,13 +59,15 @@ class TunedRule:
     hpa: RulePoint
     points: tuple[RulePoint, ...]
     best: RulePoint | None
+    margin: bool = False
+    """Admissible is non-inferior to HPA with the seed-noise margin (``non_inferior``) rather than strictly within."""
 
     @property
     def within(self) -> list[RulePoint]:
         return [p for p in self.points if self.admissible(p)]
 
     def admissible(self, p: RulePoint) -> bool:
-        return within_hpa(asdict(p), asdict(self.hpa))
+        return (non_inferior if self.margin else within_hpa)(asdict(p), asdict(self.hpa))
 
     def best_within_churn(self, bound: float = CHURN_BOUND) -> RulePoint | None:
         """The cheapest admissible setting that also churns at most ``bound`` x HPA's.
@@ -86,6 +88,12 @@ def within_hpa(means: Mapping[str, float], hpa: Mapping[str, float]) -> bool:
             and means["dropped_fraction"] <= hpa["dropped_fraction"] + 1e-12)
 
 
+def non_inferior(means: Mapping[str, float], hpa: Mapping[str, float]) -> bool:
+    """DESIGN.md section 11: mean SLO-violating intervals and mean dropped fraction each at most
+    max(1.1 x HPA's, HPA's + 0.005 percentage points) on the same seeds: a stated margin for seed noise."""
+    return all(means[k] <= max(1.1 * hpa[k], hpa[k] + 0.005e-2) + 1e-12 for k in ("slo_violation_rate", "dropped_fraction"))
+
+
 def rule_point(spec: str, means: Mapping[str, float]) -> RulePoint:
     """A point from a rollout's per-metric means (``Rollout.mean()``)."""
     return RulePoint(spec, float(means["cost_usd"]), float(means["slo_violation_rate"]),
@@ -99,7 +107,7 @@ def measure(spec: str, scenario: Scenario, seeds: Sequence[int], steps: int | No
 def best_tuned_rule(scenario: Scenario, seeds: Sequence[int], steps: int | None = None, *,
                     grid: Sequence[str] | None = None,
                     on_point: Callable[[RulePoint], None] | None = None,
-                    hpa: RulePoint | None = None) -> TunedRule:
+                    hpa: RulePoint | None = None, margin: bool = False) -> TunedRule:
     """Sweep ``grid`` (default ``rule_grid()``) on the seeds; the cheapest admissible setting, if any.
 
     ``hpa``: default HPA on the same seeds, when the caller has already run it.
@@ -111,6 +119,6 @@ def best_tuned_rule(scenario: Scenario, seeds: Sequence[int], steps: int | None 
         points.append(p)
         if on_point is not None:
             on_point(p)
-    rule = TunedRule(hpa, tuple(points), None)
+    rule = TunedRule(hpa, tuple(points), None, margin)
     within = rule.within
-    return TunedRule(hpa, tuple(points), min(within, key=lambda p: p.cost_usd) if within else None)
+    return TunedRule(hpa, tuple(points), min(within, key=lambda p: p.cost_usd) if within else None, margin)

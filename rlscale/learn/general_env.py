@@ -30,11 +30,11 @@ from gymnasium import spaces
 
 from rlscale.config import PROJECT_ROOT, ConfigError, ConstraintSpec, GeneralSpec, Scenario, load_scenario, parse_model
 from rlscale.episode import ClusterEpisodes
-from rlscale.learn.general_eval import EXCESS_FLOOR
+from rlscale.learn.general_eval import EXCESS_FLOOR, policy_history
 from rlscale.learn.traffic import Replay, make_sampler
-from rlscale.policies.general import NVEC, GeneralPolicy
 from rlscale.learn.sb3_env import InProcessVecEnv
-from rlscale.policies.relative import CLIP, LEVELS as NVEC_LEVELS, N_FEATURES
+from rlscale.policies.general import GeneralPolicy
+from rlscale.policies.relative import CLIP, LEVELS as NVEC_LEVELS, n_features, nvec
 
 REFERENCE_UTILISATION = 0.7
 
@@ -140,7 +140,7 @@ def sample_cluster(rng: np.random.Generator, spec: GeneralSpec) -> tuple[Scenari
 START_PREFERENCE = 4.0
 
 
-def start_at_rule(model: Any, level: int) -> None:
+def start_at_rule(model: Any, level: int, history: bool = False, preference: float = START_PREFERENCE) -> None:
     """Bias a fresh policy's action layer towards target ``level`` (``general.start_level``) and no rebalance.
 
     With these fixed, the decoder alone is a sound rule (at or below HPA's cost
@@ -152,8 +152,10 @@ def start_at_rule(model: Any, level: int) -> None:
 
     with torch.no_grad():
         bias = model.policy.action_net.bias
-        bias[level] += START_PREFERENCE
+        bias[level] += preference
         bias[len(NVEC_LEVELS)] += 2 * START_PREFERENCE
+        if history:
+            bias[len(NVEC_LEVELS) + 3] += preference / 2  # size for demand now until the forecast earns trust
 
 
 class GeneralVecEnv(InProcessVecEnv):
@@ -164,8 +166,11 @@ class GeneralVecEnv(InProcessVecEnv):
     def __init__(self, spec: GeneralSpec | dict[str, Any], engines: int, clusters: int, seed: int = 0) -> None:
         self.spec = spec if isinstance(spec, GeneralSpec) else parse_model(GeneralSpec, spec, "general")
         self.engines_n, self.clusters = engines, clusters
-        obs = spaces.Box(-CLIP, CLIP, shape=(N_FEATURES,), dtype=np.float32)
-        super().__init__(engines * clusters, obs, spaces.MultiDiscrete(NVEC))
+        self.history = policy_history(self.spec)
+        self.hold = int(self.history["hold_steps"]) if self.history else 1
+        self.heads = len(nvec(self.history is not None))
+        obs = spaces.Box(-CLIP, CLIP, shape=(n_features(self.history is not None),), dtype=np.float32)
+        super().__init__(engines * clusters, obs, spaces.MultiDiscrete(nvec(self.history is not None)))
         replay = Replay(str(resolve_trace(self.spec.trace)), self.spec.trace_train_days) if self.spec.trace else None
         self._shape = make_sampler(replay)
         self._named = [load_scenario(name) for name in self.spec.scenarios]
@@ -227,16 +232,23 @@ class GeneralVecEnv(InProcessVecEnv):
                 return (peak * shape(r, n, step_s, start_s))[:, None]
 
         seeds = [int(rng.integers(0, 2**63 - 1)) for _ in range(self.clusters)]
+        days = 0.0
+        if self.history is not None:
+            u = rng.random()
+            days = (0.0 if u < self.spec.history_none_fraction else
+                    float(rng.uniform(1.0, 2.0)) if u < self.spec.history_none_fraction + self.spec.history_short_fraction
+                    else self.spec.history_days)
 
         def run() -> tuple[ClusterEpisodes, GeneralPolicy]:
             """The slot's episodes (traffic and simulator noise fixed by ``seeds``) and a fresh policy for them."""
             episodes = ClusterEpisodes(true, self.clusters, episode_steps=self.spec.episode_steps, randomise=named,
-                                       sampler=sampler)
+                                       sampler=sampler, history_days=days)
             for i in range(self.clusters):
                 episodes.set_rng(i, np.random.default_rng(seeds[i]))
                 episodes.reset(i)
-            pol = GeneralPolicy(None, declared)
+            pol = GeneralPolicy(None, declared, history=self.history)
             pol.reset(self.clusters)
+            episodes.give_history(pol)
             return episodes, pol
 
         eng, policy = run()
@@ -270,15 +282,16 @@ class GeneralVecEnv(InProcessVecEnv):
         eng, pol = self._twins[k]
         pol.observe(eng.metrics())
         level = np.full((self.clusters, 1), self.spec.start_level, dtype=np.int64)
-        terms, _, reward = self._advance(eng, pol, level, np.zeros(self.clusters, dtype=np.int64), ref)
+        none = np.zeros((self.clusters, 1), dtype=np.int64) if self.history is not None else None
+        terms, _, reward = self._advance(eng, pol, level, np.zeros(self.clusters, dtype=np.int64), ref, none)
         return terms, reward
 
     def _advance(self, eng: ClusterEpisodes, pol: GeneralPolicy, levels: np.ndarray, verbs: np.ndarray,
-                 ref: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray]:
+                 ref: np.ndarray, ahead: np.ndarray | None = None) -> tuple[Any, np.ndarray, np.ndarray]:
         """One interval of a slot's clusters (observed already): reward terms, truncation flags, scale-free reward."""
         w = self.spec
         before = eng.sim.desired.copy()
-        _, terms, truncated = eng.step_action(pol.step_raw(eng.metrics(), levels, verbs))
+        _, terms, truncated = eng.step_action(pol.step_raw(eng.metrics(), levels, verbs, ahead))
         changed = (eng.sim.desired != before).sum(axis=1)
         w_slo, w_drop = self.multipliers
         reward = -(terms.cost_usd / ref + w_slo * terms.slo_violation + w_drop * terms.dropped_fraction
@@ -286,7 +299,7 @@ class GeneralVecEnv(InProcessVecEnv):
         return terms, truncated, reward
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs, 2)
+        self._actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs, self.heads)
 
     def step_wait(self):
         assert self._actions is not None
@@ -296,13 +309,22 @@ class GeneralVecEnv(InProcessVecEnv):
         for k in range(self.engines_n):
             eng, pol, ref = self._slots[k]
             act = self._actions[k * C : (k + 1) * C]
-            terms, truncated, reward = self._advance(eng, pol, act[:, :1], act[:, 1], ref)
-            if self._twins[k] is not None:
-                twin_terms, twin_reward = self._twin_reward(k, ref)
-                reward = reward - twin_reward
-                if self.spec.twin_penalty == "excess":
-                    reward = reward + excess_credit(terms, twin_terms, self.multipliers)
-                self._account(terms, twin_terms)
+            reward = np.zeros(C)
+            for j in range(self.hold):  # the picks hold for the decision period; a rebalance is asked once
+                if j:
+                    pol.observe(eng.metrics())
+                verbs = act[:, 1] if j == 0 else np.zeros(C, dtype=np.int64)
+                terms, truncated, step_reward = self._advance(eng, pol, act[:, :1], verbs, ref,
+                                                              act[:, 2:3] if self.heads > 2 else None)
+                if self._twins[k] is not None:
+                    twin_terms, twin_reward = self._twin_reward(k, ref)
+                    step_reward = step_reward - twin_reward
+                    if self.spec.twin_penalty == "excess":
+                        step_reward = step_reward + excess_credit(terms, twin_terms, self.multipliers)
+                    self._account(terms, twin_terms)
+                reward = reward + step_reward
+                if truncated.all():
+                    break
             self._ep_reward[k] += reward
             self._ep_len[k] += 1
             obs = pol.observe(eng.metrics())

@@ -38,6 +38,13 @@ def card_range(spec: GeneralSpec) -> dict[str, list[float]]:
     }
 
 
+def policy_history(spec: GeneralSpec) -> dict[str, Any] | None:
+    """The card's ``history`` section for a training spec; None for the history-free generalist."""
+    if spec.history_days <= 0:
+        return None
+    return {"days": spec.history_days, "min_days": 1.0, "hold_steps": spec.hold_steps}
+
+
 EXCESS_FLOOR = 1e-3
 """An SLO or drop excess is relative to HPA's rate, or to 0.1% where HPA's is lower (a rate near 0 is noise)."""
 
@@ -105,12 +112,15 @@ _HPA_CACHE: dict[tuple[str, tuple[int, ...], int | None], Rollout] = {}
 
 def evaluate_general(weights: PolicyWeights, spec: GeneralSpec, seeds: list[int], steps: int | None,
                      repack: bool = True) -> GeneralEvalResult:
-    exported = exported_general(weights, {"range": card_range(spec)})
+    history = policy_history(spec)
+    exported = exported_general(weights, {"range": card_range(spec), **({"history": history} if history else {})})
+    days = float(history["days"]) if history else 0.0
     cases: dict[str, tuple[Rollout, Rollout]] = {}
     for name in spec.validation:
         sc = load_scenario(name)
         key = (name, tuple(seeds), steps)
         if key not in _HPA_CACHE:
             _HPA_CACHE[key] = run_policy(sc, HPAPolicy(sc), seeds, steps=steps)
-        cases[sc.name] = (run_policy(sc, GeneralPolicy(exported, sc, name="general", repack=repack), seeds, steps=steps), _HPA_CACHE[key])
+        policy = GeneralPolicy(exported, sc, name="general", repack=repack)
+        cases[sc.name] = (run_policy(sc, policy, seeds, steps=steps, history_days=days), _HPA_CACHE[key])
     return GeneralEvalResult(cases)

@@ -107,7 +107,8 @@ def make_model(cfg: TrainConfig, env: VecNormalize) -> PPO:
     if cfg.general is not None:
         from rlscale.learn.general_env import start_at_rule
 
-        start_at_rule(model, cfg.general.start_level)
+        start_at_rule(model, cfg.general.start_level, history=cfg.general.history_days > 0,
+                      preference=cfg.general.start_preference)
     return model
 
 

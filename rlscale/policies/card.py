@@ -144,6 +144,20 @@ class GeneralActionSection(Section):
         return self
 
 
+class HistorySection(Section):
+    """A history-reading generalist's memory (DESIGN.md section 15): the days it reads and how long it holds a pick."""
+
+    days: float = Field(gt=0, le=14)
+    min_days: float = Field(default=1.0, ge=0, le=14)
+    hold_steps: int = Field(default=1, ge=1, le=240)
+
+    @model_validator(mode="after")
+    def _min_le_days(self) -> "HistorySection":
+        if self.min_days > self.days:
+            raise ValueError(f"min_days ({self.min_days:g}) exceeds days ({self.days:g})")
+        return self
+
+
 Record = dict[Annotated[str, Field(max_length=NAME_CHARS)], Any]
 
 
@@ -211,13 +225,16 @@ class GeneralCard(CardBase):
     kind: Literal["general"]
     action: GeneralActionSection
     range: RangeSection
+    history: HistorySection | None = Field(default=None, description="present: the policy reads each service's history")
 
     @model_validator(mode="after")
     def _features(self) -> "GeneralCard":
+        from rlscale.policies import history
         from rlscale.policies.relative import FEATURES
 
-        if self.obs_features != list(FEATURES):
-            raise ValueError("obs_features: not this rlscale's generalist features; export the policy with this version")
+        if self.obs_features != list(FEATURES) + (list(history.FEATURES) if self.history is not None else []):
+            raise ValueError("obs_features: not this rlscale's generalist features"
+                             f"{' with history' if self.history is not None else ''}; export the policy with this version")
         return self
 
 

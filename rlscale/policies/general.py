@@ -22,11 +22,26 @@ import numpy as np
 from rlscale.config import ConfigError, Scenario
 from rlscale.policies.base import ClusterAutoscaler
 from rlscale.policies.network import ExportedPolicy, PolicyWeights, logits
-from rlscale.policies.relative import LEVELS, RelativeDecoder, RelativeObservation, ServiceTraits, calm_repack, decide
+from rlscale.policies import history as hist
+from rlscale.policies.relative import (
+    LEVELS,
+    RelativeDecoder,
+    RelativeObservation,
+    ServiceTraits,
+    calm_repack,
+    decide,
+    nvec,
+)
 from rlscale.spaces import Action, Metrics
 
 N_LEVELS = len(LEVELS)
-NVEC = np.array([N_LEVELS, 3], dtype=np.int64)
+NVEC = nvec(False)
+
+
+def card_history(card: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A card's ``history`` section (``{"days": 7, "min_days": 1}``) or None for a history-free generalist."""
+    section = (card or {}).get("history")
+    return section if isinstance(section, dict) else None
 
 
 def trait_values(scenario: Scenario) -> dict[str, np.ndarray]:
@@ -72,9 +87,16 @@ def check_range(card: dict[str, Any], scenario: Scenario, source: str) -> None:
 
 def policy_logits(weights: PolicyWeights, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-service level logits ``[N, S, L]`` and per-cluster rebalance logits ``[N, 3]`` (pooled over services)."""
+    level, rebalance, _ = head_logits(weights, rows, n)
+    return level, rebalance
+
+
+def head_logits(weights: PolicyWeights, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The level, the pooled rebalance and (with history) the per-service ``AHEAD`` logits."""
     out = logits(weights, rows)
     per = out.reshape(n, -1, out.shape[1])
-    return per[:, :, :N_LEVELS], per[:, :, N_LEVELS:].mean(axis=1)
+    ahead = per[:, :, N_LEVELS + 3 :] if out.shape[1] > N_LEVELS + 3 else None
+    return per[:, :, :N_LEVELS], per[:, :, N_LEVELS : N_LEVELS + 3].mean(axis=1), ahead
 
 
 class GeneralPolicy:
@@ -87,10 +109,16 @@ class GeneralPolicy:
     """
 
     def __init__(self, exported: ExportedPolicy | None, scenario: Scenario, name: str = "general",
-                 source: str = "policy", repack: bool = True, drain: bool = True) -> None:
+                 source: str = "policy", repack: bool = True, drain: bool = True,
+                 history: dict[str, Any] | None = None) -> None:
         if exported is not None:
             check_range(exported.card, scenario, source)
+            history = card_history(exported.card)
         self.exported = exported
+        self.history = history
+        self.hold = int((history or {}).get("hold_steps", 1))
+        """Intervals a pick of the network holds (a decision period); the decoder still runs every interval."""
+        """The card's history section; None: the history-free generalist (no history features, no forecast head)."""
         self.repack = repack
         self.drain = drain
         self.name = name
@@ -105,9 +133,21 @@ class GeneralPolicy:
 
     def reset(self, n: int = 1) -> None:
         self.n = n
-        self.builder = RelativeObservation(self.traits, n)
-        self.decoder = RelativeDecoder(self.traits, n)
+        uses = self.history is not None
+        days = float(self.history.get("days", hist.DEFAULT_DAYS)) if uses else hist.DEFAULT_DAYS
+        self.builder = RelativeObservation(self.traits, n, history=uses, history_days=days)
+        self._held: tuple[np.ndarray, np.ndarray | None] | None = None
+        self._since = 0
+        self.decoder = RelativeDecoder(self.traits, n, history=uses)
         self.nodes.reset(n)
+
+    def load_history(self, i: int, past: np.ndarray, end_s: float) -> None:
+        """Cluster ``i``'s past demand ``[L, S]`` (req/s per interval, oldest first, NaN for gaps) up to ``end_s``."""
+        self.builder.load_history(i, past, end_s)
+
+    def history_days(self) -> np.ndarray:
+        """``[N, S]`` days of history each service has; under ``history.MIN_DAYS`` it runs history-free."""
+        return self.builder.history_days_available()
 
     def reset_rows(self, mask: np.ndarray) -> None:
         """New episodes for the masked clusters (training autoreset)."""
@@ -124,13 +164,40 @@ class GeneralPolicy:
         unasked = np.where(calm > 0, calm, self.nodes.rebalance(metrics))
         return np.where(np.asarray(rebalance) > 0, rebalance, unasked)
 
-    def step_raw(self, metrics: Metrics, levels: np.ndarray, rebalance: np.ndarray) -> Action:
-        """Decode levels ``[N, S]`` and verbs ``[N]`` (after ``observe`` for this interval)."""
-        return decide(levels, self.verb(metrics, rebalance), self.builder, self.decoder)
+    def step_raw(self, metrics: Metrics, levels: np.ndarray, rebalance: np.ndarray,
+                 ahead: np.ndarray | None = None) -> Action:
+        """Decode levels ``[N, S]``, verbs ``[N]`` and (history) ``AHEAD`` picks ``[N, S]`` (after ``observe``)."""
+        return decide(levels, self.verb(metrics, rebalance), self.builder, self.decoder, ahead)
 
     def act(self, metrics: Metrics) -> Action:
         if self.exported is None:
             raise ValueError("GeneralPolicy without weights can only be driven through step_raw")
         rows = self.observe(metrics)
-        lv, rb = policy_logits(self.exported.weights, rows, metrics.n)
-        return self.step_raw(metrics, lv.argmax(axis=2), rb.argmax(axis=1))
+        if self._held is not None and self._since < self.hold:
+            self._since += 1
+            return self.step_raw(metrics, self._held[0], np.zeros(metrics.n, dtype=np.int64), self._held[1])
+        lv, rb, ah = head_logits(self.exported.weights, rows, metrics.n)
+        levels, ahead = lv.argmax(axis=2), None if ah is None else ah.argmax(axis=2)
+        if self.hold > 1:
+            self._held, self._since = (levels, ahead), 1
+        return self.step_raw(metrics, levels, rb.argmax(axis=1), ahead)
+
+
+class FixedSetting(GeneralPolicy):
+    """The generalist's observation and decoder at one fixed setting: a level and (with history) a forecast pick.
+
+    The ablation every learned generalist is reported beside (DESIGN.md section 11, "the network earns its
+    keep"): the same features, floor, windows and node drain, with the network replaced by a constant.
+    """
+
+    def __init__(self, scenario: Scenario, level: int, ahead: int = 0, history: dict[str, Any] | None = None,
+                 name: str | None = None) -> None:
+        self.level, self.ahead = int(level), int(ahead)
+        super().__init__(None, scenario, name=name or f"fixed:level={LEVELS[level]:g}:ahead={ahead}", history=history)
+
+    def act(self, metrics: Metrics) -> Action:
+        self.observe(metrics)
+        S = self.traits.n_services
+        ahead = np.full((metrics.n, S), self.ahead, dtype=np.int64) if self.history is not None else None
+        return self.step_raw(metrics, np.full((metrics.n, S), self.level, dtype=np.int64),
+                             np.zeros(metrics.n, dtype=np.int64), ahead)

@@ -290,9 +290,10 @@ def load_exported(path: str | Path) -> ExportedPolicy:
         activation=activation,
     )
     if general:
-        from rlscale.policies.relative import LEVELS, N_FEATURES
+        from rlscale.policies.relative import n_features, nvec
 
-        _check_shapes(npz_path, weights, N_FEATURES, len(LEVELS) + 3)
+        history = isinstance(card.get("history"), dict)
+        _check_shapes(npz_path, weights, n_features(history), int(nvec(history).sum()))
     else:
         assert obs_spec is not None and action_spec is not None
         _check_shapes(npz_path, weights, obs_spec.size, int(action_spec.nvec.sum()))

@@ -596,7 +596,9 @@ class _FloorModel:
                     continue
                 self.allowed[i, j] = True
                 r = np.arange(1, fit + 1)
-                self.h[i, j] = float((r * (1.0 - c * (r * s.replica.cpu / p.vcpu) ** 2)).max()) * per_replica
+                used = s.replica.cpu if s.replica.cpu_used is None else s.replica.cpu_used
+                pack = r * used / p.vcpu
+                self.h[i, j] = float((r * (1.0 - c * np.minimum(pack, 1.0) ** 2) / np.maximum(pack, 1.0)).max()) * per_replica
                 self.unit[0, i, j] = p.price_per_hour / p.vcpu * s.replica.cpu / per_replica
                 self.unit[1, i, j] = p.price_per_hour / p.memory_gib * s.replica.memory_gib / per_replica
                 self.unit[2, i, j] = p.price_per_hour / p.gpus * s.replica.gpus / per_replica if s.replica.gpus else 0.0

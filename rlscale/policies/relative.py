@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from rlscale.config import Scenario
+from rlscale.policies import history as hist
 from rlscale.spaces import REBALANCE_CONSOLIDATE, REBALANCE_DRAIN, REBALANCE_NONE, Action, Metrics, ObsSpec
 
 LAGS = (1, 2, 5, 10, 15)
@@ -51,7 +52,22 @@ FEATURES = (
     "at_min", "to_max", "log_price_ratio", "log_replicas_per_node", "packing", "hot_spot",
     "rebalancing", "batch", "floor_ratio",
 )
+assert LEVELS == hist.OVERRUN_LEVELS  # the history reports past overruns at exactly these levels
 N_FEATURES = len(FEATURES)
+"""The history-free row (cards without ``history``: the generalist as first shipped)."""
+AHEAD = (None, 0, 1)
+"""The history policy's third head: size for demand now, or for the forecast at the lead time at its error
+quantile q50 or q90 (indices into ``history.QUANTILES``), whichever is higher (DESIGN.md section 15)."""
+
+
+def n_features(history: bool) -> int:
+    """Row width: the history policy's row is the history-free one followed by ``history.FEATURES``."""
+    return N_FEATURES + (hist.N_FEATURES if history else 0)
+
+
+def nvec(history: bool) -> np.ndarray:
+    """The per-service action: a level, a rebalance verb (pooled over services) and, with history, ``AHEAD``."""
+    return np.array([len(LEVELS), 3, *((len(AHEAD),) if history else ())], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -161,8 +177,11 @@ class RelativeObservation:
     decision interval, so they cannot drift apart.
     """
 
-    def __init__(self, traits: ServiceTraits, n: int = 1) -> None:
+    def __init__(self, traits: ServiceTraits, n: int = 1, history: bool = False,
+                 history_days: float = hist.DEFAULT_DAYS) -> None:
         self.traits = traits
+        self.uses_history = history
+        self.history_days = history_days
         a = traits.arrays()
         self._rps, self._slo = a["rps"], a["slo_s"]
         self._min, self._max = a["min_replicas"], a["max_replicas"]
@@ -190,6 +209,9 @@ class RelativeObservation:
         self.rise = np.ones((n, S))  # growth() of this interval
         self.hurting = np.zeros((n, S), dtype=bool)  # over the SLO or dropping requests
         self.clean: _Clean | None = None  # this interval's metrics, NaN/inf replaced
+        self.long = (hist.DemandHistory(n, S, self.traits.step_s, self._lead, self.history_days)
+                     if self.uses_history else None)
+        self.past = np.zeros((n, S, hist.N_FEATURES))  # this interval's history features
 
     def reset(self, mask: np.ndarray | None = None) -> None:
         """Forget the masked clusters' history (all when None)."""
@@ -197,6 +219,18 @@ class RelativeObservation:
         self.history[rows] = 0.0
         self.rps_hat[rows] = self._rps
         self.count[rows] = 0
+        if self.long is not None:
+            self.long.reset(None if mask is None else np.asarray(mask))
+
+    def load_history(self, i: int, past: np.ndarray, end_s: float) -> None:
+        """Cluster ``i``'s past demand ``[L, S]`` (req/s, oldest first, NaN for gaps) up to the interval ending at
+        ``end_s``: a trace's preceding days, a generator's warm-up days, or what Prometheus kept."""
+        if self.long is not None:
+            self.long.load(i, past, end_s)
+
+    def history_days_available(self) -> np.ndarray:
+        """``[N, S]`` days of demand history each service has (0 without history)."""
+        return self.long.days() if self.long is not None else np.zeros((self.n, self.traits.n_services))
 
     def _push(self, c: _Clean, m: Metrics) -> np.ndarray:
         a = c.arrivals
@@ -285,11 +319,16 @@ class RelativeObservation:
             self._batch,
             self.floor / np.maximum(desired, 1.0),
         ]
-        out = np.empty((n, S, N_FEATURES))
+        width = n_features(self.uses_history)
+        out = np.empty((n, S, width))
         for j, col in enumerate(cols):
             out[:, :, j] = col
+        if self.long is not None:
+            self.long.append(a, _finite(m.time_s))
+            self.past = self.long.features(a)
+            out[:, :, N_FEATURES:] = self.past
         out = np.clip(np.where(np.isnan(out), 0.0, out), -CLIP, CLIP)
-        return out.reshape(n * S, N_FEATURES).astype(np.float32)
+        return out.reshape(n * S, width).astype(np.float32)
 
 
 class RelativeDecoder:
@@ -301,8 +340,11 @@ class RelativeDecoder:
     ``floor`` and is clamped to *this* cluster's min/max only.
     """
 
-    def __init__(self, traits: ServiceTraits, n: int = 1) -> None:
+    def __init__(self, traits: ServiceTraits, n: int = 1, history: bool = False) -> None:
         self.traits = traits
+        self.demand_window = history
+        """With history, the scale-down window holds the highest *demand* of the last intervals, not the highest
+        proposal: a hotter level then frees replicas in the interval it is picked, so the choice is learnable."""
         a = traits.arrays()
         self._min = a["min_replicas"].astype(np.int64)
         self._max = a["max_replicas"].astype(np.int64)
@@ -317,19 +359,22 @@ class RelativeDecoder:
         rows = slice(None) if mask is None else np.asarray(mask)
         self.recent[rows] = 0.0
 
-    def replicas(self, level_index: np.ndarray, obs: RelativeObservation) -> np.ndarray:
-        """``[N, S]`` int64 desired replicas for level indices ``[N, S]`` (after ``obs.build`` of this interval)."""
+    def replicas(self, level_index: np.ndarray, obs: RelativeObservation, ahead: np.ndarray | None = None) -> np.ndarray:
+        """``[N, S]`` int64 desired replicas for level indices ``[N, S]`` (after ``obs.build`` of this interval);
+        ``ahead`` ``[N, S]`` indexes ``AHEAD`` (the history policy's forecast head)."""
         idx = np.clip(np.asarray(level_index, dtype=np.int64), 0, len(LEVELS) - 1)
-        return self.replicas_at(self._levels[idx], obs)
+        return self.replicas_at(self._levels[idx], obs, ahead)
 
-    def replicas_at(self, level: np.ndarray, obs: RelativeObservation) -> np.ndarray:
+    def replicas_at(self, level: np.ndarray, obs: RelativeObservation, ahead: np.ndarray | None = None) -> np.ndarray:
         """The same for target utilisations ``[N, S]`` in (0, 1] rather than indices into ``LEVELS``.
 
-        Hand-made level rules (``benchmarks/level_rules.py``) go through here, so
+        Hand-made level rules (``experiments/level_rules.py``) go through here, so
         they are judged with exactly the windows, floor and limits the network's
         levels get.
         """
         demand, current = obs.demand, obs.current
+        if self.demand_window:
+            return self._replicas_history(level, obs, ahead)
         # HPA's tolerance is on the usage ratio, not on the count: a few replicas must not flap by one
         ratio = demand / (np.maximum(current, 1.0) * level)
         proposal = np.where(np.abs(ratio - 1.0) <= TOLERANCE, current, np.ceil(demand / level - 1e-9))
@@ -337,6 +382,25 @@ class RelativeDecoder:
         self.recent[:, 0] = proposal
         stable = self.recent.max(axis=1)
         target = np.where(proposal > current, proposal, np.minimum(stable, current))
+        target = np.maximum(target, obs.floor)
+        return np.clip(target, self._min, self._max).astype(np.int64)
+
+    def _replicas_history(self, level: np.ndarray, obs: RelativeObservation, ahead: np.ndarray | None) -> np.ndarray:
+        """The history policy's sizing: demand now or the forecast at the lead time (never below now), through
+        the tolerance band and a scale-down window over demand, and never under the floor."""
+        demand, current = obs.demand, obs.current
+        if ahead is not None:
+            pick = np.clip(np.asarray(ahead, dtype=np.int64), 0, len(AHEAD) - 1)
+            ratio_at = np.stack([np.ones_like(demand), *(hist.forecast_ratio(obs.past, q) for q in AHEAD[1:])])
+            lift = np.take_along_axis(ratio_at, pick[None], axis=0)[0]
+            demand = demand * np.maximum(lift, 1.0)
+        self.recent = np.roll(self.recent, 1, axis=1)
+        self.recent[:, 0] = demand
+        peak = self.recent.max(axis=1)
+        ratio = demand / (np.maximum(current, 1.0) * level)
+        up = np.ceil(demand / level - 1e-9)
+        down = np.minimum(np.ceil(peak / level - 1e-9), current)
+        target = np.where(np.abs(ratio - 1.0) <= TOLERANCE, current, np.where(up > current, up, down))
         target = np.maximum(target, obs.floor)
         return np.clip(target, self._min, self._max).astype(np.int64)
 
@@ -399,6 +463,7 @@ def calm_repack(m: Metrics, obs: RelativeObservation, drain: bool = True) -> np.
     return np.where(whole, REBALANCE_CONSOLIDATE, np.where(one, REBALANCE_DRAIN, REBALANCE_NONE)).astype(np.int64)
 
 
-def decide(level_index: np.ndarray, rebalance: np.ndarray, obs: RelativeObservation, dec: RelativeDecoder) -> Action:
-    """The typed action for per-service levels ``[N, S]`` and a rebalance verb ``[N]``."""
-    return Action(replicas=dec.replicas(level_index, obs), rebalance=np.asarray(rebalance, dtype=np.int64))
+def decide(level_index: np.ndarray, rebalance: np.ndarray, obs: RelativeObservation, dec: RelativeDecoder,
+           ahead: np.ndarray | None = None) -> Action:
+    """The typed action for per-service levels ``[N, S]``, a rebalance verb ``[N]`` and (history) ``AHEAD`` ``[N, S]``."""
+    return Action(replicas=dec.replicas(level_index, obs, ahead), rebalance=np.asarray(rebalance, dtype=np.int64))

@@ -17,7 +17,9 @@ Approximations, chosen to be simple and conservative:
 - replicas placed on the same node while others still warm up share the
   later ready time;
 - a node's speed is its pool's speed times a mean-reverting random drift,
-  slowed by contention in proportion to the square of its CPU packing.
+  slowed by contention in proportion to the square of its CPU packing (the
+  cores its replicas use, which is their request unless they declare
+  ``cpu_used``), and shared out when they use more cores than it has.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from numba import njit, prange
 
 from rlscale.sim.params import (
     P_DELAY, P_GPU, P_IDLE, P_MEM, P_MIN, P_PRICE, P_SPEED, P_SPOT, P_VCPU,
-    S_BATCH, S_COLD, S_CPU, S_GPU, S_MAX, S_MEM, S_MIN, S_QLIMIT, S_SERVERS, S_SLO, S_WAIT, S_WORK,
+    S_BATCH, S_COLD, S_CPU, S_GPU, S_MAX, S_MEM, S_MIN, S_QLIMIT, S_SERVERS, S_SLO, S_USED, S_WAIT, S_WORK,
 )
 
 ABSENT, PROVISIONING, READY = 0, 1, 2
@@ -432,8 +434,10 @@ def _step_batch(
         for ai in range(n_active):
             m = active[ai]
             p = node_pool[m]
-            pack = _used(n, m, rep, svc_f, S_CPU) / pool_f[p, P_VCPU]
-            speed[m] = pool_f[p, P_SPEED] * math.exp(node_f[n, m, N_DRIFT]) * (1.0 - contention * pack * pack)
+            pack = _used(n, m, rep, svc_f, S_USED) / pool_f[p, P_VCPU]
+            # replicas that use more cores than the node has share it (pack > 1 only with replica.cpu_used > cpu)
+            full = min(pack, 1.0)
+            speed[m] = pool_f[p, P_SPEED] * math.exp(node_f[n, m, N_DRIFT]) * (1.0 - contention * full * full) / max(pack, 1.0)
         # 4. sub-steps: provisioning, warm-up, traffic, latency, cost
         hot = 0.0
         memo[:, M_VALID] = 0.0
@@ -495,7 +499,7 @@ def _step_batch(
                 p95 = 0.0
                 if ready > 0:
                     c = ready * servers
-                    busy = served * ready * svc_f[s, S_CPU] / cap_rate
+                    busy = served * ready * svc_f[s, S_USED] / cap_rate
                     util_add = min(1.0, served / (cap_rate * dt)) / substeps
                     slowest = 0.0
                     slowest_any = 0.0

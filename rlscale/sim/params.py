@@ -11,7 +11,8 @@ from rlscale.config import Scenario
 # pool_f columns
 P_VCPU, P_MEM, P_GPU, P_PRICE, P_DELAY, P_SPEED, P_SPOT, P_IDLE, P_MIN = range(9)
 # svc_f columns
-S_CPU, S_MEM, S_GPU, S_SERVERS, S_WORK, S_COLD, S_MIN, S_MAX, S_QLIMIT, S_SLO, S_BATCH, S_WAIT = range(12)
+S_CPU, S_MEM, S_GPU, S_SERVERS, S_WORK, S_COLD, S_MIN, S_MAX, S_QLIMIT, S_SLO, S_BATCH, S_WAIT, S_USED = range(13)
+# S_USED: cores a fully busy replica burns (its request unless it declares replica.cpu_used): contention and useful CPU
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class SimParams:
     pool_f: np.ndarray  # [P, 9] float64
     pool_range: np.ndarray  # [P, 2] int64: node slots [start, end) of each pool
     node_pool: np.ndarray  # [M] int64
-    svc_f: np.ndarray  # [S, 12] float64
+    svc_f: np.ndarray  # [S, 13] float64
     pref: np.ndarray  # [S, P] int64: pool indices in preference order, -1 padded
     fits: np.ndarray  # [S, P] bool: a replica fits on an empty node of the pool
     misc: np.ndarray  # [6] float64: step_s, substeps, drift_sigma, drift_reversion, contention, 0
@@ -55,7 +56,7 @@ def build_params(scenario: Scenario) -> SimParams:
         [
             [s.replica.cpu, s.replica.memory_gib, s.replica.gpus, s.servers_per_replica, s.work_s,
              s.cold_start_s, s.min_replicas, s.max_replicas, s.queue_limit, s.slo_target_s,
-             1.0 if s.kind == "batch" else 0.0, s.wait_scale]
+             1.0 if s.kind == "batch" else 0.0, s.wait_scale, _cores_used(s.replica.cpu, s.replica.cpu_used)]
             for s in services
         ],
         dtype=np.float64,
@@ -76,3 +77,7 @@ def build_params(scenario: Scenario) -> SimParams:
         dtype=np.float64,
     )
     return SimParams(pool_f, pool_range, node_pool, svc_f, pref, fits, misc)
+
+
+def _cores_used(cpu: float, cpu_used: float | None) -> float:
+    return cpu if cpu_used is None else cpu_used

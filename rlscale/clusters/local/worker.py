@@ -21,7 +21,10 @@ Endpoints:
   when the request arrives, so the latency recorded here includes the time it
   queued in HAProxy, which is what a client sees.
 * ``GET /healthz``: 200 once warm.
-* ``GET /metrics``: Prometheus text format (see ``_metrics``).
+* ``GET /metrics``: Prometheus text format (see ``_metrics``), with the
+  process collector's ``process_cpu_seconds_total`` (user + system CPU) and
+  ``process_resident_memory_bytes`` (resident set), the usage ``rlscale plan``
+  sizes a replica from.
 """
 
 from __future__ import annotations
@@ -143,8 +146,23 @@ def _metrics(stats: Stats, labels: str, started: float) -> str:
         f"rlscale_worker_in_flight{{{labels}}} {in_flight}",
         "# TYPE rlscale_worker_start_time_seconds gauge",
         f"rlscale_worker_start_time_seconds{{{labels}}} {started}",
+        # the process collector's names (prometheus_client, node and cAdvisor alike): what `rlscale plan` sizes from
+        "# TYPE process_cpu_seconds_total counter",
+        f"process_cpu_seconds_total{{{labels}}} {cpu}",
     ]
+    rss = resident_bytes()
+    if rss is not None:
+        lines += ["# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes{{{labels}}} {rss}"]
     return "\n".join(lines) + "\n"
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set now (Linux ``/proc/self/statm``; None where there is no /proc)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

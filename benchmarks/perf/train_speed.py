@@ -1,8 +1,8 @@
 """Training speed: env-steps/s of PPO training as a ratio to SB3 PPO on CartPole, and time to a good policy.
 
-    python benchmarks/train_speed.py                      # the ratio (about a minute)
-    python benchmarks/train_speed.py --full               # trains train/ppo-web-diurnal.yaml into a temp dir
-    python benchmarks/train_speed.py --from-run runs/ppo-web-diurnal-s0   # reads a finished run
+    python benchmarks/perf/train_speed.py                      # the ratio (about a minute)
+    python benchmarks/perf/train_speed.py --full               # trains train/ppo-web-diurnal.yaml into a temp dir
+    python benchmarks/perf/train_speed.py --from-run runs/ppo-web-diurnal-s0   # reads a finished run
 
 The ratio: our PPO (the config's n_envs, n_steps, batch, epochs, network and
 VecNormalize on the batched simulator) against SB3 PPO on ``CartPole-v1``
@@ -27,11 +27,15 @@ import csv
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_model  # benchmarks/machine.py
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the project root: benchmarks.* and rlscale
+
+from benchmarks.perf.machine import cpu_model  # noqa: E402
 
 
 def machine() -> str:
@@ -61,7 +65,7 @@ def ratio(config: str, rollouts: int, rounds: int) -> dict:
 
     from torch.distributions import Distribution
 
-    from anchors import learn_rate, load_average, sb3_cartpole_model
+    from benchmarks.perf.anchors import learn_rate, load_average, sb3_cartpole_model
     from rlscale.config import load_train_config
     from rlscale.learn.train import make_env, make_model, training_scenario
 
@@ -127,7 +131,7 @@ def main() -> None:
 
         run = Path(tempfile.mkdtemp(prefix="rlscale-train-speed-")) / "run"
         started = time.monotonic()
-        train(load_train_config(args.config), run, progress_bar=False, command=f"benchmarks/train_speed.py --config {args.config}")
+        train(load_train_config(args.config), run, progress_bar=False, command=f"benchmarks/perf/train_speed.py --config {args.config}")
         wall = time.monotonic() - started
     else:
         run, wall = args.from_run, None

@@ -3,7 +3,9 @@
 These shapes are not among the generalist's training families
 (``rlscale/learn/traffic.py``): a day with two peaks and hourly cron spikes,
 and growth over hours with sudden drops (a deploy or a cache reset).
-Deterministic (seed 2026); rerun with ``python benchmarks/heldout_traces.py``.
+Deterministic (seed 2026); rerun with ``python benchmarks/quality/heldout_traces.py``.
+
+No anchor: it measures nothing; it writes the suite's held-out trace files.
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ ramps, random walks, regime switches, from a validation seed); and web-diurnal
 with the slowest node provisioning of the training ranges. Never the
 generalisation suite.
 
-    python benchmarks/level_rules.py [--seeds 8] [RULE ...]
+    python experiments/level_rules.py [--seeds 8] [RULE ...]
+
+No anchor: a quality table. A trial kept for the record: ``docs/experiments/level-rules.md``.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ from rlscale.policies.relative import U_MAX
 from rlscale.rollout import Rollout, run_policy
 from rlscale.spaces import Action, Metrics
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from repacking import SLOW, slow_nodes, smooth_days, training_days  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: benchmarks.*
+from benchmarks.quality.repacking import SLOW, slow_nodes, smooth_days, training_days  # noqa: E402
 
 SCENARIOS = ("web-diurnal", "flash-crowd", "mixed-pools", "ml-platform")
 DEFAULT_RULES = ("fixed:level=0.65", "fixed:level=0.72", "spread:z=3:memory=120", "spread:z=4:memory=120",

@@ -1,8 +1,10 @@
 """Soak: the controller and the local cluster for a long run, with one fault every minute (not in CI).
 
+No anchor: a reliability record (failed requests, lost audit lines, crashes, memory over time).
+
 Usage::
 
-    .venv/bin/python benchmarks/soak.py --minutes 30 --out soak.json
+    .venv/bin/python benchmarks/perf/soak.py --minutes 30 --out docs/data/soak.json
 
 What runs, all real processes on 127.0.0.1:
 
@@ -45,7 +47,7 @@ import httpx
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from rlscale.atomic import write_json  # noqa: E402

@@ -10,7 +10,9 @@ load falls suddenly and the drain matters. Prints cost over HPA's,
 SLO-violating intervals, dropped requests, repacks, and node CPU paid per
 replica CPU requested.
 
-    python benchmarks/repacking.py [--model models/general] [--seeds 12] [--delay 270]
+    python benchmarks/quality/repacking.py [--model models/general] [--seeds 12] [--delay 270]
+
+No anchor: a quality table (cost over HPA's on the same seeds).
 """
 
 from __future__ import annotations

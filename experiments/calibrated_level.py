@@ -1,17 +1,19 @@
 """Would calibrating the generalist's level on a user's own history close the gap to the target?
 
 The network of ``models/general`` keeps 65% almost everywhere
-(``benchmarks/level_rules.py``). On smooth traffic the best tuned rule runs
+(``experiments/level_rules.py``). On smooth traffic the best tuned rule runs
 hotter, and the suite's target asks for a tenth of the room beyond it. This
 gives the generalist's decoder the same kind of tuning the rule gets, but
 honestly: per suite case, the hottest of ``LEVELS`` whose cost is lowest
 while its SLO-violation rate and dropped fraction stay within default HPA's on
 *calibration* seeds (5000 and up: other days of the same trace, the history a
 user would replay with ``rlscale assess``), then judged on the suite's
-held-out seeds against the rule as ``benchmarks/generalisation.py`` found it
-(``docs/generalisation.json``). Nothing here changes ``models/general``.
+held-out seeds against the rule as ``benchmarks/quality/generalisation.py`` found it
+(``docs/data/generalisation.json``). Nothing here changes ``models/general``.
 
-    python benchmarks/calibrated_level.py [--calibration-seeds 5] [--cases NAME ...]
+    python experiments/calibrated_level.py [--calibration-seeds 5] [--cases NAME ...]
+
+No anchor: a quality table. A trial kept for the record: ``docs/experiments/calibrated-level.md``.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ from rlscale.evaluation.tune import within_hpa
 from rlscale.policies.hpa import HPAPolicy
 from rlscale.rollout import run_policy
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generalisation import cases  # noqa: E402
-from level_rules import LevelRule  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: benchmarks.*, experiments.*
+from benchmarks.quality.generalisation import cases  # noqa: E402
+from experiments.level_rules import LevelRule  # noqa: E402
 
 LEVELS = (0.65, 0.72, 0.78, 0.84)
-SUITE_JSON = PROJECT_ROOT / "docs" / "generalisation.json"
+SUITE_JSON = PROJECT_ROOT / "docs" / "data" / "generalisation.json"
 
 
 def calibrate(sc: Scenario, seeds: list[int]) -> float:
@@ -51,7 +53,7 @@ def main() -> int:
     try:
         suite = {c["case"]: c for c in json.loads(SUITE_JSON.read_text())["cases"]}
     except (OSError, ValueError, KeyError) as e:
-        print(f"error: {SUITE_JSON}: expected the suite's results (run benchmarks/generalisation.py first): {e}",
+        print(f"error: {SUITE_JSON}: expected the suite's results (run benchmarks/quality/generalisation.py first): {e}",
               file=sys.stderr)
         return 2
     calibration = list(range(5000, 5000 + args.calibration_seeds))
@@ -63,7 +65,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, sc in cases(args.cases, Path(tmp)):
             if name not in suite:
-                print(f"{name}: not in {SUITE_JSON.name}; rerun benchmarks/generalisation.py", file=sys.stderr)
+                print(f"{name}: not in {SUITE_JSON.name}; rerun benchmarks/quality/generalisation.py", file=sys.stderr)
                 continue
             row = suite[name]
             seeds = list(row.get("seeds") or range(TEST_SEED_BASE, TEST_SEED_BASE + 10))

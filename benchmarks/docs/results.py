@@ -6,9 +6,11 @@ For each scenario in ``envs/``: the policy shipped in ``models/<scenario>``
 Alibaba 2018 cluster trace (``../shared/traces/alibaba2018-cpu-300s.csv``, kept
 outside the repository; each seed replays the day it draws).
 
-Usage: ``python benchmarks/results.py [--seeds 10] [--out docs/RESULTS.md] [--reports DIR] [--trace CSV]``.
+Usage: ``python benchmarks/docs/results.py [--seeds 10] [--out docs/RESULTS.md] [--reports DIR] [--trace CSV]``.
 ``--reports DIR`` also writes each evaluation's full report and TensorBoard runs
 under ``DIR/<name>`` and ``DIR/<name>/tb``.
+
+No anchor: a generator (quality tables: cost over HPA's and the oracle's on the same seeds).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from rlscale.config import PROJECT_ROOT, ConfigError, scenario_names
 from rlscale.evaluation.evaluate import BASELINES, HELD_OUT_SEED_BASE, evaluate, make_config, shipped_model, summary
 from rlscale.evaluation.report import comparison_table, write_outputs
 
-from headroom import TARGET_RATIO, headroom, table as headroom_table
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: benchmarks.*
+
+from benchmarks.quality.headroom import TARGET_RATIO, headroom, table as headroom_table  # noqa: E402
 
 TRACE = PROJECT_ROOT.parent / "shared" / "traces" / "alibaba2018-cpu-300s.csv"
 TRACE_SCENARIO = "web-diurnal"
@@ -62,16 +66,16 @@ GENERALISATION = PROJECT_ROOT / "envs" / "generalisation" / "web-diurnal-flash.y
 
 
 def local_cluster_section(path: Path) -> list[str]:
-    """The real local cluster's numbers, as measured by benchmarks/local_cluster.py (which takes minutes, so it is not rerun here)."""
+    """The real local cluster's numbers, as measured by benchmarks/quality/local_cluster.py (which takes minutes, so it is not rerun here)."""
     import json
 
     if not path.is_file():
-        return ["## Real local cluster", "", f"No measurement: run `python benchmarks/local_cluster.py ... --out {path.relative_to(PROJECT_ROOT)}`.", ""]
+        return ["## Real local cluster", "", f"No measurement: run `python benchmarks/quality/local_cluster.py ... --out {path.relative_to(PROJECT_ROOT)}`.", ""]
     data = json.loads(path.read_text())
     a = data["args"]
     lines = ["## Real local cluster: HPA vs PPO on worker processes behind HAProxy, measured with Prometheus", "",
-             f"Measured by `python benchmarks/local_cluster.py --policy {a['policy']} --speedup {a['speedup']:g} "
-             f"--day-seconds {a['day_seconds']:g} --peak-rps {a['peak_rps']:g} --out docs/local-cluster-bench.json` "
+             f"Measured by `python benchmarks/quality/local_cluster.py --policy {a['policy']} --speedup {a['speedup']:g} "
+             f"--day-seconds {a['day_seconds']:g} --peak-rps {a['peak_rps']:g} --out docs/data/local-cluster-bench.json` "
              f"(one run per policy and trace, decisions every {a['interval']:g} s, SLO p95 0.25 s). `web-diurnal` is its day "
              f"compressed {a['speedup']:g}x; `flash` a flash crowd. Worker-seconds and `http_5xx` come from Prometheus, "
              "latency and failures from the load generator.", "",
@@ -103,7 +107,7 @@ def run(name: str, scenario: str, seeds: int, trace: str | None, reports: Path |
     result = evaluate(config)
     print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     if reports is not None:
-        return write_outputs(result, reports / name, reports / name / "tb", command=f"python benchmarks/results.py --reports {reports}")
+        return write_outputs(result, reports / name, reports / name / "tb", command=f"python benchmarks/docs/results.py --reports {reports}")
     return summary(result)
 
 
@@ -122,7 +126,7 @@ def main() -> int:
                  f"The target is a shipped policy at most {TARGET_RATIO:g} of HPA's cost with no more SLO violations. "
                  "The oracle's column is the room any controller has without spending SLO; the tuned-baseline columns "
                  "are what turning HPA's and the predictive policy's knobs reaches within HPA's SLO-violation rate and "
-                 "dropped fraction (`python benchmarks/headroom.py`, which sweeps them).", "",
+                 "dropped fraction (`python benchmarks/quality/headroom.py`, which sweeps them).", "",
                  *headroom_table([headroom(name, args.seeds) for name in scenario_names()]), ""]
         for scenario in scenario_names():
             data = run(scenario, scenario, args.seeds, None, reports)
@@ -140,7 +144,7 @@ def main() -> int:
                         "`envs/generalisation/web-diurnal-flash.yaml`: the web-diurnal cluster and service with 4 flash "
                         "crowds a day of 2-5x (training saw at most 2 a day of 1.5-3x). The PPO policy is "
                         "`models/web-diurnal`, unchanged.")
-        body += local_cluster_section(PROJECT_ROOT / "docs" / "local-cluster-bench.json")
+        body += local_cluster_section(PROJECT_ROOT / "docs" / "data" / "local-cluster-bench.json")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -148,7 +152,7 @@ def main() -> int:
     head = [
         "# Results",
         "",
-        f"Generated by `python benchmarks/results.py` on {datetime.now(timezone.utc):%Y-%m-%d} "
+        f"Generated by `python benchmarks/docs/results.py` on {datetime.now(timezone.utc):%Y-%m-%d} "
         f"(rlscale {__version__}, Python {platform.python_version()}, {wall:.0f} s on {os.cpu_count()} cores). "
         f"Each scenario: {args.seeds} held-out seeds ({HELD_OUT_SEED_BASE}..{HELD_OUT_SEED_BASE + args.seeds - 1}; "
         "training uses seeds below 10000), one episode (a simulated day unless the scenario says otherwise) per seed, "
@@ -166,7 +170,7 @@ def main() -> int:
         "moves work onto a cheaper pool (in mixed-pools, onto spot nodes) can undercut it; there the proven floor is "
         "the bound, and the tests check that no run that met the SLO cost less than the floor.",
         "",
-        "Rerun after training: `python benchmarks/results.py` (add `--reports reports/results` for the full "
+        "Rerun after training: `python benchmarks/docs/results.py` (add `--reports reports/results` for the full "
         "reports with plots and TensorBoard runs).",
         "",
     ]

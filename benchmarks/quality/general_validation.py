@@ -7,7 +7,9 @@ how far the network itself departs from the 72% level it starts from: the
 decoder (margin, windows, repacking) does much of the generalist's work.
 Validation seeds only (5000 and up), never the generalisation suite.
 
-    python benchmarks/general_validation.py [--model models/general] [--seeds 8] [--no-repack]
+    python benchmarks/quality/general_validation.py [--model models/general] [--seeds 8] [--no-repack]
+
+No anchor: a quality table (the checkpoint score, cost over HPA's on the same seeds).
 """
 
 from __future__ import annotations

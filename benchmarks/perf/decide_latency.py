@@ -17,7 +17,7 @@
    the bare endpoint's throughput. Every decide request is validated, decided
    and written to the audit log.
 
-Usage: ``python benchmarks/decide_latency.py [--model models/NAME] [--rounds 3] [--append docs/BENCHMARKS.md]``.
+Usage: ``python benchmarks/perf/decide_latency.py [--model models/NAME] [--rounds 3] [--append docs/BENCHMARKS.md]``.
 Without ``--model`` the shipped ``models/web-diurnal`` is used, or, where it
 is absent, a random-weight policy in the export format (the same 2 x 64 tanh
 network, so the same cost).
@@ -39,12 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-from batched_decide import TARGET_RATIO as BATCH_TARGET  # benchmarks/batched_decide.py
-from batched_decide import measure as batched_measure
-from machine import cpu_model  # benchmarks/machine.py
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the project root: benchmarks.* and rlscale
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+
+from benchmarks.perf.batched_decide import TARGET_RATIO as BATCH_TARGET  # noqa: E402
+from benchmarks.perf.batched_decide import measure as batched_measure  # noqa: E402
+from benchmarks.perf.machine import cpu_model  # noqa: E402
 
 BODY = {
     "services": ["api"], "time_s": 50_400.0, "arrivals_rps": [820.0], "ready": [14], "desired": [14], "utilisation": [0.72],
@@ -69,7 +71,7 @@ def in_process(model: str, passes: int) -> dict[str, float]:
     """Decision latency over a replayed simulated day, and SB3 predict's on the same observations, alternately."""
     import torch
 
-    from anchors import sb3_predictor
+    from benchmarks.perf.anchors import sb3_predictor
     from rlscale.clusters.simulated import SimulatedCluster
     from rlscale.config import load_scenario
     from rlscale.controller import Decider, GuardConfig, GuardState
@@ -176,7 +178,7 @@ def http(model: str, requests: int, clients: int, tmp: Path, rounds: int, slices
     both sides in the same second of the machine, whose speed on a shared host moved by half between one
     second and the next (whole-round alternation gave ratios from 0.46 to 0.81 for the same code).
     """
-    from anchors import BARE_SERVER
+    from benchmarks.perf.anchors import BARE_SERVER
 
     serve = [sys.executable, "-m", "rlscale.cli", "serve", "--cluster", "none", "--model", model, "--port", "0",
              "--audit-log", str(tmp / "audit.jsonl")]
@@ -281,7 +283,7 @@ def main() -> None:
     services = batched_measure(str(general)) if (general / "card.json").is_file() else None
     loads = f"{load_start:.1f} at start, {os.getloadavg()[0]:.1f} at the end"
     print(json.dumps({"in_process": local, "http": remote, "services": services, "load": loads}, indent=2))
-    command = "python benchmarks/decide_latency.py" + ("" if not args.model else f" --model {args.model}")
+    command = "python benchmarks/perf/decide_latency.py" + ("" if not args.model else f" --model {args.model}")
     text = markdown(local, remote, where, loads, command)
     if services is not None:
         text += (

@@ -1,6 +1,6 @@
 """The whole path from a user's metrics to a trusted policy, on the real local cluster (docs/ASSESS.md, "Measured").
 
-    .venv/bin/python benchmarks/assess_demo.py --work runs/assess-demo    # about 45 minutes
+    .venv/bin/python benchmarks/quality/assess_demo.py --work runs/assess-demo    # about 45 minutes
 
 1. ``rlscale calibrate`` measures this machine's per-worker capacity directly (the yardstick for the fit).
 2. The history generator (``rlscale.assess.generate.LocalHistory``): the local cluster under ``rlscale loadgen``
@@ -14,6 +14,8 @@
 
 Writes ``<work>/demo.json`` with every number, and the fit and shadow reports under ``<work>``.
 ``--held-out-only MODEL`` repeats step 6 alone for another model trained on ``<work>/envs/local-history.yaml``.
+
+No anchor: a quality record (fit errors, shadow agreement, held-out cost and SLO against HPA).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from rlscale.assess.generate import LocalHistory  # noqa: E402

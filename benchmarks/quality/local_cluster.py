@@ -2,8 +2,8 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/local_cluster.py --policy target_tracking
-    .venv/bin/python benchmarks/local_cluster.py --policy ppo:models/local --scenario envs/local.yaml --speedup 720
+    .venv/bin/python benchmarks/quality/local_cluster.py --policy target_tracking
+    .venv/bin/python benchmarks/quality/local_cluster.py --policy ppo:models/local --scenario envs/local.yaml --speedup 720
 
 Each policy runs on the same two replayed traces, each on a fresh cluster:
 ``day``, web-diurnal's Monday compressed ``--speedup`` times (Poisson
@@ -35,6 +35,8 @@ trace's highest *minute*, so a 5 s interval of the replay peaks lower than
 the scenario's ``peak_rps``): the second is the like-for-like prediction.
 ``--keep DIR`` keeps each run's audit log (every decision's metrics, raw and
 final action) and load-generator record there.
+
+No anchor: a quality table (worker-seconds, latency and failures against HPA on the same replayed traces).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from rlscale.clusters.local import LocalCluster, LocalSettings, open_local_cluster  # noqa: E402

@@ -2,8 +2,8 @@
 (and, between them, the same 4 in 2 plain processes: what the machine gives two trainings without Ray);
 and what Ray costs on its own (start-up time, memory of its processes).
 
-    python benchmarks/sweep_speed.py                 # train/sweeps/web-diurnal-500k.yaml: 4 seeds x 500k steps
-    python benchmarks/sweep_speed.py --ray-only      # just Ray's start-up and memory (seconds, not minutes)
+    python benchmarks/perf/sweep_speed.py                 # train/sweeps/web-diurnal-500k.yaml: 4 seeds x 500k steps
+    python benchmarks/perf/sweep_speed.py --ray-only      # just Ray's start-up and memory (seconds, not minutes)
 
 Sequential: each trial's ``TrainConfig`` (from the sweep's own plan) through ``rlscale.learn.train.train`` in this
 process, one after another. Sweep: ``rlscale.learn.sweep.run_sweep`` on a private local Ray with 2 trials at
@@ -11,6 +11,9 @@ once; its time runs from before Ray starts to after Ray has shut down (the expor
 apart: the sequential side exports nothing). Both sides train the same configs, so the ratio is the speed-up
 that concurrency buys minus what Ray costs. The machine's load averages are printed with every number: on a
 2-core machine shared with other jobs, 2 concurrent trials cannot get 2 free cores.
+
+Anchor: the same 4 trainings run one after another in the same run (target: sweep <= 0.65x sequential);
+Ray's start-up and memory are absolute.
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from machine import cpu_model  # benchmarks/machine.py
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the project root: benchmarks.* and rlscale
+
+from benchmarks.perf.machine import cpu_model  # noqa: E402
 
 CONFIG = "train/sweeps/web-diurnal-500k.yaml"
 
@@ -170,7 +177,7 @@ def sequential(config: str, root: Path) -> dict:
         for t in trials:
             t0 = time.monotonic()
             outcome = train(TrainConfig.model_validate(t.config), root / t.name, progress_bar=False,
-                            command=f"benchmarks/sweep_speed.py sequential {t.name}")
+                            command=f"benchmarks/perf/sweep_speed.py sequential {t.name}")
             per_trial.append({"trial": t.name, "wall_s": round(time.monotonic() - t0, 1), "timesteps": outcome.timesteps,
                               "best_score": round(outcome.best_score, 4)})
             print(f"  sequential {t.name}: {per_trial[-1]['wall_s']} s, load {load()}", flush=True)
@@ -191,7 +198,7 @@ def _train_one(job: tuple[dict, str, str]) -> dict:
     config, run_dir, name = job
     t0 = time.monotonic()
     outcome = train(TrainConfig.model_validate(config), Path(run_dir), progress_bar=False,
-                    command=f"benchmarks/sweep_speed.py parallel {name}")
+                    command=f"benchmarks/perf/sweep_speed.py parallel {name}")
     return {"trial": name, "wall_s": round(time.monotonic() - t0, 1), "best_score": round(outcome.best_score, 4)}
 
 
@@ -223,7 +230,7 @@ def swept(config: str, root: Path, concurrent: int) -> dict:
     load_before = load()
     started = time.monotonic()
     with Sampler() as mem:
-        outcome = run_sweep(config, max_concurrent=concurrent, logdir=root, command="benchmarks/sweep_speed.py",
+        outcome = run_sweep(config, max_concurrent=concurrent, logdir=root, command="benchmarks/perf/sweep_speed.py",
                             echo=lambda line: print(f"  {line}", flush=True))
     total = time.monotonic() - started
     trials_s = float(outcome.ray["trials_s"])

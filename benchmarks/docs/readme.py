@@ -2,7 +2,7 @@
 
 A block sits between two markers in ``README.md``::
 
-    <!-- begin generated: NAME (python benchmarks/readme.py) -->
+    <!-- begin generated: NAME (python benchmarks/docs/readme.py) -->
     ...
     <!-- end generated: NAME -->
 
@@ -10,9 +10,11 @@ A block sits between two markers in ``README.md``::
   (the held-out evaluation ``rlscale export`` wrote), with churn (scaling actions per hour);
 - ``simulate``: the output of the README's example ``rlscale simulate`` commands, run now.
 
-Usage: ``python benchmarks/readme.py`` rewrites ``README.md``; ``--check`` only reports
+Usage: ``python benchmarks/docs/readme.py`` rewrites ``README.md``; ``--check`` only reports
 (exit 1) which blocks differ from what the code produces, which is what
 ``tests/test_readme.py`` runs, so a README that drifts from the code fails the tests.
+
+No anchor: a generator (the README's tables from the models' cards and the CLI's output).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 MODELS = ROOT / "models"
 ORDER = ("web-diurnal", "flash-crowd", "mixed-pools", "ml-platform", "local")
@@ -35,7 +37,7 @@ SIMULATE_EXAMPLES = (
 )
 WIDTH = 100  # terminal width the examples are rendered at
 BLOCK = re.compile(
-    r"(<!-- begin generated: (?P<name>[\w-]+) \(python benchmarks/readme.py\) -->\n)(?P<body>.*?)(<!-- end generated: (?P=name) -->)",
+    r"(<!-- begin generated: (?P<name>[\w-]+) \(python benchmarks/docs/readme.py\) -->\n)(?P<body>.*?)(<!-- end generated: (?P=name) -->)",
     re.S,
 )
 
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     new, changed = render(text, set(args.only) if args.only else None)
     if args.check:
         for name in changed:
-            print(f"README.md: generated block {name!r} differs from the code's output (python benchmarks/readme.py)")
+            print(f"README.md: generated block {name!r} differs from the code's output (python benchmarks/docs/readme.py)")
         return 1 if changed else 0
     if changed:
         from rlscale.atomic import write_text

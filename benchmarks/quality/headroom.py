@@ -11,8 +11,10 @@ Two yardsticks on the same held-out episodes as ``docs/RESULTS.md``:
   than the default HPA's (70% CPU). This is what an SRE could get by turning
   the knobs they already have, and so the bar a learned policy should clear.
 
-Usage: ``python benchmarks/headroom.py [--seeds 10] [--scenario NAME ...]``.
-``benchmarks/results.py`` puts the same table at the top of ``docs/RESULTS.md``.
+Usage: ``python benchmarks/quality/headroom.py [--seeds 10] [--scenario NAME ...]``.
+``benchmarks/docs/results.py`` puts the same table at the top of ``docs/RESULTS.md``.
+
+No anchor: a quality table (cost over HPA's on the same seeds).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ and each timed over whole episodes (a simulated day: night and afternoon peak):
     ``observe`` (+ resets of finished episodes) under the same policy, the
     same two ways.
 
-Usage: ``python benchmarks/sim_throughput.py [--scenario NAME] [--seconds S] [--runs R] [--json]``.
+Usage: ``python benchmarks/perf/sim_throughput.py [--scenario NAME] [--seconds S] [--runs R] [--json]``.
 """
 
 from __future__ import annotations
@@ -30,12 +30,16 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from anchors import cartpole_rate  # benchmarks/anchors.py
-from machine import cpu_model  # benchmarks/machine.py
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the project root: benchmarks.* and rlscale
+
+from benchmarks.perf.anchors import cartpole_rate  # noqa: E402
+from benchmarks.perf.machine import cpu_model  # noqa: E402
 
 N_VALUES = (1, 64, 1024)
 KERNELS = {"serial": 10**12, "parallel": 0}  # value of kernel.PARALLEL_FROM that forces each kernel

@@ -3,9 +3,12 @@
 One decision for 1,000 services is one batched forward pass over 1,000 rows,
 so it should cost far less than 1,000 decisions for one service. Both are
 timed in the same run, as a ratio, because absolute times differ 2-4x
-between machines of the same kind. ``benchmarks/decide_latency.py`` calls
-``measure`` and reports the ratio; ``python benchmarks/batched_decide.py``
+between machines of the same kind. ``benchmarks/perf/decide_latency.py`` calls
+``measure`` and reports the ratio; ``python benchmarks/perf/batched_decide.py``
 runs it alone.
+
+Anchor: one decision for one service, interleaved with the batched one in the same run (target: 1,000
+services <= 20x one service's p50).
 """
 
 from __future__ import annotations
