@@ -2,7 +2,10 @@
 
 Every file rlscale writes for someone else (reports, exported policies,
 checkpoints, summaries, Prometheus target lists) goes through here: a
-temporary sibling is written completely, then renamed into place.
+temporary sibling is written completely, then renamed into place. A file
+written where a user's flag says (``--summary``, ``loadgen --out``) is first
+checked by ``check_output_file``: only a regular file, and only one of ours
+unless ``--force``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,3 +75,61 @@ def publish(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+OUR_PREFIX_BYTES = 256
+
+
+def check_output_file(path: str | os.PathLike[str], flag: str, *, ours: str | None, force: bool) -> Path:
+    """Where an output file may go, or one ConfigError line naming the flag.
+
+    Nothing there yet; a regular file that is one of ours (a JSON this module
+    wrote with ``"format": ours`` as its first field); or, with ``force``, any
+    regular file. A symlink, directory, device, pipe or socket is never
+    replaced: ``--summary /dev/full`` replaced the device node with a file, and
+    a symlink was swapped for a file rather than followed.
+    """
+    from rlscale.config import ConfigError
+
+    p = Path(path)
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        if p.parent.exists() and not p.parent.is_dir():
+            raise ConfigError(f"{flag} {path}: {p.parent} is not a directory") from None
+        return p
+    except OSError as err:
+        raise ConfigError(f"{flag} {path}: cannot inspect ({err.strerror})") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(f"{flag} {path}: is a symbolic link; give a path to a regular file (the link is not replaced)")
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{flag} {path}: is a directory; expected a file path")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{flag} {path}: is not a regular file (a device, pipe or socket is never replaced)")
+    if force or (ours is not None and is_ours(p, ours)):
+        return p
+    what = f"an rlscale output (JSON with \"format\": \"{ours}\" first)" if ours else "a file rlscale may replace"
+    raise ConfigError(f"{flag} {path}: exists and is not {what}; pass --force to overwrite it, or choose another path")
+
+
+def is_ours(path: Path, fmt: str) -> bool:
+    """Whether ``path`` starts as ``write_output_json`` starts a file of format ``fmt`` (only its first bytes are read)."""
+    prefix = _prefix(fmt)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, len(prefix)) == prefix
+    finally:
+        os.close(fd)
+
+
+def _prefix(fmt: str) -> bytes:
+    return (json.dumps({"format": fmt}, indent=2)[:-2] + ",").encode()
+
+
+def write_output_json(path: str | os.PathLike[str], data: dict[str, Any], flag: str, *, fmt: str, force: bool) -> None:
+    """``data`` as JSON at a user-named ``path`` (checked again now: it may have changed since start), ``format`` first."""
+    target = check_output_file(path, flag, ours=fmt, force=force)
+    write_json(target, {"format": fmt, **{k: v for k, v in data.items() if k != "format"}})

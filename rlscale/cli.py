@@ -48,6 +48,11 @@ def _root(
     """Reinforcement-learning autoscaling: simulate, train, evaluate, export and serve policies."""
 
 err_console = Console(stderr=True)
+MAX_SEED = 2**31 - 1
+MAX_STEPS = 1_000_000
+"""Decision intervals of one episode: a scenario's episode_steps has the same cap (two years of minutes)."""
+MAX_SERVE_STEPS = 100_000_000
+
 F = TypeVar("F", bound=Callable[..., Any])
 # with the other outputs under runs/, not loose in whatever directory serve was started from
 DEFAULT_AUDIT_LOG = "runs/serve/audit.jsonl"
@@ -98,8 +103,8 @@ def _fmt(metric: str, value: float) -> str:
 def simulate(
     scenario: str = typer.Option("web-diurnal", help="scenario name in envs/ or a YAML path"),
     policy: str = typer.Option("hpa", help="hpa | static | target_tracking | predictive | oracle | ppo:models/NAME"),
-    steps: int | None = typer.Option(None, min=1, help="decision intervals (default: the scenario's episode)"),
-    seed: int = typer.Option(10_000, min=0, help="episode seed (10000 and up: never used in training)"),
+    steps: int | None = typer.Option(None, min=1, max=MAX_STEPS, help="decision intervals (default: the scenario's episode)"),
+    seed: int = typer.Option(10_000, min=0, max=MAX_SEED, help="episode seed (10000 and up: never used in training)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     history_days: float | None = typer.Option(None, min=0.0, max=14.0, help="days before each episode a policy that reads history gets (default: what its card asks for; 1 plays a new service)"),
 ) -> None:
@@ -137,9 +142,9 @@ def simulate(
 @user_errors
 def train(
     config: str = typer.Option(..., "--config", help="training file, e.g. train/ppo-web-diurnal.yaml"),
-    timesteps: int | None = typer.Option(None, min=1, help="override n_timesteps"),
+    timesteps: int | None = typer.Option(None, min=1, max=10**10, help="override n_timesteps"),
     seed: int | None = typer.Option(None, min=0, max=999, help="override the training seed"),
-    n_envs: int | None = typer.Option(None, min=1, help="override the number of parallel simulated clusters"),
+    n_envs: int | None = typer.Option(None, min=1, max=4096, help="override the number of parallel simulated clusters"),
     logdir: str = typer.Option("runs", help="parent directory of the run (TensorBoard, checkpoints)"),
     out: str | None = typer.Option(None, help="export the best policy here when done, e.g. models/my-policy"),
     force: bool = typer.Option(False, "--force", help="let --out replace a policy that is already there"),
@@ -194,7 +199,7 @@ def train(
 def export(
     run: str = typer.Argument(..., help="a run directory (its best/ checkpoint, else last/), a checkpoint directory or a model.zip"),
     out: str = typer.Option(..., help="output directory, e.g. models/my-policy"),
-    seeds: int = typer.Option(10, min=1, help="held-out seeds for the card's evaluation against HPA"),
+    seeds: int = typer.Option(10, min=1, max=1000, help="held-out seeds for the card's evaluation against HPA"),
     force: bool = typer.Option(False, "--force", help="replace a policy already in --out (default: refuse and say what is there)"),
 ) -> None:
     """Write policy.npz + card.json from a training run (loadable without torch or pickle).
@@ -205,21 +210,24 @@ def export(
     """
     from pathlib import Path
 
-    from rlscale.learn.export import export_run
+    from rlscale.learn.export import export_run, incomplete_note
 
     card = export_run(Path(run), Path(out), seeds=seeds, force=force)
     ev = card["evaluation"]
+    note = incomplete_note(card)
+    if note:
+        err_console.print(f"warning: {run}: {note}; its held-out evaluation follows", markup=False, highlight=False, soft_wrap=True)
     if card.get("kind") == "general":
         for name, case in ev["cases"].items():
             console.print(metrics_table(f"{name}: held-out seeds {ev['held_out_seeds'][0]}..{ev['held_out_seeds'][-1]}",
                                         {"general": case["ppo"], "hpa": case["hpa"]}))
         console.print(f"mean cost vs HPA: {ev['cost_vs_hpa']:.3f}; wrote {out}/policy.npz and {out}/card.json "
-                      f"from the {card['training']['checkpoint']} checkpoint")
+                      f"from the {card['training']['checkpoint']} checkpoint" + (" of an incomplete run" if note else ""))
         return
     console.print(metrics_table(f"{card['scenario']}: held-out seeds {ev['held_out_seeds'][0]}..{ev['held_out_seeds'][-1]}",
                                 {"ppo": ev["ppo"], "hpa": ev["hpa"]}))
     console.print(f"cost vs HPA: {ev['cost_vs_hpa']:.3f}; wrote {out}/policy.npz and {out}/card.json "
-                  f"from the {card['training']['checkpoint']} checkpoint")
+                  f"from the {card['training']['checkpoint']} checkpoint" + (" of an incomplete run" if note else ""))
 
 
 @app.command(short_help="Sweep seeds and hyperparameters of a training config on Ray Tune.")
@@ -227,7 +235,7 @@ def export(
 def sweep(
     config: str = typer.Option(..., "--config", help="sweep file, e.g. train/sweeps/web-diurnal-seeds.yaml"),
     address: str | None = typer.Option(None, help="a Ray cluster: auto | ray://HOST:PORT (default: a private local Ray on 127.0.0.1)"),
-    max_concurrent: int | None = typer.Option(None, "--max-concurrent", min=1, help="trials at once (default: the sweep file's, else one per CPU)"),
+    max_concurrent: int | None = typer.Option(None, "--max-concurrent", min=1, max=256, help="trials at once (default: the sweep file's, else one per CPU)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted sweep (finished trials are kept)"),
     logdir: str = typer.Option("sweeps", help="parent directory of the sweep (sweeps/NAME: runs, Tune results, tables)"),
     out: str | None = typer.Option(None, help="export the best trial here (default: sweeps/NAME/policy)"),
@@ -274,10 +282,10 @@ def serve(
     model: str | None = typer.Option(None, help="alias: --model DIR is --policy ppo:DIR"),
     cluster: str = typer.Option("sim", help="sim (the simulator on an accelerated clock) | local (worker processes + HAProxy + Prometheus) | kubernetes (workloads' scale subresource; needs --cluster-config) | none (HTTP API only)"),
     scenario: str = typer.Option("web-diurnal", help="scenario name in envs/ or a YAML path (the cluster's services and bounds)"),
-    speedup: float = typer.Option(60.0, help="simulated seconds per wall second (sim only; 60 = one interval per second)"),
-    interval: float | None = typer.Option(None, help="decision interval in cluster seconds (default: the scenario's step_s)"),
-    seed: int = typer.Option(0, min=0, help="episode seed of the simulated cluster"),
-    steps: int | None = typer.Option(None, min=1, help="decisions to make (sim default: the scenario's episode)"),
+    speedup: float = typer.Option(60.0, min=0.01, max=1e7, help="simulated seconds per wall second (sim only; 60 = one interval per second)"),
+    interval: float | None = typer.Option(None, min=0.1, max=86_400.0, help="decision interval in cluster seconds (default: the scenario's step_s)"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="episode seed of the simulated cluster"),
+    steps: int | None = typer.Option(None, min=1, max=MAX_SERVE_STEPS, help="decisions to make (sim default: the scenario's episode)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="decide and log, never act"),
     audit_log: str = typer.Option(DEFAULT_AUDIT_LOG, help="JSONL audit log (appended; a torn last line is repaired)"),
     host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback needs --token"),
@@ -285,21 +293,22 @@ def serve(
     token: str | None = typer.Option(None, envvar="RLSCALE_TOKEN", help="bearer token required by every endpoint but /healthz (visible in `ps`: prefer RLSCALE_TOKEN or --token-file)"),
     summary: str | None = typer.Option(None, help="write a JSON summary (decisions, fallbacks, episode metrics) here at exit"),
     keep_serving: bool = typer.Option(False, "--keep-serving", help="after the last decision keep the HTTP API up until SIGTERM"),
-    max_step_change: int | None = typer.Option(None, min=0, help="replicas per service per decision (default: the scenario's max_step)"),
-    max_change_per_minute: int | None = typer.Option(None, min=0, help="replicas per service per minute (default: max_step_change x decisions per minute)"),
-    scale_down_cooldown: float = typer.Option(0.0, min=0.0, help="seconds after a scale-up before a scale-down (0: off)"),
-    stale_after: float | None = typer.Option(None, help="metrics older than this (s) are stale (default: 2 intervals)"),
+    max_step_change: int | None = typer.Option(None, min=0, max=512, help="replicas per service per decision (default: the scenario's max_step)"),
+    max_change_per_minute: int | None = typer.Option(None, min=0, max=100_000, help="replicas per service per minute (default: max_step_change x decisions per minute)"),
+    scale_down_cooldown: float = typer.Option(0.0, min=0.0, max=7 * 86_400.0, help="seconds after a scale-up before a scale-down (0: off)"),
+    stale_after: float | None = typer.Option(None, min=0.001, max=7 * 86_400.0, help="metrics older than this (s) are stale (default: 2 intervals)"),
     run_dir: str | None = typer.Option(None, help="local cluster: configs, logs and Prometheus data (default: a new temporary directory); a directory where `rlscale cluster up` runs one is attached to, not started"),
     token_file: str | None = typer.Option(None, help="read the bearer token from this file (keeps it out of `ps`; or set RLSCALE_TOKEN)"),
     fallback_only: bool = typer.Option(False, "--fallback-only", help="serve a model whose services or pools differ from the cluster's, deciding with the HPA rule only"),
-    audit_max_bytes: int = typer.Option(64 * 1024 * 1024, min=1024, help="rotate the audit log when it would grow beyond this many bytes"),
+    audit_max_bytes: int = typer.Option(64 * 1024 * 1024, min=1024, max=1 << 40, help="rotate the audit log when it would grow beyond this many bytes"),
     audit_keep: int = typer.Option(5, min=0, max=1000, help="rotated audit logs kept (audit.jsonl.1 .. .N)"),
     cluster_config: str | None = typer.Option(None, help="kubernetes: YAML naming each service's workload, PromQL and bounds (docs/KUBERNETES.md)"),
     take_over: bool = typer.Option(False, "--take-over", help="kubernetes: start even though an HPA scales the same workload (delete it: the two would fight)"),
     keda_grpc: str | None = typer.Option(None, help="also serve the decisions as a KEDA external scaler (gRPC) on HOST:PORT, e.g. 127.0.0.1:9090"),
     keda_tls: str | None = typer.Option(None, help="folder with tls.crt, tls.key and ca.crt: mTLS for --keda-grpc (needed off loopback)"),
+    force: bool = typer.Option(False, "--force", help="let --summary replace a file that is not an rlscale summary"),
     history: str | None = typer.Option(None, help="a policy that reads history: each service's past demand from a CSV (timestamp,<service>...) or prometheus=URL (with --history-service); default on sim: the simulator's own days before the episode"),
-    history_days: float = typer.Option(7.0, help="days of history to load (at most 14)"),
+    history_days: float = typer.Option(7.0, min=0.0, max=14.0, help="days of history to load (at most 14)"),
     history_service: list[str] = typer.Option([], help="with --history prometheus=URL: a service.yaml whose queries.arrivals_rps is that service's request rate (repeat per service)"),
 ) -> None:
     """Serve a policy: control loop over a cluster + HTTP API (/v1/decide, /v1/status, /healthz, /metrics), with guard rails and an audit log."""
@@ -316,7 +325,7 @@ def serve(
         keep_serving=keep_serving, max_step_change=max_step_change, max_change_per_minute=max_change_per_minute,
         scale_down_cooldown=scale_down_cooldown, stale_after=stale_after, run_dir=run_dir,
         token_file=token_file, fallback_only=fallback_only, audit_max_bytes=audit_max_bytes, audit_keep=audit_keep,
-        cluster_config=cluster_config, take_over=take_over, keda_grpc=keda_grpc, keda_tls=keda_tls,
+        cluster_config=cluster_config, take_over=take_over, keda_grpc=keda_grpc, keda_tls=keda_tls, force=force,
         history=history, history_days=history_days, history_services=tuple(history_service),
     ))
     raise typer.Exit(code)
@@ -328,20 +337,21 @@ def loadgen(
     trace: str = typer.Option("web-diurnal", help="a scenario (its first service's workload) or a timestamp,value CSV"),
     target: str = typer.Option(..., help="URL on loopback, e.g. http://127.0.0.1:PORT/work, or a local cluster's "
                                "--run-dir (its cluster.json names the URL; waits for it)"),
-    speedup: float = typer.Option(480.0, help="trace seconds per real second (480: a day in 3 minutes)"),
+    speedup: float = typer.Option(480.0, min=0.01, max=1e6, help="trace seconds per real second (480: a day in 3 minutes)"),
     duration: float = typer.Option(60.0, min=0.1, max=3600.0, help="real seconds to replay"),
-    peak_rps: float | None = typer.Option(None, help="scale the replayed part so its highest rate is this"),
-    start_hour: float = typer.Option(0.0, min=0.0, help="trace time to start at (hours since Monday 00:00)"),
-    seed: int = typer.Option(0, min=0, help="seed of the trace and of the Poisson arrivals"),
-    max_requests: int = typer.Option(200_000, min=1, help="hard cap on requests sent"),
-    timeout: float = typer.Option(10.0, min=0.1, help="per-request timeout (s)"),
+    peak_rps: float | None = typer.Option(None, min=0.001, max=1e5, help="scale the replayed part so its highest rate is this"),
+    start_hour: float = typer.Option(0.0, min=0.0, max=24 * 366.0, help="trace time to start at (hours since Monday 00:00)"),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="seed of the trace and of the Poisson arrivals"),
+    max_requests: int = typer.Option(200_000, min=1, max=10_000_000, help="hard cap on requests sent"),
+    timeout: float = typer.Option(10.0, min=0.1, max=600.0, help="per-request timeout (s)"),
     out: str | None = typer.Option(None, help="write per-request latencies and per-interval results here (JSON)"),
+    force: bool = typer.Option(False, "--force", help="let --out replace a file that is not an rlscale loadgen result"),
 ) -> None:
     """Replay a trace as open-loop Poisson arrivals against a local URL and report latency."""
     from rlscale.clusters.local.loadgen import run
 
     result = run(trace, target, speedup, duration, peak_rps=peak_rps, seed=seed, start_s=start_hour * 3600.0,
-                 max_requests=max_requests, timeout_s=timeout, out=out)
+                 max_requests=max_requests, timeout_s=timeout, out=out, force=force)
     s = result.summary()
     console.print(
         f"{s['requests']} requests in {s['wall_s']:.1f} s: {s['ok']} ok, {s['failed']} failed; "
@@ -361,12 +371,12 @@ def loadgen(
 def calibrate(
     cluster: str = typer.Option("local", help="the cluster to measure (local)"),
     out: str = typer.Option("envs/local.yaml", help="scenario file to write"),
-    workers: int = typer.Option(2, min=1, help="workers to saturate when measuring capacity"),
-    interval: float = typer.Option(5.0, min=2.0, help="decision interval of the local cluster (the scenario's step_s)"),
-    speedup: float = typer.Option(240.0, help="compression of the scenario's diurnal day (as loadgen --speedup; 240: 6 minutes)"),
-    price: float = typer.Option(0.05, min=0.0, help="nominal USD per worker-hour"),
-    slo: float = typer.Option(0.25, help="p95 latency SLO (s) written into the scenario"),
-    level_seconds: float = typer.Option(6.0, min=3.0, help="seconds per measured load level"),
+    workers: int = typer.Option(2, min=1, max=64, help="workers to saturate when measuring capacity"),
+    interval: float = typer.Option(5.0, min=2.0, max=3600.0, help="decision interval of the local cluster (the scenario's step_s)"),
+    speedup: float = typer.Option(240.0, min=1.0, max=1e5, help="compression of the scenario's diurnal day (as loadgen --speedup; 240: 6 minutes)"),
+    price: float = typer.Option(0.05, min=0.0, max=10_000.0, help="nominal USD per worker-hour"),
+    slo: float = typer.Option(0.25, min=0.001, max=3600.0, help="p95 latency SLO (s) written into the scenario"),
+    level_seconds: float = typer.Option(6.0, min=3.0, max=600.0, help="seconds per measured load level"),
     force: bool = typer.Option(False, "--force", help="replace the scenario, trace and calibration files already at --out"),
 ) -> None:
     """Measure the real cluster (CPU per request, cold start, capacity, latency) and write a scenario for the simulator.
@@ -385,6 +395,10 @@ def calibrate(
                 if p.exists()]
     if existing and not force:
         raise ConfigError(f"--out {out}: would replace {', '.join(existing)}; pass --force to overwrite, or choose another --out")
+    from rlscale.atomic import check_output_file
+
+    for path in (target, target.with_name(f"{target.stem}-diurnal.csv"), target.with_suffix(".calibration.json")):
+        check_output_file(path, "--out", ours=None, force=True)  # even with --force: never a link, device or folder
     from rlscale.clusters.local import LocalSettings
     from rlscale.clusters.local.calibrate import calibrate as run_calibration
 
@@ -406,9 +420,9 @@ def evaluate(
         None, help="comma-separated: ppo:models/NAME,hpa,target_tracking,predictive,static,oracle; "
         "rules take parameters (hpa:target=0.8:window=150), a generalist ppo:models/general:repack=0 "
         "(default: models/<scenario> if shipped, every baseline and the oracle)"),
-    seeds: int = typer.Option(10, min=1, help="held-out seeds (episodes) per policy"),
-    seed_base: int = typer.Option(10_000, min=0, help="first seed; training uses seeds below 10000"),
-    steps: int | None = typer.Option(None, min=1, help="decision intervals per episode (default: the scenario's)"),
+    seeds: int = typer.Option(10, min=1, max=1000, help="held-out seeds (episodes) per policy"),
+    seed_base: int = typer.Option(10_000, min=0, max=MAX_SEED - 1000, help="first seed; training uses seeds below 10000"),
+    steps: int | None = typer.Option(None, min=1, max=MAX_STEPS, help="decision intervals per episode (default: the scenario's)"),
     trace: str | None = typer.Option(None, help="replay a real timestamp,value CSV instead of the generator"),
     trace_column: str = typer.Option("value", help="the CSV column holding the load"),
     logdir: str | None = typer.Option(None, help="TensorBoard log dir (default: runs/eval-<scenario>)"),
@@ -434,8 +448,8 @@ def evaluate(
 @app.command(short_help='The main job: the shipped policy against HPA and the oracle.')
 @user_errors
 def demo(
-    seeds: int = typer.Option(5, min=1, help="held-out seeds"),
-    steps: int | None = typer.Option(None, min=1, help="decision intervals per episode (default: one day)"),
+    seeds: int = typer.Option(5, min=1, max=1000, help="held-out seeds"),
+    steps: int | None = typer.Option(None, min=1, max=MAX_STEPS, help="decision intervals per episode (default: one day)"),
     logdir: str = typer.Option("runs/demo", help="TensorBoard log dir"),
     report: str = typer.Option("reports/demo", help="report folder"),
     workers: int = typer.Option(2, min=1, max=2, help="processes (at most 2)"),
@@ -465,7 +479,7 @@ CLUSTER_DIR = "runs/local-cluster"
 def cluster_up(
     scenario: str = typer.Option("local", help="the local cluster's scenario (envs/local.yaml, written by `rlscale calibrate`)"),
     run_dir: str = typer.Option(CLUSTER_DIR, help="configs, logs, Prometheus data, the supervisor's socket and state"),
-    interval: float | None = typer.Option(None, help="the rates' window in seconds (default: the scenario's step_s)"),
+    interval: float | None = typer.Option(None, min=1.0, max=3600.0, help="the rates' window in seconds (default: the scenario's step_s)"),
 ) -> None:
     """Start the local cluster detached; it runs until `rlscale cluster down`, whatever happens to the controller."""
     from rlscale.clusters.local.supervisor import up

@@ -8,8 +8,9 @@ and exit 2 instead of showing a traceback.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,6 +26,19 @@ class ConfigError(ValueError):
     """A user-facing configuration error: one line, names file and field."""
 
 
+NAME_CHARS = 128
+MAX_SERVICES = 1000
+"""Services of one scenario: the generalist decides for 1,000 in one batch; 10,000 took 25 s to load."""
+MAX_POOLS = 64
+MAX_FLASH_PER_DAY = 100.0
+"""A flash crowd every quarter of an hour at most; 10^9 a day made a 60-step simulation run for minutes."""
+
+
+def _check_interval(name: str, value: tuple[float, float] | None) -> None:
+    if value is not None and value[0] > value[1]:
+        raise ValueError(f"{name}: expected [low, high] with low <= high, got [{value[0]:g}, {value[1]:g}]")
+
+
 class Strict(BaseModel):
     """Every schema: unknown keys are errors, and no number may be NaN or infinite (``peak_rps: .inf`` was accepted)."""
 
@@ -32,15 +46,15 @@ class Strict(BaseModel):
 
 
 class PoolSpec(Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=NAME_CHARS)
     vcpu: float = Field(gt=0, le=1024, description="allocatable vCPU per node")
     memory_gib: float = Field(gt=0, le=65536)
     gpus: int = Field(default=0, ge=0, le=64)
     price_per_hour: float = Field(ge=0, le=10_000, description="USD per node-hour, paid while provisioning too")
     provision_delay_s: float = Field(default=120.0, ge=0, le=86_400)
-    min_nodes: int = Field(default=0, ge=0)
+    min_nodes: int = Field(default=0, ge=0, le=256)
     max_nodes: int = Field(gt=0, le=256)
-    speed: float = Field(default=1.0, gt=0, description="relative CPU speed of this node type")
+    speed: float = Field(default=1.0, gt=0, le=100, description="relative CPU speed of this node type")
     spot_interruptions_per_hour: float = Field(default=0.0, ge=0, le=1)
     idle_release_s: float = Field(default=300.0, ge=0, le=7 * 86_400, description="empty nodes are released after this")
 
@@ -66,22 +80,27 @@ class ReplicaSpec(Strict):
 
 
 class SloSpec(Strict):
-    p95_latency_s: float | None = Field(default=None, gt=0, description="online services")
-    max_backlog_age_s: float | None = Field(default=None, gt=0, description="batch services")
+    p95_latency_s: float | None = Field(default=None, gt=0, le=86_400, description="online services")
+    max_backlog_age_s: float | None = Field(default=None, gt=0, le=30 * 86_400, description="batch services")
 
 
 class FlashCrowdSpec(Strict):
-    per_day: float = Field(default=0.0, ge=0, description="expected flash crowds per simulated day")
-    magnitude: tuple[float, float] = (3.0, 10.0)
-    ramp_s: float = Field(default=120.0, ge=0)
-    decay_s: float = Field(default=900.0, gt=0)
+    per_day: float = Field(default=0.0, ge=0, le=MAX_FLASH_PER_DAY, description="expected flash crowds per simulated day")
+    magnitude: tuple[Annotated[float, Field(ge=1, le=1000)], Annotated[float, Field(ge=1, le=1000)]] = (3.0, 10.0)
+    ramp_s: float = Field(default=120.0, ge=0, le=86_400)
+    decay_s: float = Field(default=900.0, gt=0, le=7 * 86_400)
+
+    @model_validator(mode="after")
+    def _low_le_high(self) -> "FlashCrowdSpec":
+        _check_interval("magnitude", self.magnitude)
+        return self
 
 
 class BatchArrivalSpec(Strict):
     """On/off arrivals: bursts of submitted work separated by quiet gaps."""
 
     on_fraction: float = Field(default=0.0, ge=0, le=1, description="0 disables on/off arrivals")
-    mean_on_s: float = Field(default=1800.0, gt=0)
+    mean_on_s: float = Field(default=1800.0, gt=0, le=7 * 86_400)
     off_level: float = Field(default=0.1, ge=0, le=1, description="load during 'off' as a fraction of 'on'")
 
 
@@ -96,27 +115,28 @@ class WorkloadSpec(Strict):
     noise: float = Field(default=0.05, ge=0, le=1, description="sigma of multiplicative AR(1) noise")
     flash_crowds: FlashCrowdSpec = FlashCrowdSpec()
     batch: BatchArrivalSpec = BatchArrivalSpec()
-    trace: str | None = Field(default=None, description="a timestamp,value CSV; replaces the generator's shape")
-    trace_column: str = "value"
+    trace: str | None = Field(default=None, min_length=1, max_length=4096,
+                              description="a timestamp,value CSV; replaces the generator's shape")
+    trace_column: str = Field(default="value", min_length=1, max_length=NAME_CHARS)
     trace_start_s: float = Field(default=0.0, ge=0, le=1e9, description="replay the trace from this many seconds in "
                                  "(e.g. a held-out tail), looping over what follows")
 
 
 class ServiceSpec(Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=NAME_CHARS)
     kind: Literal["online", "batch"] = "online"
     work_s: float = Field(gt=0, le=86_400, description="CPU-seconds (GPU-seconds when the replica asks for GPUs) per request at speed 1")
     replica: ReplicaSpec
     cold_start_s: float = Field(default=30.0, ge=0, le=86_400)
-    min_replicas: int = Field(default=1, ge=0)
+    min_replicas: int = Field(default=1, ge=0, le=512)
     max_replicas: int = Field(gt=0, le=512)
-    initial_replicas: int | None = Field(default=None, ge=0)
+    initial_replicas: int | None = Field(default=None, ge=0, le=512)
     queue_limit: float = Field(default=10_000.0, gt=0, le=1e12, description="requests held in the queue before drops")
     service_cv: float = Field(default=1.0, ge=0, le=4, description=(
         "coefficient of variation of the service time: 1 = exponential (M/M/c), 0 = constant; "
         "scales the queueing wait by Kingman's (1 + cv^2) / 2"))
     slo: SloSpec
-    pools: list[str] = Field(min_length=1, description="pool preference order")
+    pools: list[str] = Field(min_length=1, max_length=MAX_POOLS, description="pool preference order")
     workload: WorkloadSpec
 
     @model_validator(mode="after")
@@ -158,10 +178,10 @@ class ActionSpec(Strict):
 
 
 class RewardSpec(Strict):
-    cost_scale: float = Field(gt=0, description="USD per decision interval that counts as 1 unit of cost")
-    w_slo: float = Field(default=1.0, ge=0)
-    w_drop: float = Field(default=5.0, ge=0)
-    w_churn: float = Field(default=0.01, ge=0)
+    cost_scale: float = Field(gt=0, le=1e9, description="USD per decision interval that counts as 1 unit of cost")
+    w_slo: float = Field(default=1.0, ge=0, le=1e6)
+    w_drop: float = Field(default=5.0, ge=0, le=1e6)
+    w_churn: float = Field(default=0.01, ge=0, le=1e6)
 
 
 class ImbalanceSpec(Strict):
@@ -173,21 +193,28 @@ class ImbalanceSpec(Strict):
 class RandomisationSpec(Strict):
     """Workload randomisation applied at each training reset (evaluation uses none)."""
 
-    scale: tuple[float, float] = (0.8, 1.2)
-    phase_h: tuple[float, float] = (-2.0, 2.0)
-    flash_per_day: tuple[float, float] | None = None
-    noise: tuple[float, float] | None = None
+    scale: tuple[Annotated[float, Field(gt=0, le=100)], Annotated[float, Field(gt=0, le=100)]] = (0.8, 1.2)
+    phase_h: tuple[Annotated[float, Field(ge=-24, le=24)], Annotated[float, Field(ge=-24, le=24)]] = (-2.0, 2.0)
+    flash_per_day: tuple[Annotated[float, Field(ge=0, le=MAX_FLASH_PER_DAY)],
+                         Annotated[float, Field(ge=0, le=MAX_FLASH_PER_DAY)]] | None = None
+    noise: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] | None = None
     random_start_day: bool = True
+
+    @model_validator(mode="after")
+    def _low_le_high(self) -> "RandomisationSpec":
+        for name in ("scale", "phase_h", "flash_per_day", "noise"):
+            _check_interval(name, getattr(self, name))
+        return self
 
 
 class Scenario(Strict):
-    name: str = Field(min_length=1)
-    description: str = ""
+    name: str = Field(min_length=1, max_length=NAME_CHARS)
+    description: str = Field(default="", max_length=10_000)
     step_s: float = Field(default=60.0, ge=1.0, le=3600, description="decision interval; below 1 s no real autoscaler acts")
     substeps: int = Field(default=6, ge=1, le=60)
     episode_steps: int = Field(default=1440, ge=1, le=1_000_000, description="at most ~2 years of 1-minute steps")
-    pools: list[PoolSpec] = Field(min_length=1)
-    services: list[ServiceSpec] = Field(min_length=1)
+    pools: list[PoolSpec] = Field(min_length=1, max_length=MAX_POOLS)
+    services: list[ServiceSpec] = Field(min_length=1, max_length=MAX_SERVICES)
     actions: ActionSpec = ActionSpec()
     reward: RewardSpec
     imbalance: ImbalanceSpec = ImbalanceSpec()
@@ -243,24 +270,126 @@ def parse_model(model: type[BaseModel], data: Any, source: str) -> Any:
         raise ConfigError(_format_validation_error(source, err)) from None
 
 
-def read_user_text(path: Path, what: str = "file") -> str:
-    """A file the user named, or one ConfigError line: '<path>: <what> not found' or 'cannot read (why)'."""
+MAX_USER_FILE_BYTES = 4 * 1024 * 1024
+"""A scenario, training file, service.yaml, sweep file or cluster config is a few KiB; a 200 MB one took minutes."""
+MAX_YAML_DEPTH = 32
+"""Nesting levels of a YAML file (a scenario needs 5); 500 levels raised RecursionError."""
+
+
+def read_user_bytes(path: Path, what: str = "file", max_bytes: int = MAX_USER_FILE_BYTES) -> bytes:
+    """At most ``max_bytes`` of a regular file the user named, or one ConfigError line.
+
+    The file is opened without blocking and checked on the open descriptor, so
+    a FIFO cannot hang the read and a symlink to ``/dev/zero`` cannot fill memory.
+    """
     try:
-        return path.read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: {what} is a directory, expected a regular file") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
-
-
-def read_yaml(path: Path) -> Any:
-    text = read_user_text(path)
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{path}: {what} is a directory, expected a regular file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path}: {what} is not a regular file (a device, pipe or socket cannot be read as one)")
+        if st.st_size > max_bytes:
+            raise ConfigError(f"{path}: {what} is {st.st_size} bytes; at most {max_bytes}")
+        chunks, size = [], 0
+        while chunk := os.read(fd, min(1 << 20, max_bytes + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                raise ConfigError(f"{path}: {what} grew beyond {max_bytes} bytes while being read")
+        return b"".join(chunks)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+def decode_user_text(data: bytes, path: Path, what: str = "file") -> str:
+    """UTF-8 (a leading BOM is dropped); a bad byte is one line with its offset, not a UnicodeDecodeError."""
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        offset = bom + err.start
+        raise ConfigError(f"{path}: {what} is not UTF-8 text (byte 0x{data[offset]:02x} at offset {offset})") from None
+
+
+def read_user_text(path: Path, what: str = "file", max_bytes: int = MAX_USER_FILE_BYTES) -> str:
+    """A text file the user named, bounded and UTF-8, or one ConfigError line naming the file."""
+    return decode_user_text(read_user_bytes(Path(path), what, max_bytes), Path(path), what)
+
+
+class _Refused(yaml.YAMLError):
+    """What ``_Loader`` refuses: one line, already naming the line of the file."""
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses what a config file never needs: deep nesting, aliases, duplicate keys.
+
+    A duplicate key used to win silently (the last one); an alias can make a
+    few lines expand to billions of values once validated.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise _Refused(f"aliases (*name) are not accepted, at line {mark.line + 1}")
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _Refused(f"nested deeper than {MAX_YAML_DEPTH} levels at line {mark.line + 1}")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the constructor below says so
+                    continue
+                if duplicate:
+                    raise _Refused(f"duplicate key {str(key)[:40]!r} at line {key_node.start_mark.line + 1}")
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path, what: str = "file") -> Any:
+    """A user's YAML file: bounded in size and depth, UTF-8, no duplicate keys or aliases; else one ConfigError line."""
+    text = read_user_text(path, what)
+    try:
+        loader = _Loader(text)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except _Refused as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except yaml.reader.ReaderError as err:
+        raise ConfigError(f"{path}: not valid YAML (character 0x{err.character:02x} at character {err.position})") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"{path}: not valid YAML") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested deeper than {MAX_YAML_DEPTH} levels") from None
 
 
 def scenario_names() -> list[str]:
@@ -285,7 +414,7 @@ def load_scenario(name_or_path: str | os.PathLike[str] | Scenario) -> Scenario:
     if isinstance(name_or_path, Scenario):
         return name_or_path
     path = resolve_scenario_path(name_or_path)
-    data = read_yaml(path)
+    data = read_yaml(path, "scenario")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of scenario fields")
     scenario = parse_model(Scenario, data, str(path))
@@ -309,8 +438,8 @@ def _resolve_trace_paths(scenario: Scenario, base: Path) -> Scenario:
 class NormalizeSpec(Strict):
     norm_obs: bool = True
     norm_reward: bool = True
-    clip_obs: float = Field(default=10.0, gt=0)
-    gamma: float | None = None
+    clip_obs: float = Field(default=10.0, gt=0, le=1000)
+    gamma: float | None = Field(default=None, gt=0, le=1)
 
 
 VALIDATION_SEED_BASE = 5_000
@@ -322,10 +451,10 @@ TEST_SEED_BASE = 10_000
 class EvalSpec(Strict):
     """Validation during training: seeds never used for training, and below the test seeds."""
 
-    freq: int = Field(default=50_000, gt=0, description="environment steps between evaluations")
+    freq: int = Field(default=50_000, gt=0, le=10**10, description="environment steps between evaluations")
     seeds: int = Field(default=5, ge=1, le=100)
-    seed_base: int = Field(default=VALIDATION_SEED_BASE, ge=1000)
-    episode_steps: int | None = Field(default=None, ge=1)
+    seed_base: int = Field(default=VALIDATION_SEED_BASE, ge=1000, lt=TEST_SEED_BASE)
+    episode_steps: int | None = Field(default=None, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _below_test_seeds(self) -> "EvalSpec":
@@ -335,29 +464,35 @@ class EvalSpec(Strict):
 
 
 class PolicyKwargs(Strict):
-    net_arch: list[int] = Field(default=[64, 64], min_length=1)
+    net_arch: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default=[64, 64], min_length=1, max_length=8)
     activation_fn: Literal["tanh", "relu"] = "tanh"
 
 
 class GeneralRanges(Strict):
     """What the generalist's training clusters are drawn from; the card states these as the policy's range."""
 
-    step_s: list[float] = Field(default=[30.0, 60.0, 60.0, 120.0], min_length=1)
-    peak_replicas: float = Field(default=250.0, gt=2, description="peak demand in replicas at 100% utilisation")
+    step_s: list[Annotated[float, Field(ge=1, le=3600)]] = Field(default=[30.0, 60.0, 60.0, 120.0], min_length=1, max_length=64)
+    peak_replicas: float = Field(default=250.0, gt=2, le=512, description="peak demand in replicas at 100% utilisation")
     max_replicas: int = Field(default=512, ge=3, le=512)
-    slo_over_work: tuple[float, float] = (2.5, 40.0)
-    provision_delay_s: tuple[float, float] = (15.0, 300.0)
-    cold_start_s: tuple[float, float] = (0.0, 180.0)
+    slo_over_work: tuple[Annotated[float, Field(gt=0, le=1e6)], Annotated[float, Field(gt=0, le=1e6)]] = (2.5, 40.0)
+    provision_delay_s: tuple[Annotated[float, Field(ge=0, le=86_400)], Annotated[float, Field(ge=0, le=86_400)]] = (15.0, 300.0)
+    cold_start_s: tuple[Annotated[float, Field(ge=0, le=86_400)], Annotated[float, Field(ge=0, le=86_400)]] = (0.0, 180.0)
     capacity_error: float = Field(default=0.2, ge=0, lt=1, description="declared vs true per-replica capacity")
+
+    @model_validator(mode="after")
+    def _low_le_high(self) -> "GeneralRanges":
+        for name in ("slo_over_work", "provision_delay_s", "cold_start_s"):
+            _check_interval(name, getattr(self, name))
+        return self
 
 
 class ConstraintSpec(Strict):
     """Constrained training: the SLO and drop weights become Lagrange multipliers (``general.constraint``)."""
 
     lr: float = Field(default=0.1, gt=0, le=10, description="dual step: log-multiplier change per unit of relative excess")
-    every: int = Field(default=256, ge=1, description="intervals of every slot between two multiplier updates")
+    every: int = Field(default=256, ge=1, le=10**7, description="intervals of every slot between two multiplier updates")
     slack: float = Field(default=0.0, ge=-1, le=1, description="allowed relative excess over the rule twin's rate")
-    bounds: tuple[float, float] = Field(default=(0.5, 500.0), description="the multipliers stay within these")
+    bounds: tuple[Annotated[float, Field(gt=0, le=1e9)], Annotated[float, Field(gt=0, le=1e9)]] = Field(default=(0.5, 500.0), description="the multipliers stay within these")
 
 
 class GeneralSpec(Strict):
@@ -365,27 +500,27 @@ class GeneralSpec(Strict):
 
     engines: int = Field(default=4, ge=1, le=256, description="cluster slots, each re-drawn when its episodes end")
     episode_steps: int = Field(default=720, ge=16, le=100_000)
-    trace: str | None = Field(default=None, description="a real timestamp,value CSV whose first days are replayed")
-    trace_train_days: float = Field(default=5.0, gt=0)
+    trace: str | None = Field(default=None, min_length=1, max_length=4096, description="a real timestamp,value CSV whose first days are replayed")
+    trace_train_days: float = Field(default=5.0, gt=0, le=366)
     batch_fraction: float = Field(default=0.1, ge=0, le=1)
     spot_fraction: float = Field(default=0.3, ge=0, le=1)
     extra_pool_fraction: float = Field(default=0.2, ge=0, le=1)
-    w_slo: float = Field(default=20.0, ge=0)
-    w_drop: float = Field(default=50.0, ge=0)
-    w_churn: float = Field(default=0.05, ge=0)
+    w_slo: float = Field(default=20.0, ge=0, le=1e6)
+    w_drop: float = Field(default=50.0, ge=0, le=1e6)
+    w_churn: float = Field(default=0.05, ge=0, le=1e6)
     rule_twin: bool = Field(default=False, description="reward relative to the start-level rule on the same episode (a baseline)")
     start_level: int = Field(default=4, ge=0, le=7, description="index into the target levels the fresh policy is biased to (4: 72%)")
     start_preference: float = Field(default=4.0, ge=0, le=20, description=(
         "logit bias of the fresh policy towards start_level (4: the other levels are drawn ~1.6% of the time each)"))
     scenarios: list[str] = Field(
-        default=[], description="single-service scenarios (envs/ names) drawn in place of a random cluster, on training seeds")
+        default=[], max_length=64, description="single-service scenarios (envs/ names) drawn in place of a random cluster, on training seeds")
     scenario_fraction: float = Field(default=0.0, ge=0, le=1, description="share of slot draws that use one of `scenarios`")
     twin_penalty: Literal["difference", "excess"] = Field(
         default="difference", description="excess: pay only for violations and drops beyond the rule twin's (needs rule_twin)")
     constraint: ConstraintSpec | None = Field(
         default=None, description="adapt w_slo and w_drop so the policy's rates match the rule twin's (needs rule_twin)")
     ranges: GeneralRanges = GeneralRanges()
-    validation: list[str] = Field(default=["web-diurnal", "flash-crowd", "mixed-pools", "ml-platform"], min_length=1)
+    validation: list[str] = Field(default=["web-diurnal", "flash-crowd", "mixed-pools", "ml-platform"], min_length=1, max_length=64)
     history_days: float = Field(default=0.0, ge=0, le=14, description=(
         "days of each service's past demand every decision reads (DESIGN.md section 15); 0: the history-free policy"))
     history_none_fraction: float = Field(default=0.15, ge=0, le=1, description=(
@@ -409,23 +544,23 @@ class GeneralSpec(Strict):
 class TrainConfig(Strict):
     """One rl-zoo3-style training file (``train/ppo-<scenario>.yaml``)."""
 
-    scenario: str
+    scenario: str = Field(min_length=1, max_length=4096)
     algo: Literal["ppo"] = "ppo"
     seed: int = Field(default=0, ge=0, lt=1000, description="training seeds stay below the evaluation seeds")
     n_envs: int = Field(default=16, ge=1, le=4096)
-    n_timesteps: int = Field(default=1_000_000, gt=0)
-    episode_steps: int | None = Field(default=None, ge=1)
+    n_timesteps: int = Field(default=1_000_000, gt=0, le=10**10)
+    episode_steps: int | None = Field(default=None, ge=1, le=1_000_000)
     policy: Literal["MlpPolicy"] = "MlpPolicy"
     policy_kwargs: PolicyKwargs = PolicyKwargs()
-    n_steps: int = Field(default=256, ge=8)
-    batch_size: int = Field(default=1024, ge=8)
-    n_epochs: int = Field(default=10, ge=1)
+    n_steps: int = Field(default=256, ge=8, le=1_000_000)
+    batch_size: int = Field(default=1024, ge=8, le=10**7)
+    n_epochs: int = Field(default=10, ge=1, le=1000)
     gamma: float = Field(default=0.99, gt=0, le=1)
     gae_lambda: float = Field(default=0.95, gt=0, le=1)
-    ent_coef: float = Field(default=0.0, ge=0)
-    vf_coef: float = Field(default=0.5, ge=0)
-    clip_range: float = Field(default=0.2, gt=0)
-    max_grad_norm: float = Field(default=0.5, gt=0)
+    ent_coef: float = Field(default=0.0, ge=0, le=10)
+    vf_coef: float = Field(default=0.5, ge=0, le=100)
+    clip_range: float = Field(default=0.2, gt=0, le=10)
+    max_grad_norm: float = Field(default=0.5, gt=0, le=1e6)
     learning_rate: float | str = Field(default=3e-4, description="a float, or 'lin_<float>' for a linear decay to 0")
     normalize: NormalizeSpec = NormalizeSpec()
     randomise: bool = True
@@ -440,12 +575,14 @@ class TrainConfig(Strict):
     def _check_lr(self) -> "TrainConfig":
         lr = self.learning_rate
         if isinstance(lr, str):
-            if not lr.startswith("lin_"):
+            if not lr.startswith("lin_") or len(lr) > 32:
                 raise ValueError("learning_rate: expected a float or 'lin_<float>'")
             try:
-                float(lr[4:])
+                lr = float(lr[4:])
             except ValueError:
                 raise ValueError("learning_rate: expected a float or 'lin_<float>'") from None
+        if not 0 < lr <= 1:  # NaN fails this too
+            raise ValueError(f"learning_rate: expected a number in (0, 1], got {lr:g}")
         return self
 
 
@@ -453,7 +590,7 @@ def load_train_config(path: str | os.PathLike[str]) -> TrainConfig:
     p = Path(path)
     if not p.exists() and not p.is_absolute() and (TRAIN_DIR / p.name).exists():
         p = TRAIN_DIR / p.name
-    data = read_yaml(p)
+    data = read_yaml(p, "training config")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of training settings")
     return parse_model(TrainConfig, data, str(p))

@@ -6,14 +6,14 @@ the same arrays and card fields ``rlscale.policies.ppo.load_exported`` reads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from rlscale.config import Scenario, load_scenario
-from rlscale.policies.network import CARD_FORMAT
+from rlscale.policies.network import PolicyWeights, write_exported
 from rlscale.spaces import ActionSpec, ObsSpec
 
 
@@ -42,20 +42,38 @@ def export_random_policy(
     arrays["obs_var"] = rng.uniform(0.5, 2.0, obs_spec.size)
     arrays["obs_clip"] = np.array(10.0)
     arrays["obs_eps"] = np.array(1e-8)
+    weights = PolicyWeights(
+        layers=tuple((arrays[f"pi_{i}_w"], arrays[f"pi_{i}_b"]) for i in range(len(hidden))),
+        action_w=arrays["action_w"], action_b=arrays["action_b"], obs_mean=arrays["obs_mean"], obs_var=arrays["obs_var"],
+        obs_clip=10.0, obs_eps=1e-8, activation=activation,
+    )
     root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    npz = root / "policy.npz"
-    np.savez(npz, **arrays)
     card = {
-        "format": CARD_FORMAT,
+        "name": root.name,
         "scenario": sc.name,
+        "scenario_config": json.loads(sc.model_dump_json()),
         "obs_spec": obs_spec.to_dict(),
+        "obs_features": obs_spec.feature_names(),
         "action_spec": action_spec.to_dict(),
-        "network": {"activation": activation, "layers": len(hidden)},
-        "policy_sha256": hashlib.sha256(npz.read_bytes()).hexdigest(),
-        "training": {"algorithm": "none (random weights for tests)", "seed": seed, "timesteps": 0},
+        "training": {"checkpoint": "none (random weights for tests)", "seed": seed, "timesteps": 0},
         "evaluation": {},
         "versions": {"numpy": np.__version__},
     }
-    (root / "card.json").write_text(json.dumps(card, indent=2))
+    write_exported(root, weights, card)
     return root
+
+
+def general_card(ranges: dict[str, list[float]], history: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fields of a generalist card besides the network and checksums (``write_exported`` adds those)."""
+    from rlscale.policies import history as hist
+    from rlscale.policies import relative
+
+    return {
+        **({"history": history} if history else {}),
+        "name": "general", "kind": "general",
+        "obs_features": list(relative.FEATURES) + (list(hist.FEATURES) if history else []),
+        "action": {"levels": list(relative.LEVELS), "rebalance": ["none", "consolidate", "spread"], "u_max": relative.U_MAX,
+                   "tolerance": relative.TOLERANCE, "down_window_steps": relative.DOWN_WINDOW_STEPS},
+        "range": ranges, "training": {"checkpoint": "none (random weights for tests)", "seed": 0, "timesteps": 0},
+        "evaluation": {}, "versions": {"numpy": np.__version__},
+    }

@@ -20,6 +20,7 @@ from rlscale.policies.network import PolicyWeights, load_exported, write_exporte
 from rlscale.policies.relative import LEVELS, N_FEATURES, TOLERANCE, U_MAX
 from rlscale.rollout import run_policy
 from rlscale.spaces import REBALANCE_CONSOLIDATE, REBALANCE_DRAIN, REBALANCE_NONE, Action, Metrics
+from helpers import general_card
 
 SUITE = Path(__file__).resolve().parents[1] / "envs" / "generalisation"
 
@@ -40,7 +41,7 @@ CARD = {"range": card_range(GeneralSpec())}
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("models") / "general"
-    write_exported(out, random_weights(), {"kind": "general", **CARD})
+    write_exported(out, random_weights(), general_card(CARD["range"]))
     return out
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from rlscale.config import ConfigError
+from rlscale.policies.card import seal
 from rlscale.policies.model_file import MemberSpec, read_npz
 from rlscale.policies.network import load_exported
 
@@ -35,7 +36,7 @@ def arrays_of(model: Path) -> dict[str, np.ndarray]:
 
 
 def rewrite(model: Path, arrays: dict[str, np.ndarray] | None = None, raw: bytes | None = None, **card_changes) -> Path:
-    """Replace the model's npz (arrays or raw bytes) and card fields; the card's sha256 follows the new npz."""
+    """Replace the model's npz (arrays or raw bytes) and card fields; the card's checksums follow the new npz and card."""
     npz = model / "policy.npz"
     if raw is not None:
         npz.write_bytes(raw)
@@ -50,7 +51,7 @@ def rewrite(model: Path, arrays: dict[str, np.ndarray] | None = None, raw: bytes
             card.pop(key, None)
         else:
             card[key] = value
-    (model / "card.json").write_text(json.dumps(card))
+    (model / "card.json").write_text(json.dumps(seal(card)))
     return model
 
 
@@ -71,7 +72,7 @@ def refused(model: Path, match: str) -> str:
 
 
 def test_a_card_without_policy_sha256_is_refused(model):
-    refused(rewrite(model, policy_sha256=None), "policy_sha256: required")
+    refused(rewrite(model, policy_sha256=None), "policy_sha256: Field required")
 
 
 def test_an_extra_member_is_refused_without_decompressing_it(model):
@@ -98,7 +99,7 @@ def test_a_member_larger_than_its_limit_is_refused_from_its_declared_size(tmp_pa
 
 
 def test_ten_million_layers_is_one_short_line_at_once(model):
-    refused(rewrite(model, network={"activation": "tanh", "layers": 10_000_000}), "network.layers: expected an integer 0..32")
+    refused(rewrite(model, network={"activation": "tanh", "layers": 10_000_000}), "network.layers: Input should be less than or equal to 32")
 
 
 @pytest.mark.parametrize(
@@ -121,10 +122,10 @@ def test_members_with_the_wrong_dtype_shape_or_content_are_refused_in_one_line(m
 @pytest.mark.parametrize(
     "card_change, match",
     [
-        ({"obs_spec": "x"}, "malformed field"),
-        ({"obs_spec": {"services": 5}}, "malformed field"),
-        ({"action_spec": None}, "malformed field"),
-        ({"network": [1]}, "malformed field"),
+        ({"obs_spec": "x"}, "card.json: obs_spec: Input should be a valid dictionary"),
+        ({"obs_spec": {"services": 5}}, "card.json: obs_spec.services: Input should be a valid list"),
+        ({"action_spec": None}, "card.json: action_spec: Field required"),
+        ({"network": [1]}, "card.json: network: Input should be a valid dictionary"),
     ],
 )
 def test_malformed_cards_are_one_line(model, card_change, match):

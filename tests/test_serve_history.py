@@ -21,6 +21,7 @@ from rlscale.policies.relative import n_features, nvec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_serve import read_jsonl, serve_cmd, start, wait_for  # noqa: E402
+from helpers import general_card  # noqa: E402
 
 
 def history_weights(seed: int = 0) -> PolicyWeights:
@@ -37,8 +38,7 @@ def history_weights(seed: int = 0) -> PolicyWeights:
 @pytest.fixture(scope="module")
 def history_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("models") / "general-history"
-    write_exported(out, history_weights(), {"kind": "general", "range": card_range(GeneralSpec()),
-                                            "history": {"days": 7.0, "min_days": 1.0}})
+    write_exported(out, history_weights(), general_card(card_range(GeneralSpec()), {"days": 7.0, "min_days": 1.0}))
     return out
 
 

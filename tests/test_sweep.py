@@ -93,7 +93,7 @@ def test_random_search_draws_the_same_trials_for_the_same_seed_within_bounds(tmp
      r"s\.yaml: axes\.reward\.w_slo: value -1\.0 gives an invalid training config: reward\.w_slo: "),
     ({"axes": {"seed": []}}, r"axes\.seed: expected at least one value"),
     ({"name": "../escape"}, r"s\.yaml: name: String should match pattern"),
-    ({"base": "train/no-such-config.yaml"}, r"no-such-config\.yaml: file not found"),
+    ({"base": "train/no-such-config.yaml"}, r"no-such-config\.yaml: training config not found"),
 ])
 def test_sweep_file_mistakes_are_one_line_naming_file_and_field(tmp_path: Path, fields: dict, expected: str) -> None:
     spec_path = write_sweep(tmp_path / "s.yaml", **fields)

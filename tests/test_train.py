@@ -169,8 +169,8 @@ def test_mismatched_export_gives_one_line_error(exported: Path, tmp_path: Path) 
     card = dict(policy.card)
     card["obs_spec"] = {**card["obs_spec"], "services": ["api", "worker"]}
     shutil.rmtree(tmp_path / "m", ignore_errors=True)
-    write_exported(tmp_path / "m", policy.weights, card)
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ConfigError) as err:  # refused on the way out now, as it would be on the way in
+        write_exported(tmp_path / "m", policy.weights, card)
         load_exported(tmp_path / "m")
     assert "\n" not in str(err.value)
 
@@ -251,3 +251,30 @@ def test_a_feature_constant_in_training_is_held_at_its_training_value_when_servi
     np.testing.assert_array_equal(logits(weights, moved), logits(weights, at_mean))
     moved[:, k + 1] += 1.0  # a feature that did vary still counts
     assert not np.array_equal(logits(weights, moved), logits(weights, at_mean))
+
+
+def test_export_of_a_half_trained_run_says_it_is_incomplete_how_far_it_got_and_its_evaluation(
+    tmp_path: Path, trained_run: Path
+) -> None:
+    """Issue 26 item 4: a run interrupted at 229k of 2.77M steps exported without a word."""
+    from rlscale.learn.train import train
+
+    def interrupt(callback, entry) -> None:  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt  # what Ctrl-C does in the middle of learning, after the first evaluation saved best/
+
+    run = tmp_path / "half"
+    outcome = train(tiny_config(n_timesteps=40_960), run, progress_bar=False, on_evaluation=interrupt)
+    assert outcome.interrupted and outcome.timesteps < 40_960
+    result = subprocess.run([sys.executable, "-m", "rlscale.cli", "export", str(run), "--out", str(tmp_path / "m"),
+                             "--seeds", "1"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    warning = result.stderr.strip()
+    assert warning.count("\n") == 0 and warning.startswith(f"warning: {run}: the run is incomplete"), warning
+    assert f"stopped at {outcome.timesteps:,} of 40,960 steps" in warning and "validation score" in warning
+    assert "held-out evaluation follows" in warning and "cost vs HPA" in result.stdout and "incomplete run" in result.stdout
+    card = load_exported(tmp_path / "m").card["training"]
+    assert card["complete"] is False and card["run_timesteps"] == outcome.timesteps and card["n_timesteps"] == 40_960
+    whole = subprocess.run([sys.executable, "-m", "rlscale.cli", "export", str(trained_run), "--out", str(tmp_path / "w"),
+                            "--seeds", "1"], capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0 and "incomplete" not in whole.stderr + whole.stdout, whole.stderr
+    assert load_exported(tmp_path / "w").card["training"]["complete"] is True

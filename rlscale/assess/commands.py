@@ -23,9 +23,9 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any], console: Any) 
     def assess(
         prometheus: str = typer.Option(..., help="Prometheus base URL, e.g. http://127.0.0.1:9090"),
         config: str = typer.Option(..., help="service.yaml: PromQL templates, SLO, limits, node price (envs/services/)"),
-        days: float = typer.Option(..., help="days of history up to --end (fractions are fine: 0.25 = 6 hours)"),
+        days: float = typer.Option(..., min=0.001, max=366.0, help="days of history up to --end (fractions are fine: 0.25 = 6 hours)"),
         out: str = typer.Option(..., help="scenario to write, e.g. envs/my-service.yaml (traces beside it)"),
-        end: float | None = typer.Option(None, help="end of the history, unix seconds (default: now)"),
+        end: float | None = typer.Option(None, min=0.0, max=1e11, help="end of the history, unix seconds (default: now)"),
         report: str | None = typer.Option(None, help="fit report folder (default: reports/assess-<NAME>)"),
     ) -> None:
         """Fit a scenario to a service's Prometheus history.
@@ -52,7 +52,7 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any], console: Any) 
         report: str | None = typer.Option(None, help="plan report folder (default: reports/plan-<NAME>)"),
         percentile: float = typer.Option(0.98, min=0.5, max=1.0, help="CPU target percentile of usage (the VPA's is 0.9)"),
         margin: float = typer.Option(0.15, min=0.0, max=2.0, help="safety margin on CPU and memory (the VPA's 0.15)"),
-        half_life_h: float = typer.Option(24.0, min=0.01, help="half-life of a usage sample's weight, hours (the VPA's 24)"),
+        half_life_h: float = typer.Option(24.0, min=0.01, max=24 * 366.0, help="half-life of a usage sample's weight, hours (the VPA's 24)"),
         model: str | None = typer.Option(None, help="generalist to check the planned scenario against (default: models/general)"),
     ) -> None:
         """Right-size each service's replica from its usage history and pick the cheapest pool mix.
@@ -79,7 +79,7 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any], console: Any) 
         prometheus: str = typer.Option(..., help="Prometheus base URL of the running service"),
         config: str = typer.Option(..., help="the service.yaml used for assess"),
         model: str = typer.Option(..., help="exported policy, e.g. models/my-service"),
-        duration: float | None = typer.Option(None, help="seconds to run (default: until Ctrl-C)"),
+        duration: float | None = typer.Option(None, min=0.001, max=1e9, help="seconds to run (default: until Ctrl-C)"),
         scenario: str | None = typer.Option(None, help="the policy's scenario (default: the one in the model's card)"),
         audit_log: str = typer.Option("shadow-audit.jsonl", help="JSONL audit log (appended)"),
     ) -> None:

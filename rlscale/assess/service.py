@@ -39,29 +39,29 @@ OPTIONAL = ("utilisation", "desired", "backlog", "dropped", "cold_start_s", "nod
 class Queries(Strict):
     """PromQL templates; ``{window}`` is replaced by the step as a duration (``5000ms``)."""
 
-    arrivals_rps: str = Field(min_length=1, description="requests/s arriving at the service")
-    ready: str = Field(min_length=1, description="replicas that can take traffic")
-    latency_p95_s: str = Field(min_length=1, description="p95 request latency, seconds, as clients see it")
-    utilisation: str | None = Field(default=None, description="busy fraction per ready replica, 0..1")
+    arrivals_rps: str = Field(min_length=1, max_length=4096, description="requests/s arriving at the service")
+    ready: str = Field(min_length=1, max_length=4096, description="replicas that can take traffic")
+    latency_p95_s: str = Field(min_length=1, max_length=4096, description="p95 request latency, seconds, as clients see it")
+    utilisation: str | None = Field(default=None, max_length=4096, description="busy fraction per ready replica, 0..1")
     desired: str | None = None
     backlog: str | None = None
-    dropped: str | None = Field(default=None, description="requests failed or dropped in the interval")
-    cold_start_s: str | None = Field(default=None, description="per replica: seconds from its creation to ready")
+    dropped: str | None = Field(default=None, max_length=4096, description="requests failed or dropped in the interval")
+    cold_start_s: str | None = Field(default=None, max_length=4096, description="per replica: seconds from its creation to ready")
     nodes: str | None = None
     cpu_cores: str | None = Field(default=None, description="per replica (one series each): CPU cores used")
     memory_bytes: str | None = Field(default=None, description="per replica (one series each): memory working set, bytes")
 
 
 class ReplicaShape(Strict):
-    concurrency: float = Field(default=1.0, gt=0, description="requests one replica serves at a time (informative)")
-    cpu: float = Field(default=1.0, gt=0, description="CPU request per replica")
-    memory_gib: float = Field(default=0.5, gt=0)
+    concurrency: float = Field(default=1.0, gt=0, le=10_000, description="requests one replica serves at a time (informative)")
+    cpu: float = Field(default=1.0, gt=0, le=1024, description="CPU request per replica")
+    memory_gib: float = Field(default=0.5, gt=0, le=65536)
 
 
 class Limits(Strict):
-    min_replicas: int = Field(default=1, ge=0)
+    min_replicas: int = Field(default=1, ge=0, le=512)
     max_replicas: int = Field(gt=0, le=512)
-    queue_limit: float = Field(default=10_000.0, gt=0, description="requests held in the queue before drops")
+    queue_limit: float = Field(default=10_000.0, gt=0, le=1e12, description="requests held in the queue before drops")
     max_step: int = Field(default=3, ge=1, le=50, description="the scenario's actions.max_step")
 
     @model_validator(mode="after")
@@ -72,28 +72,28 @@ class Limits(Strict):
 
 
 class PoolShape(Strict):
-    name: str = Field(default="default", min_length=1)
+    name: str = Field(default="default", min_length=1, max_length=128)
     replicas_per_node: int = Field(default=1, ge=1, le=256)
-    price_per_hour: float = Field(ge=0, description="USD per node-hour")
-    provision_delay_s: float | None = Field(default=None, ge=0, description="None: estimated from the history (0 without a nodes query)")
-    idle_release_s: float = Field(default=0.0, ge=0)
+    price_per_hour: float = Field(ge=0, le=10_000, description="USD per node-hour")
+    provision_delay_s: float | None = Field(default=None, ge=0, le=86_400, description="None: estimated from the history (0 without a nodes query)")
+    idle_release_s: float = Field(default=0.0, ge=0, le=7 * 86_400)
 
 
 class HistoryRules(Strict):
     """How much history is enough, and what happens to holes in it."""
 
     step_s: float = Field(default=60.0, gt=0, le=3600, description="interval of the history = the scenario's step_s")
-    scrape_s: float = Field(default=15.0, gt=0, description="Prometheus' scrape interval (cold-start timing)")
-    min_intervals: int = Field(default=24, ge=4, description="fewer intervals with traffic: refused")
-    max_fill_s: float = Field(default=120.0, ge=0, description="gaps up to this long are filled by interpolation; longer: refused")
+    scrape_s: float = Field(default=15.0, gt=0, le=3600, description="Prometheus' scrape interval (cold-start timing)")
+    min_intervals: int = Field(default=24, ge=4, le=10**6, description="fewer intervals with traffic: refused")
+    max_fill_s: float = Field(default=120.0, ge=0, le=86_400, description="gaps up to this long are filled by interpolation; longer: refused")
     holdout: float = Field(default=0.25, ge=0, lt=0.9, description="last fraction of the history kept out of training")
-    timeout_s: float = Field(default=10.0, gt=0, description="per Prometheus request")
+    timeout_s: float = Field(default=10.0, gt=0, le=600, description="per Prometheus request")
 
 
 class ServiceConfig(Strict):
     """One service's ``service.yaml`` (see ``envs/services/local-api.yaml``)."""
 
-    service: str = Field(min_length=1)
+    service: str = Field(min_length=1, max_length=128)
     queries: Queries
     slo: SloSpec
     limits: Limits
@@ -117,7 +117,7 @@ class ServiceConfig(Strict):
 def load_service(path: str | os.PathLike[str]) -> ServiceConfig:
     """Read and validate ``service.yaml``; a mistake is one ``ConfigError`` line naming the file and field."""
     p = Path(path)
-    data = read_yaml(p)
+    data = read_yaml(p, "service config")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping with service, queries, slo, limits, pool")
     config: ServiceConfig = parse_model(ServiceConfig, data, str(p))

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rlscale.atomic import finite, write_json
+from rlscale.atomic import check_output_file, finite, write_json, write_output_json
 from rlscale.config import ConfigError, Scenario, load_scenario
 from rlscale.controller.audit import KEEP as AUDIT_KEEP
 from rlscale.controller.audit import MAX_BYTES as AUDIT_MAX_BYTES
@@ -39,6 +39,7 @@ from rlscale.controller.limits import is_loopback
 from rlscale.controller.telemetry import Telemetry
 
 CLUSTERS = ("sim", "local", "kubernetes", "none")
+SUMMARY_FORMAT = "rlscale-serve-summary/1"
 
 
 @dataclass
@@ -73,6 +74,7 @@ class ServeOptions:
     fallback_only: bool = False
     audit_max_bytes: int = AUDIT_MAX_BYTES
     audit_keep: int = AUDIT_KEEP
+    force: bool = False
     history: str | None = None
     history_days: float = 7.0
     history_services: tuple[str, ...] = ()
@@ -288,6 +290,8 @@ def serve(opts: ServeOptions) -> int:
         raise ConfigError(f"--cluster {opts.cluster}: expected one of {', '.join(CLUSTERS)}")
     token = resolve_token(opts.token, opts.token_file)
     check_bind(opts.host, token)
+    if opts.summary:  # at start, not after hours of serving
+        check_output_file(opts.summary, "--summary", ours=SUMMARY_FORMAT, force=opts.force)
     scenario = load_scenario(opts.scenario)
     if opts.cluster == "kubernetes":  # the cluster config's min/max replicas are the bounds the guard rails enforce
         from rlscale.clusters.kubernetes import load_settings
@@ -457,21 +461,23 @@ def serve(opts: ServeOptions) -> int:
         result["audit"] = audit.health()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        write_summary(opts.summary, result)
+        write_summary(opts.summary, result, force=opts.force)
     return 0
 
 
-def write_summary(path: str | None, result: dict[str, Any]) -> None:
+def write_summary(path: str | None, result: dict[str, Any], force: bool = False) -> None:
     """The summary at exit, wherever it can go: ``--summary`` if it can be written, else one JSON line on stderr.
 
     A full disk must not turn a clean stop into a traceback and a lost summary.
     """
     if path:
         try:
-            write_json(Path(path), result)
+            write_output_json(path, result, "--summary", fmt=SUMMARY_FORMAT, force=force)
             return
         except OSError as err:
             print(f"error: --summary {path}: cannot write ({err.strerror}); the summary follows on stderr", file=sys.stderr)
+        except ConfigError as err:  # the path changed while serving: still never clobbered
+            print(f"error: {err}; the summary follows on stderr", file=sys.stderr)
     if path or result.get("audit", {}).get("lines_lost") or result.get("audit", {}).get("write_errors"):
         try:
             print(json.dumps(finite(result), separators=(",", ":")), file=sys.stderr, flush=True)

@@ -53,7 +53,7 @@ class ShadowLog:
 def read_log(path: str | Path) -> ShadowLog:
     """The shadow run's start event and decisions; a wrong file is one ConfigError line."""
     p = Path(path)
-    text = read_user_text(p, "audit log")
+    text = read_user_text(p, "audit log", max_bytes=1 << 30)
     start: dict[str, Any] | None = None
     decisions: list[dict[str, Any]] = []
     for number, line in enumerate(text.splitlines(), 1):

@@ -8,6 +8,7 @@ versions, and how it did against HPA on held-out seeds.
 from __future__ import annotations
 
 import json
+import math
 import platform
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,35 @@ def find_checkpoint(path: Path) -> Path:
     raise ConfigError(f"{path}: not a training run or checkpoint (expected best/ or last/ with model.zip and state.json)")
 
 
+def run_progress(ckpt: Path, state: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """How far the run got against what it was asked (``last/`` is saved on an interrupt), and the checkpoint's
+    validation score: a run interrupted at 229k of 2.77M steps exported without a word."""
+    reached = int(state["num_timesteps"])
+    last = ckpt.parent / "last" / "state.json"
+    if ckpt.name != "last" and last.is_file():
+        try:
+            reached = max(reached, int(json.loads(last.read_text())["num_timesteps"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    evaluation = state.get("evaluation")
+    score = evaluation.get("score") if isinstance(evaluation, dict) else state.get("best_score")
+    progress: dict[str, Any] = {"n_timesteps": cfg.n_timesteps, "run_timesteps": reached, "complete": reached >= cfg.n_timesteps}
+    if isinstance(score, (int, float)) and math.isfinite(score):
+        progress["validation_score"] = float(score)
+    return progress
+
+
+def incomplete_note(card: dict[str, Any]) -> str | None:
+    """One line for a card exported from a run stopped before its ``n_timesteps``, else None."""
+    t = card.get("training") or {}
+    if t.get("complete") is not False:
+        return None
+    score = f", validation score {t['validation_score']:.3f}" if t.get("validation_score") is not None else ""
+    return (f"the run is incomplete: it stopped at {t['run_timesteps']:,} of {t['n_timesteps']:,} steps "
+            f"({t['run_timesteps'] / t['n_timesteps']:.0%}); exported its {t['checkpoint']} checkpoint from "
+            f"{t['timesteps']:,} steps{score}; resume the run to finish it")
+
+
 def versions() -> dict[str, str]:
     import gymnasium
     import numpy
@@ -100,6 +130,7 @@ def export_run(run: Path, out: Path, *, seeds: int = EXPORT_SEEDS, force: bool =
         "timesteps": int(state["num_timesteps"]),
         "command": state.get("command", ""),
         "checkpoint": ckpt.name,
+        **run_progress(ckpt, state, cfg),
     }
     if cfg.general is not None:
         card = general_card(out.name, weights, cfg, held_out, training)

@@ -66,6 +66,7 @@ SELECTION_RULE = (
 # sections of a training config that default to the scenario's own values when the config leaves them out
 SCENARIO_SECTIONS = ("reward", "randomisation")
 PLAN_FILE = "sweep.json"
+MAX_TRIALS = 10_000
 
 
 class RandomAxis(Strict):
@@ -113,10 +114,10 @@ class SweepConfig(Strict):
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted paths set for every trial")
     search: Literal["grid", "random"] = "grid"
     axes: dict[str, list[Any] | RandomAxis] = Field(min_length=1, description="dotted path -> values (grid, random) or a distribution (random)")
-    samples: int | None = Field(default=None, ge=1, le=10_000, description="random search: how many trials")
-    seed: int = Field(default=0, ge=0, description="seed of the random search")
+    samples: int | None = Field(default=None, ge=1, le=MAX_TRIALS, description="random search: how many trials")
+    seed: int = Field(default=0, ge=0, lt=2**32, description="seed of the random search")
     metric: Literal["score"] = Field(default="score", description="the selection rule; see SELECTION_RULE")
-    max_concurrent: int | None = Field(default=None, ge=1, description="trials at once (default: one per CPU)")
+    max_concurrent: int | None = Field(default=None, ge=1, le=256, description="trials at once (default: one per CPU)")
     export_seeds: int = Field(default=10, ge=1, le=100, description="held-out seeds of the exported card's evaluation")
 
     @model_validator(mode="before")
@@ -152,6 +153,8 @@ class SweepConfig(Strict):
             raise ValueError("samples: search: random needs the number of trials to draw")
         if self.search == "grid" and self.samples is not None:
             raise ValueError("samples: only for search: random (a grid runs every combination once)")
+        if self.search == "grid" and math.prod(len(v) for v in self.axes.values() if isinstance(v, list)) > MAX_TRIALS:
+            raise ValueError(f"axes: the grid has more than {MAX_TRIALS} combinations")
         return self
 
 
@@ -160,7 +163,7 @@ class SweepConfig(Strict):
 
 def load_sweep(path: str | os.PathLike[str]) -> SweepConfig:
     p = Path(path)
-    data = read_yaml(p)
+    data = read_yaml(p, "sweep file")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of sweep settings")
     return parse_model(SweepConfig, data, str(p))

@@ -61,8 +61,10 @@ def _optional_module(name: str, needs: str) -> ModuleType:
 def _model_builder(spec: PolicySpec, scenario: Scenario, name: str | None) -> tuple[Any, Callable[[], Policy]]:
     """An exported model loaded once, and a builder of fresh instances of it for ``scenario``.
 
-    A generalist's builder refuses a cluster outside the card's ranges; options
-    on a specialist are refused here rather than silently ignored.
+    A generalist's builder refuses a cluster outside the card's ranges, a
+    specialist a cluster outside the range it was trained across
+    (``trained_range``); options on a specialist are refused here rather than
+    silently ignored.
     """
     assert spec.path is not None
     network = _optional_module("network", "ppo policies need")
@@ -77,7 +79,10 @@ def _model_builder(spec: PolicySpec, scenario: Scenario, name: str | None) -> tu
         raise ConfigError(f"policy 'ppo:{arg}': options ({', '.join(spec.options)}) apply to a generalist only; "
                           f"{spec.path} is a specialist")
     from rlscale.policies.ppo import PPOPolicy
+    from rlscale.policies.trained_range import check_trained_range
 
+    if exported.checked is not None:
+        check_trained_range(exported.checked, scenario, spec.path)
     label = name or f"ppo:{spec.path}"
     return exported, lambda: PPOPolicy(exported, name=label)
 

@@ -61,13 +61,19 @@ def trait_values(scenario: Scenario) -> dict[str, np.ndarray]:
 
 def check_range(card: dict[str, Any], scenario: Scenario, source: str) -> None:
     """One line naming the first field of ``scenario`` outside the card's trained ``range``."""
-    ranges = card.get("range")
-    if not isinstance(ranges, dict):
+    from pydantic import ValidationError
+
+    from rlscale.config import _format_validation_error
+    from rlscale.policies.card import RangeSection
+
+    if not isinstance(card.get("range"), dict):
         raise ConfigError(f"{source}: card.json has no 'range' (a generalist card states what it was trained across)")
+    try:
+        ranges = RangeSection.model_validate(card["range"]).model_dump()
+    except ValidationError as err:  # a NaN bound compared False and switched the check off
+        raise ConfigError(_format_validation_error(f"{source}: card.json range", err)) from None
     values = trait_values(scenario)
     for field, (lo, hi) in sorted(ranges.items()):
-        if field not in values:
-            continue
         v = values[field]
         bad = np.flatnonzero((v < lo - 1e-9) | (v > hi + 1e-9))
         if bad.size:

@@ -157,24 +157,7 @@ def _names(members: dict[str, MemberSpec]) -> str:
 
 # --------------------------------------------------------------------------- the exported policy's files
 
-MAX_CARD_BYTES = 1024 * 1024
-MAX_LAYERS = 32
 SHA256_HEX = frozenset("0123456789abcdef")
-
-
-def read_card(path: Path) -> object:
-    """``card.json`` parsed, after checking it is a regular file of at most ``MAX_CARD_BYTES``."""
-    import json
-
-    try:
-        size = path.stat().st_size
-        if size > MAX_CARD_BYTES:
-            raise _fail(path, f"{size} bytes; a card may have at most {MAX_CARD_BYTES}")
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except OSError as err:
-        raise _fail(path, f"cannot read ({err.strerror})") from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as err:
-        raise _fail(path, f"not valid JSON ({type(err).__name__})") from None
 
 
 def check_sha256(npz_path: Path, card: dict[str, object], card_path: Path, max_file_bytes: int = MAX_FILE_BYTES) -> str:
@@ -201,13 +184,6 @@ def check_sha256(npz_path: Path, card: dict[str, object], card_path: Path, max_f
     if digest.hexdigest() != want:
         raise _fail(npz_path, "does not match card.json's policy_sha256 (corrupted or from another export)")
     return want
-
-
-def check_layers(card_path: Path, value: object) -> int:
-    """``network.layers`` as an int in 0..MAX_LAYERS (ten million layers took 30 s and 3.5 GB to refuse)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LAYERS:
-        raise _fail(card_path, f"network.layers: expected an integer 0..{MAX_LAYERS}")
-    return value
 
 
 def policy_members(n_layers: int) -> dict[str, MemberSpec]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,14 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from rlscale.atomic import staged_dir
-from rlscale.config import MODELS_DIR, ConfigError
-from rlscale.policies.model_file import check_layers, check_sha256, policy_members, read_card, read_npz
+from rlscale.atomic import finite, staged_dir
+from rlscale.config import MODELS_DIR, ConfigError, read_user_bytes
+from rlscale.policies.card import CARD_FORMAT, GENERAL_KIND, MAX_CARD_BYTES, GeneralCard, SpecialistCard, check_card_digest
+from rlscale.policies.card import dumps as card_dumps
+from rlscale.policies.card import parse_card_bytes, seal, validate_card
+from rlscale.policies.model_file import check_sha256, policy_members, read_npz
 from rlscale.spaces import ActionSpec, ObsSpec
 
-CARD_FORMAT = "rlscale-policy/1"
-GENERAL_KIND = "general"
 ACTIVATIONS = ("relu", "tanh")
 
 
@@ -236,6 +236,7 @@ class ExportedPolicy:
     card: dict[str, Any]
     obs_spec: ObsSpec  # type: ignore[assignment]
     action_spec: ActionSpec  # type: ignore[assignment]
+    checked: SpecialistCard | GeneralCard | None = None
 
     @property
     def general(self) -> bool:
@@ -266,22 +267,16 @@ def load_exported(path: str | Path) -> ExportedPolicy:
     for f in (card_path, npz_path):
         if not f.is_file():
             raise _fail(f, "missing (an exported policy has policy.npz and card.json)")
-    card = read_card(card_path)
-    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+    card = parse_card_bytes(read_user_bytes(card_path, "card", MAX_CARD_BYTES), card_path)
+    if card.get("format") != CARD_FORMAT:
         raise _fail(card_path, f"field format: expected {CARD_FORMAT!r}")
+    check_card_digest(card, card_path)  # before the schema: an edit is named as one
+    checked: SpecialistCard | GeneralCard = validate_card(card, card_path)
     check_sha256(npz_path, card, card_path)
-    general = card.get("kind") == GENERAL_KIND
-    try:
-        obs_spec = None if general else ObsSpec.from_dict(card["obs_spec"])
-        action_spec = None if general else ActionSpec.from_dict(card["action_spec"])
-        activation = str(card["network"]["activation"])
-        n_layers = check_layers(card_path, card["network"]["layers"])
-    except ConfigError:
-        raise
-    except Exception as err:  # noqa: BLE001 - whatever a malformed card makes the spec parsers raise, it is one line
-        raise _fail(card_path, f"missing or malformed field ({type(err).__name__}: {str(err)[:80]})") from None
-    if activation not in ACTIVATIONS:
-        raise _fail(card_path, f"network.activation: expected one of {sorted(ACTIVATIONS)}")
+    general = isinstance(checked, GeneralCard)
+    obs_spec = None if isinstance(checked, GeneralCard) else ObsSpec.from_dict(checked.obs_spec.model_dump())
+    action_spec = None if isinstance(checked, GeneralCard) else ActionSpec.from_dict(checked.action_spec.model_dump())
+    activation, n_layers = checked.network.activation, checked.network.layers
     arrays = read_npz(npz_path, policy_members(n_layers))  # only these members, each checked before decompressing
     layers = tuple((arrays[f"pi_{i}_w"].astype(np.float32), arrays[f"pi_{i}_b"].astype(np.float32)) for i in range(n_layers))
     weights = PolicyWeights(
@@ -302,7 +297,7 @@ def load_exported(path: str | Path) -> ExportedPolicy:
     else:
         assert obs_spec is not None and action_spec is not None
         _check_shapes(npz_path, weights, obs_spec.size, int(action_spec.nvec.sum()))
-    return ExportedPolicy(weights, card, obs_spec, action_spec)
+    return ExportedPolicy(weights, card, obs_spec, action_spec, checked)
 
 
 def _check_shapes(path: Path, w: PolicyWeights, obs_size: int, n_logits: int) -> None:
@@ -327,13 +322,14 @@ def write_exported(out: str | Path, weights: PolicyWeights, card: dict[str, Any]
     buf = io.BytesIO()
     np.savez(buf, **weights.to_arrays())
     data = buf.getvalue()
-    card = {
+    card = seal(finite({
         **card,
         "format": CARD_FORMAT,
         "network": {"activation": weights.activation, "layers": len(weights.layers)},
         "policy_sha256": hashlib.sha256(data).hexdigest(),
-    }
+    }))
+    validate_card(card, target / "card.json")  # never write a card the loader would refuse
     with staged_dir(target) as tmp:
         (tmp / "policy.npz").write_bytes(data)
-        (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        (tmp / "card.json").write_text(card_dumps(card))
     return target

@@ -51,21 +51,21 @@ class Queries(Strict):
     0 for backlog and drops.
     """
 
-    arrivals_rps: str = Field(min_length=1)
-    utilisation: str = Field(min_length=1)
-    latency_p95_s: str | None = Field(default=None, min_length=1)
-    backlog: str | None = Field(default=None, min_length=1)
-    dropped: str | None = Field(default=None, min_length=1)
+    arrivals_rps: str = Field(min_length=1, max_length=4096)
+    utilisation: str = Field(min_length=1, max_length=4096)
+    latency_p95_s: str | None = Field(default=None, min_length=1, max_length=4096)
+    backlog: str | None = Field(default=None, min_length=1, max_length=4096)
+    dropped: str | None = Field(default=None, min_length=1, max_length=4096)
 
 
 class Target(Strict):
     """One scenario service and the Kubernetes workload that runs it."""
 
-    service: str = Field(min_length=1, description="a service name of the scenario")
+    service: str = Field(min_length=1, max_length=128, description="a service name of the scenario")
     namespace: str = Field(default="default", max_length=63)
     kind: Literal["Deployment", "StatefulSet", "ReplicaSet"] = "Deployment"
     name: str = Field(min_length=1, max_length=253)
-    min_replicas: int = Field(ge=0)
+    min_replicas: int = Field(ge=0, le=10_000)
     max_replicas: int = Field(gt=0, le=10_000)
     queries: Queries
 
@@ -86,7 +86,7 @@ class Target(Strict):
 
 
 class PrometheusSpec(Strict):
-    url: str = Field(pattern=r"^https?://", description="base URL of the Prometheus HTTP API")
+    url: str = Field(pattern=r"^https?://", max_length=4096, description="base URL of the Prometheus HTTP API")
     timeout_s: float = Field(default=2.0, gt=0, le=60)
 
 
@@ -95,16 +95,16 @@ class ConsolidateSpec(Strict):
 
     evictions_per_interval: int = Field(default=2, ge=1, le=100, description="Eviction API calls per decision interval")
     give_up_after_s: float = Field(
-        default=1800.0, gt=0, description="uncordon and stop when disruption budgets keep the node from emptying this long"
+        default=1800.0, gt=0, le=7 * 86_400, description="uncordon and stop when disruption budgets keep the node from emptying this long"
     )
 
 
 class KubernetesSettings(Strict):
     """The whole file (see the module docstring for an example)."""
 
-    services: list[Target] = Field(min_length=1)
+    services: list[Target] = Field(min_length=1, max_length=1000)
     prometheus: PrometheusSpec
-    kubeconfig: str | None = Field(default=None, description="kubeconfig file; default: $KUBECONFIG, ~/.kube/config, in-cluster")
+    kubeconfig: str | None = Field(default=None, max_length=4096, description="kubeconfig file; default: $KUBECONFIG, ~/.kube/config, in-cluster")
     context: str | None = None
     request_timeout_s: float = Field(default=5.0, gt=0, le=120, description="per API request (connect + read)")
     rebalance: Literal["none", "consolidate"] = "none"
@@ -163,7 +163,7 @@ def load_settings(path: str | os.PathLike[str] | None) -> KubernetesSettings:
     if path is None:
         raise ConfigError("--cluster kubernetes needs --cluster-config FILE (the services' workloads and PromQL; docs/KUBERNETES.md)")
     file = Path(path)
-    data = read_yaml(file)
+    data = read_yaml(file, "cluster config")
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: expected a mapping with services:, prometheus: and optional kubeconfig:, rebalance:")
     settings: KubernetesSettings = parse_model(KubernetesSettings, data, str(file))

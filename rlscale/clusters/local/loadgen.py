@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from rlscale.atomic import finite, write_json
+from rlscale.atomic import check_output_file, finite, write_output_json
 from rlscale.config import ConfigError, load_scenario
 from rlscale.workload import generate, load_csv
 
 STATUS_OVERLOAD, STATUS_TIMEOUT, STATUS_ERROR = -1, -2, -3
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+OUT_FORMAT = "rlscale-loadgen/1"
 
 
 @dataclass(frozen=True)
@@ -302,14 +303,17 @@ def run(
     max_requests: int = 200_000,
     timeout_s: float = 10.0,
     out: str | None = None,
+    force: bool = False,
 ) -> LoadResult:
-    """The ``rlscale loadgen`` command as a function: plan, replay, optionally write JSON."""
+    """The ``rlscale loadgen`` command as a function: plan, replay, optionally write JSON (``--out``, checked first)."""
+    if out:
+        check_output_file(out, "--out", ours=OUT_FORMAT, force=force)
     target = check_target(resolve_target(target))
     p = plan(trace, speedup, duration_s, peak_rps, seed, start_s)
     result = replay(p, target, seed=seed, max_requests=max_requests, timeout_s=timeout_s)
     result.meta["started_at_unix"] = time.time() - result.wall_s
     if out:
-        write_json(out, result.to_dict())
+        write_output_json(out, result.to_dict(), "--out", fmt=OUT_FORMAT, force=force)
     return result
 
 
