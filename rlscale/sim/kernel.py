@@ -238,17 +238,25 @@ def _apply_layout(n, new, rep, warming, warm_left, node_state, node_f, svc_f):
 
 @njit(cache=True, inline="always")
 def _has_room(s, m, used_cpu, used_mem, used_gpu, svc_f, pool_f, node_pool, pref):
-    """One more replica of ``s`` may go on node ``m`` of a layout being built: its pool is one of the service's, and it fits."""
+    """One more replica of ``s`` may go on node ``m`` of a layout being built: its pool is one of the service's, and it fits.
+
+    Every array is read up front, with ``|`` rather than ``or`` and no early
+    return. Inlining binds each array argument to a new reference (an
+    NRT_incref) that is released after its last read (an NRT_decref); with
+    reads behind short-circuits and early returns, those releases land in
+    different branches, numba's reference-count pruning leaves four pairs in
+    place, and the calls ran for every (replica, node) that consolidate,
+    spread and drain tried: their rebalances took about 8x as long.
+    """
     p = node_pool[m]
+    over = ((used_cpu[m] + svc_f[s, S_CPU] > pool_f[p, P_VCPU] + 1e-9)
+            | (used_mem[m] + svc_f[s, S_MEM] > pool_f[p, P_MEM] + 1e-9)
+            | (used_gpu[m] + svc_f[s, S_GPU] > pool_f[p, P_GPU] + 1e-9))
     allowed = False
     for r in range(pref.shape[1]):
         if pref[s, r] == p:
             allowed = True
-    if not allowed:
-        return False
-    return not (used_cpu[m] + svc_f[s, S_CPU] > pool_f[p, P_VCPU] + 1e-9
-                or used_mem[m] + svc_f[s, S_MEM] > pool_f[p, P_MEM] + 1e-9
-                or used_gpu[m] + svc_f[s, S_GPU] > pool_f[p, P_GPU] + 1e-9)
+    return allowed and not over
 
 
 @njit(cache=True, inline="always")
