@@ -276,6 +276,16 @@ MAX_YAML_DEPTH = 32
 """Nesting levels of a YAML file (a scenario needs 5); 500 levels raised RecursionError."""
 
 
+def check_regular(st: os.stat_result, path: str | Path, what: str, max_bytes: int) -> None:
+    """A file the user named must be a regular file of at most ``max_bytes``: one ConfigError line otherwise."""
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{path}: {what} is a directory, expected a regular file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: {what} is not a regular file (a device, pipe or socket cannot be read as one)")
+    if st.st_size > max_bytes:
+        raise ConfigError(f"{path}: {what} is {st.st_size} bytes; at most {max_bytes}")
+
+
 def read_user_bytes(path: Path, what: str = "file", max_bytes: int = MAX_USER_FILE_BYTES) -> bytes:
     """At most ``max_bytes`` of a regular file the user named, or one ConfigError line.
 
@@ -291,13 +301,7 @@ def read_user_bytes(path: Path, what: str = "file", max_bytes: int = MAX_USER_FI
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise ConfigError(f"{path}: {what} is a directory, expected a regular file")
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{path}: {what} is not a regular file (a device, pipe or socket cannot be read as one)")
-        if st.st_size > max_bytes:
-            raise ConfigError(f"{path}: {what} is {st.st_size} bytes; at most {max_bytes}")
+        check_regular(os.fstat(fd), path, what, max_bytes)
         chunks, size = [], 0
         while chunk := os.read(fd, min(1 << 20, max_bytes + 1 - size)):
             chunks.append(chunk)

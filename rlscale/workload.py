@@ -11,12 +11,11 @@ import csv
 import functools
 import math
 import os
-import stat
 from pathlib import Path
 
 import numpy as np
 
-from rlscale.config import ConfigError, RandomisationSpec, WorkloadSpec
+from rlscale.config import ConfigError, RandomisationSpec, WorkloadSpec, check_regular
 
 __all__ = ["generate", "load_csv", "resample", "scale_to_peak", "randomise"]
 
@@ -373,12 +372,7 @@ def check_trace_file(path: str | Path) -> None:
         raise ConfigError(f"{name}: trace file not found") from None
     except OSError as err:
         raise ConfigError(f"{name}: cannot read trace ({err.strerror})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"{name}: trace path is a directory, not a CSV file")
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{name}: trace is not a regular file (a device or pipe cannot be a trace)")
-    if st.st_size > MAX_TRACE_BYTES:
-        raise ConfigError(f"{name}: trace is {st.st_size} bytes; at most {MAX_TRACE_BYTES}")
+    check_regular(st, name, "trace", MAX_TRACE_BYTES)
 
 
 def _one_line(obj: object) -> str:

@@ -7,6 +7,7 @@ the same arrays and card fields ``rlscale.policies.ppo.load_exported`` reads.
 from __future__ import annotations
 
 import json
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,16 @@ def general_card(ranges: dict[str, list[float]], history: dict[str, Any] | None 
         "range": ranges, "training": {"checkpoint": "none (random weights for tests)", "seed": 0, "timesteps": 0},
         "evaluation": {}, "versions": {"numpy": np.__version__},
     }
+
+
+class OkHandler(BaseHTTPRequestHandler):
+    """A real HTTP target on loopback that answers every GET with 200 "ok" (for the load generator's tests)."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass

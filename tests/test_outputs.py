@@ -13,13 +13,14 @@ import shutil
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from rlscale.atomic import check_output_file, write_output_json
 from rlscale.config import ConfigError
+from helpers import OkHandler
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = "rlscale-serve-summary/1"
@@ -105,20 +106,9 @@ def test_serve_rewrites_its_own_summary_and_force_takes_a_foreign_file(tmp_path:
     assert json.loads(readme.read_text())["format"] == SUMMARY
 
 
-class _Ok(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.mark.parametrize("kind", ["not-ours", "symlink", "device"])
 def test_loadgen_refuses_an_out_path_that_is_not_ours_and_rewrites_its_own(tmp_path: Path, kind: str) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OkHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/work"

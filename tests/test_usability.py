@@ -14,12 +14,13 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from rlscale.cli import main
+from helpers import OkHandler
 
 RLSCALE = str(Path(sys.executable).with_name("rlscale"))
 COMMANDS = ("simulate", "train", "export", "serve", "loadgen", "calibrate", "evaluate", "demo")
@@ -191,20 +192,9 @@ def test_calibrate_refuses_to_rewrite_the_scenario_files(capsys: pytest.CaptureF
 # --------------------------------------------------------------------------- loadgen stopped by its cap
 
 
-class _Ok(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def http_ok() -> str:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OkHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/work"
