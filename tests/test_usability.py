@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,6 +74,31 @@ def test_help_fits_80_columns_and_shows_flags_without_a_value(
     assert "…" not in out, "help text cut off"
     too_wide = [line for line in out.splitlines() if len(line) > 80]
     assert not too_wide, too_wide
+
+
+@pytest.mark.parametrize("command, words", [
+    ("evaluate", ["target_tracking", "ppo:models/general:repack=0"]),
+    ("sweep", ["train/sweeps/web-diurnal-seeds.yaml"]),
+    ("shadow", ["shadow-audit.jsonl"]),
+    ("serve", ["runs/serve/audit-<start", "--keda-grpc", "127.0.0.1:9090"]),
+])
+def test_help_at_80_columns_never_cuts_a_word_or_path_in_two(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str, words: list[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    _, out, _ = run_cli(capsys, command, "--help")
+    tokens = set(" ".join(out.split()).translate(str.maketrans("()[],;", "      ")).split())
+    for word in words:
+        assert word in tokens, (word, out)
+
+
+def test_serve_help_groups_its_options_under_headings(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    _, out, _ = run_cli(capsys, "serve", "--help")
+    headings = [line for line in out.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings == ["Policy and cluster:", "Audit log and summary:", "HTTP API:", "Guard rails:", "Kubernetes and KEDA:", "Options:"]
+    section = out.split("Guard rails:")[1].split("\n\n")[0]
+    assert "--max-step-change" in section and "--port" not in section
 
 
 def test_top_level_help_lists_every_command_without_cutting_its_summary(
@@ -228,6 +254,30 @@ def test_loadgen_without_the_cap_reaching_says_nothing_about_it(http_ok: str) ->
     assert "capped" not in result.meta and result.summary()["requests"] > 0
 
 
+def test_loadgen_says_what_a_run_dir_target_waits_for_and_gives_up_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([RLSCALE, "loadgen", "--target", str(tmp_path / "nope"), "--wait", "1.5"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    waiting, error = proc.stderr.strip().splitlines()[0], proc.stderr.strip().splitlines()[-1]
+    assert waiting.startswith(f"waiting up to 1.5 s for {tmp_path / 'nope' / 'cluster.json'} ({tmp_path / 'nope'} does not exist yet)")
+    assert "rlscale cluster up" in waiting
+    assert error.startswith(f"error: --target {tmp_path / 'nope'}: no local cluster there")
+    assert "Traceback" not in proc.stderr
+
+
+def test_loadgen_reports_progress_while_it_replays(http_ok: str) -> None:
+    from rlscale.clusters.local.loadgen import run
+
+    lines: list[str] = []
+    result = run("web-diurnal", http_ok, 480.0, 3.2, peak_rps=40.0, start_s=12 * 3600.0, say=lines.append, every_s=1.0)
+    assert lines[0] == f"replaying web-diurnal at 480x for 3 s against {http_ok}"
+    ticks = [re.fullmatch(r"(\d+) of 3 s: (\d+) sent, (\d+) ok, 0 failed; p95 \d+ ms in the last 1 s", t) for t in lines[1:]]
+    assert len(ticks) == 3 and all(ticks), lines
+    assert [int(t[1]) for t in ticks] == [1, 2, 3]
+    sent = [int(t[2]) for t in ticks]
+    assert 0 < sent[0] < sent[1] < sent[2] <= result.summary()["requests"]
+
+
 # --------------------------------------------------------------------------- the numba compile notice
 
 
@@ -263,7 +313,8 @@ def test_serve_keeps_its_audit_log_out_of_the_working_directory(tmp_path: Path) 
     )
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "audit.jsonl").exists()
-    assert (tmp_path / "runs" / "serve" / "audit.jsonl").stat().st_size > 0
+    (log,) = (tmp_path / "runs" / "serve").glob("audit-*.jsonl")
+    assert log.stat().st_size > 0
 
 
 # --------------------------------------------------------------------------- SIGTERM and progress in a file
@@ -337,7 +388,7 @@ def test_loadgen_target_may_be_a_local_clusters_run_dir(tmp_path: Path) -> None:
     (tmp_path / "cluster.json").write_text(json.dumps({"services": {"api": "http://127.0.0.1:4321/work"}}))
     assert resolve_target(str(tmp_path)) == "http://127.0.0.1:4321/work"
     assert resolve_target("http://127.0.0.1:9/work") == "http://127.0.0.1:9/work"
-    with pytest.raises(ConfigError, match="run directory"):
+    with pytest.raises(ConfigError, match="no local cluster there"):
         resolve_target(str(tmp_path / "nowhere"), wait_s=0.0)
 
 
