@@ -543,12 +543,22 @@ def cluster_up(
 @cluster_app.command("down", short_help="Stop the supervisor and every process of the local cluster.")
 @user_errors
 def cluster_down(run_dir: str = typer.Option(CLUSTER_DIR, help="the run directory given to `rlscale cluster up`")) -> None:
-    """Stop everything the local cluster runs; whatever still names the run directory is killed, so nothing is left."""
-    from rlscale.clusters.local.supervisor import down
+    """Stop everything the local cluster runs; whatever still names the run directory is killed, so nothing is left.
 
+    Exit 0 when something was stopped, 3 when nothing ran there (not running), 2 when the run directory does not exist.
+    """
+    from pathlib import Path
+
+    from rlscale.clusters.local.supervisor import EXIT_NOT_RUNNING, down
+
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"--run-dir {run_dir}: no such directory; expected the run directory given to `rlscale cluster up`")
     result = down(run_dir)
     if result["remaining"]:
         raise ConfigError(f"--run-dir {run_dir}: processes {result['remaining']} did not exit")
+    if not result["supervisor"] and not result["killed_leftovers"]:
+        console.print(f"local cluster not running in {result['run_dir']}: nothing to stop", markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_NOT_RUNNING)
     what = f"supervisor pid {result['supervisor'][0]}" if result["supervisor"] else "no supervisor was running"
     console.print(f"local cluster down ({what}; {len(result['killed_leftovers'])} leftover processes killed)", markup=False, soft_wrap=True)
 
@@ -559,24 +569,26 @@ def cluster_status(
     run_dir: str = typer.Option(CLUSTER_DIR, help="the run directory given to `rlscale cluster up`"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
-    """Exit 0 when the supervisor runs and answers, 1 otherwise."""
-    from rlscale.clusters.local.supervisor import status
+    """Exit 0 when the supervisor runs and answers, 1 when it (or processes of the cluster) run but do not answer, 3 when not running."""
+    from rlscale.clusters.local.supervisor import status, status_code
 
     state = status(run_dir)
     if as_json:
         from rlscale.atomic import finite
 
         print(json.dumps(finite(state), indent=2, allow_nan=False))
+    elif not state["running"] and state.get("leftover_pids"):
+        console.print(f"local cluster not running in {state['run_dir']}, but processes {state['leftover_pids']} still name it: "
+                      "`rlscale cluster down` stops them", markup=False, soft_wrap=True)
     elif not state["running"]:
-        console.print(f"no local cluster runs in {state['run_dir']}", markup=False, soft_wrap=True)
+        console.print(f"local cluster not running in {state['run_dir']}", markup=False, soft_wrap=True)
     elif not state.get("answering"):
         console.print(f"supervisor pid {state['pid']} runs but does not answer: {state.get('error')}", markup=False, soft_wrap=True)
     else:
         rows = ", ".join(f"{n}: {state['ready'].get(n, 0)} ready / {d} desired" for n, d in state["desired"].items())
         console.print(f"supervisor pid {state['pid']}: {rows}; haproxy pid {state['haproxy_pid']}, "
                       f"prometheus pid {state['prometheus_pid']}, {len(state['worker_pids'])} workers", markup=False, soft_wrap=True)
-    if not (state["running"] and state.get("answering")):
-        raise typer.Exit(1)
+    raise typer.Exit(status_code(state))
 
 
 for _typer in (app, cluster_app):  # every command's help through _Command (words never cut, options in panels)
