@@ -302,6 +302,65 @@ def test_the_first_compilation_is_announced_once_and_a_cached_one_not_at(tmp_pat
     assert warm.stdout.startswith("False False"), warm.stderr
 
 
+def _on_a_terminal(argv: list[str], until: str, then_signal: int, timeout_s: float = 240.0) -> str:
+    """Run ``argv`` with a pseudo-terminal as stdout and stderr; send ``then_signal`` once ``until`` shows; all output."""
+    import pty
+    import select as _select
+
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = b""
+    sent = False
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = _select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            if not sent and until in out.decode(errors="replace"):
+                proc.send_signal(then_signal)
+                sent = True
+            if proc.poll() is not None and not ready:
+                break
+        assert sent, out.decode(errors="replace")[-2000:]
+        assert proc.wait(timeout=60) == 0, out.decode(errors="replace")[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return out.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_a_resumed_runs_progress_bar_counts_from_its_checkpoint_and_ends_before_the_interrupt_message(tmp_path: Path) -> None:
+    config = tiny_train_config(tmp_path / "ppo-tiny.yaml")
+    runs = tmp_path / "runs"
+    first = subprocess.run([RLSCALE, "train", "--config", str(config), "--logdir", str(runs), "--timesteps", "4096",
+                            "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    run = runs / "ppo-web-diurnal-s0"
+    out = _on_a_terminal([RLSCALE, "train", "--config", str(config), "--resume", str(run)], "/5,000,000 steps",
+                         signal.SIGINT)
+    frames = [f.strip() for f in re.split(r"[\r\n]+", out) if f.strip()]
+    bars = [f for f in frames if "/5,000,000 steps" in f]
+    assert bars and re.search(r"\| ([\d,]+)/5,000,000 steps", bars[0])
+    assert int(re.search(r"\| ([\d,]+)/", bars[0])[1].replace(",", "")) >= 4096  # where the run stood, not 0
+    message = next(i for i, f in enumerate(frames) if f.startswith("interrupted; checkpoint saved"))
+    assert not [f for f in frames[message:] if "/5,000,000 steps" in f], frames[message:]
+
+
 # --------------------------------------------------------------------------- serve's audit log
 
 
