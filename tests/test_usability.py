@@ -469,3 +469,30 @@ def test_the_demo_table_shows_churn_and_fits_80_columns() -> None:
     text = console.export_text()
     assert "…" not in text and "act/h" in text
     assert "59.9" in text and "4.0" in text  # 1437 and 96 actions in a day, per hour
+
+
+def test_the_evaluate_table_keeps_small_costs_apart_and_names_long_specs_in_a_legend_at_80_columns() -> None:
+    from rich.console import Console
+
+    from rlscale.evaluation.demo import results_table
+
+    def entry(label: str, cost: float, ci: float, vs_hpa: float) -> dict:
+        means = {m: {"mean": 0.0, "ci95": 0.0} for m in ("slo_violation_rate", "dropped_fraction", "rebalances", "episode_reward")}
+        means |= {"cost_usd": {"mean": cost, "ci95": ci}, "scaling_actions": {"mean": 40.0, "ci95": 3.0},
+                  "utilisation": {"mean": 0.71, "ci95": 0.01}}
+        return {"label": label, "mean": means, "cost_vs_oracle": {"mean": 1.05}, "cost_vs_hpa": {"mean": vs_hpa}}
+
+    long = "predictive:target=0.8:headroom=1.1:down=0.1"
+    data = {"steps": 72, "step_s": 5.0,
+            "policies": [entry("ppo:models/local", 0.019412, 0.00031, 0.7987), entry(long, 0.0221, 0.0004, 0.909),
+                         entry("target_tracking", 0.0262, 0.0005, 1.078), entry("hpa", 0.02431, 0.0004, 1.0)]}
+    console = Console(width=80, record=True, color_system=None)
+    console.print(results_table(data, "local: mean over 10 held-out seeds"))
+    text = console.export_text()
+    assert "…" not in text and max(len(line.rstrip()) for line in text.splitlines()) <= 80
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip() and " = " not in line}
+    assert rows["ppo[1]"][1] == "0.0194±0.0003" and rows["hpa"][1] == "0.0243±0.0004"  # not 0.02±0.00 for both
+    assert rows["ppo[1]"][3] == "0.799" and rows["predictive[2]"][3] == "0.909"  # the README's rounding of ratios
+    assert rows["target_tracking"][0] == "target_tracking"  # short labels stay as they are
+    legend = [line.strip() for line in text.splitlines() if " = " in line]
+    assert legend == ["ppo[1] = ppo:models/local", f"predictive[2] = {long}"]
