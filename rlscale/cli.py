@@ -12,13 +12,78 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
+import textwrap
+
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from rlscale.config import ConfigError
 
+try:  # typer >= 0.20 vendors click
+    from typer._click import core as _click_core, formatting as _click_fmt
+except ImportError:  # pragma: no cover
+    import click.core as _click_core  # type: ignore[no-redef]
+    import click.formatting as _click_fmt  # type: ignore[no-redef]
+
+
+def _fill(text: str, width: int, indent: str) -> str:
+    """Paragraphs wrapped at spaces only: a path, a policy spec or an option name is never cut in two."""
+    wrap = textwrap.TextWrapper(width=max(width, len(indent) + 10), initial_indent=indent, subsequent_indent=indent,
+                                break_long_words=False, break_on_hyphens=False)
+    return "\n\n".join(wrap.fill(" ".join(p.split())) for p in text.split("\n\n") if p.strip())
+
+
+class _HelpFormatter(_click_fmt.HelpFormatter):
+    """click's plain help, wrapped at word boundaries (click cuts long words and breaks at hyphens)."""
+
+    def write_text(self, text: str) -> None:
+        self.write(_fill(text, self.width, " " * self.current_indent) + "\n")
+
+    def write_dl(self, rows: Any, col_max: int = 30, col_spacing: int = 2) -> None:
+        rows = list(rows)
+        first_col = min(_click_fmt.measure_table(rows)[0], col_max) + col_spacing
+        pad = " " * (first_col + self.current_indent)
+        for term, text in rows:
+            self.write(f"{'':>{self.current_indent}}{term}")
+            if not text:
+                self.write("\n")
+                continue
+            if _click_fmt.term_len(term) <= first_col - col_spacing:
+                self.write(" " * (first_col - _click_fmt.term_len(term)))
+            else:
+                self.write("\n" + pad)
+            self.write(_fill(text, self.width, pad).lstrip(" ").replace("\n\n", "\n") + "\n")
+
+
+class _Context(_click_core.Context):
+    formatter_class = _HelpFormatter
+
+
+class _Command(TyperCommand):
+    """A command whose options are listed under their ``rich_help_panel`` (plain help has no panels of its own)."""
+
+    context_class = _Context
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                title = "Arguments" if param.param_type_name == "argument" else getattr(param, "rich_help_panel", None) or "Options"
+                sections.setdefault(title, []).append(record)
+        for title, rows in sections.items():
+            with formatter.section(title):
+                formatter.write_dl(rows)
+
+
+class _Group(TyperGroup):
+    context_class = _Context
+
+
 app = typer.Typer(
+    cls=_Group,
     name="rlscale",
     help="Reinforcement-learning autoscaling: simulate, train, evaluate, export and serve policies.",
     no_args_is_help=True,
@@ -54,8 +119,6 @@ MAX_STEPS = 1_000_000
 MAX_SERVE_STEPS = 100_000_000
 
 F = TypeVar("F", bound=Callable[..., Any])
-# with the other outputs under runs/, not loose in whatever directory serve was started from
-DEFAULT_AUDIT_LOG = "runs/serve/audit.jsonl"
 
 
 def user_errors(func: F) -> F:
@@ -275,49 +338,49 @@ def sweep(
     console.print(f"watch with:  tensorboard --logdir {outcome.sweep_dir / 'runs'}")
 
 
+_POLICY, _GUARDS, _API, _AUDIT, _K8S = "Policy and cluster", "Guard rails", "HTTP API", "Audit log and summary", "Kubernetes and KEDA"
+
+
 @app.command(short_help='Serve a policy: control loop, guard rails, API, audit log.')
 @user_errors
 def serve(
-    policy: str | None = typer.Option(None, help="the policy: ppo:models/NAME (an exported model) | hpa | static | target_tracking | predictive"),
-    model: str | None = typer.Option(None, help="alias: --model DIR is --policy ppo:DIR"),
-    cluster: str = typer.Option("sim", help="sim (the simulator on an accelerated clock) | local (worker processes + HAProxy + Prometheus) | kubernetes (workloads' scale subresource; needs --cluster-config) | none (HTTP API only)"),
-    scenario: str = typer.Option("web-diurnal", help="scenario name in envs/ or a YAML path (the cluster's services and bounds)"),
-    speedup: float = typer.Option(60.0, min=0.01, max=1e7, help="simulated seconds per wall second (sim only; 60 = one interval per second)"),
-    interval: float | None = typer.Option(None, min=0.1, max=86_400.0, help="decision interval in cluster seconds (default: the scenario's step_s)"),
-    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="episode seed of the simulated cluster"),
-    steps: int | None = typer.Option(None, min=1, max=MAX_SERVE_STEPS, help="decisions to make (sim default: the scenario's episode)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="decide and log, never act"),
-    audit_log: str = typer.Option(DEFAULT_AUDIT_LOG, help="JSONL audit log (appended; a torn last line is repaired)"),
-    host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback needs --token"),
-    port: int = typer.Option(8080, min=0, max=65535, help="port to bind (0: any free port, printed at start)"),
-    token: str | None = typer.Option(None, envvar="RLSCALE_TOKEN", help="bearer token required by every endpoint but /healthz (visible in `ps`: prefer RLSCALE_TOKEN or --token-file)"),
-    summary: str | None = typer.Option(None, help="write a JSON summary (decisions, fallbacks, episode metrics) here at exit"),
-    keep_serving: bool = typer.Option(False, "--keep-serving", help="after the last decision keep the HTTP API up until SIGTERM"),
-    max_step_change: int | None = typer.Option(None, min=0, max=512, help="replicas per service per decision (default: the scenario's max_step)"),
-    max_change_per_minute: int | None = typer.Option(None, min=0, max=100_000, help="replicas per service per minute (default: max_step_change x decisions per minute)"),
-    scale_down_cooldown: float = typer.Option(0.0, min=0.0, max=7 * 86_400.0, help="seconds after a scale-up before a scale-down (0: off)"),
-    stale_after: float | None = typer.Option(None, min=0.001, max=7 * 86_400.0, help="metrics older than this (s) are stale (default: 2 intervals)"),
-    run_dir: str | None = typer.Option(None, help="local cluster: configs, logs and Prometheus data (default: a new temporary directory); a directory where `rlscale cluster up` runs one is attached to, not started"),
-    token_file: str | None = typer.Option(None, help="read the bearer token from this file (keeps it out of `ps`; or set RLSCALE_TOKEN)"),
-    fallback_only: bool = typer.Option(False, "--fallback-only", help="serve a model whose services or pools differ from the cluster's, deciding with the HPA rule only"),
-    audit_max_bytes: int = typer.Option(64 * 1024 * 1024, min=1024, max=1 << 40, help="rotate the audit log when it would grow beyond this many bytes"),
-    audit_keep: int = typer.Option(5, min=0, max=1000, help="rotated audit logs kept (audit.jsonl.1 .. .N)"),
-    cluster_config: str | None = typer.Option(None, help="kubernetes: YAML naming each service's workload, PromQL and bounds (docs/KUBERNETES.md)"),
-    take_over: bool = typer.Option(False, "--take-over", help="kubernetes: start even though an HPA scales the same workload (delete it: the two would fight)"),
-    keda_grpc: str | None = typer.Option(None, help="also serve the decisions as a KEDA external scaler (gRPC) on HOST:PORT, e.g. 127.0.0.1:9090"),
-    keda_tls: str | None = typer.Option(None, help="folder with tls.crt, tls.key and ca.crt: mTLS for --keda-grpc (needed off loopback)"),
-    force: bool = typer.Option(False, "--force", help="let --summary replace a file that is not an rlscale summary"),
-    history: str | None = typer.Option(None, help="a policy that reads history: each service's past demand from a CSV (timestamp,<service>...) or prometheus=URL (with --history-service); default on sim: the simulator's own days before the episode"),
-    history_days: float = typer.Option(7.0, min=0.0, max=14.0, help="days of history to load (at most 14)"),
-    history_service: list[str] = typer.Option([], help="with --history prometheus=URL: a service.yaml whose queries.arrivals_rps is that service's request rate (repeat per service)"),
+    policy: str | None = typer.Option(None, help="the policy: ppo:models/NAME (an exported model) | hpa | static | target_tracking | predictive", rich_help_panel=_POLICY),
+    model: str | None = typer.Option(None, help="alias: --model DIR is --policy ppo:DIR", rich_help_panel=_POLICY),
+    cluster: str = typer.Option("sim", help="sim (the simulator on an accelerated clock) | local (worker processes + HAProxy + Prometheus) | kubernetes (workloads' scale subresource; needs --cluster-config) | none (HTTP API only)", rich_help_panel=_POLICY),
+    scenario: str = typer.Option("web-diurnal", help="scenario name in envs/ or a YAML path (the cluster's services and bounds)", rich_help_panel=_POLICY),
+    speedup: float = typer.Option(60.0, min=0.01, max=1e7, help="simulated seconds per wall second (sim only; 60 = one interval per second)", rich_help_panel=_POLICY),
+    interval: float | None = typer.Option(None, min=0.1, max=86_400.0, help="decision interval in cluster seconds (default: the scenario's step_s)", rich_help_panel=_POLICY),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="episode seed of the simulated cluster", rich_help_panel=_POLICY),
+    steps: int | None = typer.Option(None, min=1, max=MAX_SERVE_STEPS, help="decisions to make (sim default: the scenario's episode)", rich_help_panel=_POLICY),
+    dry_run: bool = typer.Option(False, "--dry-run", help="decide and log, never act", rich_help_panel=_POLICY),
+    audit_log: str | None = typer.Option(None, help="JSONL audit log, appended to; a torn last line is repaired (default: a new runs/serve/audit-<start time>.jsonl per run)", rich_help_panel=_AUDIT),
+    host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback needs --token", rich_help_panel=_API),
+    port: int = typer.Option(8080, min=0, max=65535, help="port to bind (0: any free port, printed at start)", rich_help_panel=_API),
+    token: str | None = typer.Option(None, envvar="RLSCALE_TOKEN", help="bearer token required by every endpoint but /healthz (visible in `ps`: prefer RLSCALE_TOKEN or --token-file)", rich_help_panel=_API),
+    summary: str | None = typer.Option(None, help="write a JSON summary (decisions, fallbacks, episode metrics) here at exit", rich_help_panel=_AUDIT),
+    keep_serving: bool = typer.Option(False, "--keep-serving", help="after the last decision keep the HTTP API up until SIGTERM", rich_help_panel=_API),
+    max_step_change: int | None = typer.Option(None, min=0, max=512, help="replicas per service per decision (default: the scenario's max_step)", rich_help_panel=_GUARDS),
+    max_change_per_minute: int | None = typer.Option(None, min=0, max=100_000, help="replicas per service per minute (default: max_step_change x decisions per minute)", rich_help_panel=_GUARDS),
+    scale_down_cooldown: float = typer.Option(0.0, min=0.0, max=7 * 86_400.0, help="seconds after a scale-up before a scale-down (0: off)", rich_help_panel=_GUARDS),
+    stale_after: float | None = typer.Option(None, min=0.001, max=7 * 86_400.0, help="metrics older than this (s) are stale (default: 2 intervals)", rich_help_panel=_GUARDS),
+    run_dir: str | None = typer.Option(None, help="local cluster: configs, logs and Prometheus data (default: a new temporary directory); a directory where `rlscale cluster up` runs one is attached to, not started", rich_help_panel=_POLICY),
+    token_file: str | None = typer.Option(None, help="read the bearer token from this file (keeps it out of `ps`; or set RLSCALE_TOKEN)", rich_help_panel=_API),
+    fallback_only: bool = typer.Option(False, "--fallback-only", help="serve a model whose services or pools differ from the cluster's, deciding with the HPA rule only", rich_help_panel=_POLICY),
+    audit_max_bytes: int = typer.Option(64 * 1024 * 1024, min=1024, max=1 << 40, help="rotate the audit log when it would grow beyond this many bytes", rich_help_panel=_AUDIT),
+    audit_keep: int = typer.Option(5, min=0, max=1000, help="rotated audit logs kept (audit.jsonl.1 .. .N)", rich_help_panel=_AUDIT),
+    cluster_config: str | None = typer.Option(None, help="kubernetes: YAML naming each service's workload, PromQL and bounds (docs/KUBERNETES.md)", rich_help_panel=_K8S),
+    take_over: bool = typer.Option(False, "--take-over", help="kubernetes: start even though an HPA scales the same workload (delete it: the two would fight)", rich_help_panel=_K8S),
+    keda_grpc: str | None = typer.Option(None, help="also serve the decisions as a KEDA external scaler (gRPC) on HOST:PORT, e.g. 127.0.0.1:9090", rich_help_panel=_K8S),
+    keda_tls: str | None = typer.Option(None, help="folder with tls.crt, tls.key and ca.crt: mTLS for --keda-grpc (needed off loopback)", rich_help_panel=_K8S),
+    force: bool = typer.Option(False, "--force", help="let --summary replace a file that is not an rlscale summary", rich_help_panel=_AUDIT),
+    history: str | None = typer.Option(None, help="a policy that reads history: each service's past demand from a CSV (timestamp,<service>...) or prometheus=URL (with --history-service); default on sim: the simulator's own days before the episode", rich_help_panel=_POLICY),
+    history_days: float = typer.Option(7.0, min=0.0, max=14.0, help="days of history to load (at most 14)", rich_help_panel=_POLICY),
+    history_service: list[str] = typer.Option([], help="with --history prometheus=URL: a service.yaml whose queries.arrivals_rps is that service's request rate (repeat per service)", rich_help_panel=_POLICY),
 ) -> None:
     """Serve a policy: control loop over a cluster + HTTP API (/v1/decide, /v1/status, /healthz, /metrics), with guard rails and an audit log."""
-    from pathlib import Path
 
     from rlscale.controller.serve import ServeOptions
     from rlscale.controller.serve import serve as run_serve
-
-    Path(audit_log).parent.mkdir(parents=True, exist_ok=True)
 
     code = run_serve(ServeOptions(
         model=model, policy=policy, cluster=cluster, scenario=scenario, speedup=speedup, interval=interval, seed=seed,
@@ -346,12 +409,18 @@ def loadgen(
     timeout: float = typer.Option(10.0, min=0.1, max=600.0, help="per-request timeout (s)"),
     out: str | None = typer.Option(None, help="write per-request latencies and per-interval results here (JSON)"),
     force: bool = typer.Option(False, "--force", help="let --out replace a file that is not an rlscale loadgen result"),
+    wait: float = typer.Option(60.0, min=0.0, help="seconds to wait for a --target run directory's cluster.json"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress lines (waiting, then one per 10 s of the run)"),
 ) -> None:
     """Replay a trace as open-loop Poisson arrivals against a local URL and report latency."""
     from rlscale.clusters.local.loadgen import run
 
+    def say(line: str) -> None:
+        err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
     result = run(trace, target, speedup, duration, peak_rps=peak_rps, seed=seed, start_s=start_hour * 3600.0,
-                 max_requests=max_requests, timeout_s=timeout, out=out, force=force)
+                 max_requests=max_requests, timeout_s=timeout, out=out, force=force, wait_s=wait,
+                 say=None if quiet else say)
     s = result.summary()
     console.print(
         f"{s['requests']} requests in {s['wall_s']:.1f} s: {s['ok']} ok, {s['failed']} failed; "
@@ -417,7 +486,7 @@ def calibrate(
 def evaluate(
     scenario: str = typer.Option("web-diurnal", help="scenario name in envs/ or a YAML path"),
     policies: str | None = typer.Option(
-        None, help="comma-separated: ppo:models/NAME,hpa,target_tracking,predictive,static,oracle; "
+        None, help="comma-separated, of ppo:models/NAME, hpa, target_tracking, predictive, static, oracle; "
         "rules take parameters (hpa:target=0.8:window=150), a generalist ppo:models/general:repack=0 "
         "(default: models/<scenario> if shipped, every baseline and the oracle)"),
     seeds: int = typer.Option(10, min=1, max=1000, help="held-out seeds (episodes) per policy"),
@@ -466,6 +535,7 @@ _register_assess(app, user_errors, console)
 
 
 cluster_app = typer.Typer(
+    cls=_Group,
     help="The local cluster's data plane (HAProxy, Prometheus, workers) under its own supervisor, so it outlives the "
     "controller: `rlscale serve --cluster local --run-dir DIR` attaches to it.",
     no_args_is_help=True,
@@ -494,12 +564,22 @@ def cluster_up(
 @cluster_app.command("down", short_help="Stop the supervisor and every process of the local cluster.")
 @user_errors
 def cluster_down(run_dir: str = typer.Option(CLUSTER_DIR, help="the run directory given to `rlscale cluster up`")) -> None:
-    """Stop everything the local cluster runs; whatever still names the run directory is killed, so nothing is left."""
-    from rlscale.clusters.local.supervisor import down
+    """Stop everything the local cluster runs; whatever still names the run directory is killed, so nothing is left.
 
+    Exit 0 when something was stopped, 3 when nothing ran there (not running), 2 when the run directory does not exist.
+    """
+    from pathlib import Path
+
+    from rlscale.clusters.local.supervisor import EXIT_NOT_RUNNING, down
+
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"--run-dir {run_dir}: no such directory; expected the run directory given to `rlscale cluster up`")
     result = down(run_dir)
     if result["remaining"]:
         raise ConfigError(f"--run-dir {run_dir}: processes {result['remaining']} did not exit")
+    if not result["supervisor"] and not result["killed_leftovers"]:
+        console.print(f"local cluster not running in {result['run_dir']}: nothing to stop", markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_NOT_RUNNING)
     what = f"supervisor pid {result['supervisor'][0]}" if result["supervisor"] else "no supervisor was running"
     console.print(f"local cluster down ({what}; {len(result['killed_leftovers'])} leftover processes killed)", markup=False, soft_wrap=True)
 
@@ -510,24 +590,32 @@ def cluster_status(
     run_dir: str = typer.Option(CLUSTER_DIR, help="the run directory given to `rlscale cluster up`"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
-    """Exit 0 when the supervisor runs and answers, 1 otherwise."""
-    from rlscale.clusters.local.supervisor import status
+    """Exit 0 when the supervisor runs and answers, 1 when it (or processes of the cluster) run but do not answer, 3 when not running."""
+    from rlscale.clusters.local.supervisor import status, status_code
 
     state = status(run_dir)
     if as_json:
         from rlscale.atomic import finite
 
         print(json.dumps(finite(state), indent=2, allow_nan=False))
+    elif not state["running"] and state.get("leftover_pids"):
+        console.print(f"local cluster not running in {state['run_dir']}, but processes {state['leftover_pids']} still name it: "
+                      "`rlscale cluster down` stops them", markup=False, soft_wrap=True)
     elif not state["running"]:
-        console.print(f"no local cluster runs in {state['run_dir']}", markup=False, soft_wrap=True)
+        console.print(f"local cluster not running in {state['run_dir']}", markup=False, soft_wrap=True)
     elif not state.get("answering"):
         console.print(f"supervisor pid {state['pid']} runs but does not answer: {state.get('error')}", markup=False, soft_wrap=True)
     else:
         rows = ", ".join(f"{n}: {state['ready'].get(n, 0)} ready / {d} desired" for n, d in state["desired"].items())
         console.print(f"supervisor pid {state['pid']}: {rows}; haproxy pid {state['haproxy_pid']}, "
                       f"prometheus pid {state['prometheus_pid']}, {len(state['worker_pids'])} workers", markup=False, soft_wrap=True)
-    if not (state["running"] and state.get("answering")):
-        raise typer.Exit(1)
+    raise typer.Exit(status_code(state))
+
+
+for _typer in (app, cluster_app):  # every command's help through _Command (words never cut, options in panels)
+    for _info in _typer.registered_commands:
+        if _info.cls in (None, TyperCommand):
+            _info.cls = _Command
 
 
 def main(argv: list[str] | None = None) -> int:

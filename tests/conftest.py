@@ -66,3 +66,11 @@ def _quiet_machine(request):
         yield
     finally:
         mine.unlink(missing_ok=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """A line every half minute in which no test finished, naming the running ones (``heartbeat.py``)."""
+    from heartbeat import install
+
+    install(config)

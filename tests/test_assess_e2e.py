@@ -3,7 +3,7 @@
 One test, because the sequence is the thing under test and a real cluster
 costs most of its time to start and fill with history: worker processes
 behind HAProxy, Prometheus scraping them, a 3 s capacity measurement by
-calibration's method, then ``rlscale loadgen`` replaying a web-diurnal day
+calibration's method (again after the history), then ``rlscale loadgen`` replaying a web-diurnal day
 compressed into 70 s while the HPA rule acts through the controller's loop.
 ``rlscale assess`` then fits a scenario from those 70 s of Prometheus history
 and ``rlscale shadow`` runs the shipped local policy beside the still-acting
@@ -34,6 +34,7 @@ pytestmark = pytest.mark.xdist_group("real-cluster")  # one timed real cluster a
 STEP_S = 5.0
 HISTORY_S = 70.0
 LOAD_S = 85.0
+CAPACITY_TOLERANCE = 0.15
 
 
 def _service_yaml(tmp: Path) -> Path:
@@ -72,6 +73,8 @@ def test_assess_fits_the_real_cluster_and_shadow_reports_beside_the_acting_hpa(t
         assert shadowed.returncode == 0, shadowed.stderr
         print(f"assess {t1 - t0:.1f} s, shadow {time.monotonic() - t1:.1f} s")
         assert history.loop is not None and history.loop.decisions >= 15  # HPA kept acting throughout
+        history.stop_load()
+        after = history.measure_capacity(3.0)
 
     # the fit: a scenario that loads, and whose replay reproduces what was measured
     scenario = load_scenario(out)
@@ -82,13 +85,20 @@ def test_assess_fits_the_real_cluster_and_shadow_reports_beside_the_acting_hpa(t
     assert errors["latency_intervals"] >= 12
     assert errors["latency_p95_median_ape"] <= 0.25
     assert errors["utilisation_wape"] <= 0.10
-    # calibrate's method (closed-loop clients saturating 2 workers), on this cluster just before the history: the
-    # machine's load moves both by ~10%, so the yardstick is measured now; the committed calibration is printed beside
-    measured = history.capacity_rps_per_worker
+    # The yardstick is calibrate's method (closed-loop clients saturating the workers) on this cluster just before
+    # and just after the history, so it sees the load the history saw. A worker holds its slot for a fixed time
+    # whatever the host's load (worker.py), but the load balancer's hand-off slows on a loaded host, and the
+    # yardstick and the fit both count it. What the test needs is a host whose load holds for its two minutes;
+    # where it did not, the two ends disagree and there is no one capacity to hold the fit against.
+    before = history.capacity_rps_per_worker
     committed = json.loads((ROOT / "envs" / "local.calibration.json").read_text())["capacity_rps_per_worker"]
-    print(f"capacity: fitted {fit['capacity_rps_per_replica']:.2f}, calibrate's method now {measured:.2f}, "
-          f"envs/local.calibration.json {committed:.2f} req/s per worker")
-    assert abs(fit["capacity_rps_per_replica"] / measured - 1.0) <= 0.15
+    print(f"capacity: fitted {fit['capacity_rps_per_replica']:.2f}, calibrate's method before {before:.2f} and after "
+          f"{after:.2f}, envs/local.calibration.json {committed:.2f} req/s per worker")
+    if abs(after / before - 1.0) > CAPACITY_TOLERANCE:
+        pytest.skip(f"the host's load changed the cluster's capacity during the test ({before:.2f} req/s per worker "
+                    f"before the history, {after:.2f} after): the fit needs a host whose load holds for two minutes")
+    measured = 0.5 * (before + after)
+    assert abs(fit["capacity_rps_per_replica"] / measured - 1.0) <= CAPACITY_TOLERANCE
     # workers take ~1.2 s here; HAProxy stamps its health-check state change in whole seconds
     assert fit["scale_up_events"] >= 1 and 0.2 <= fit["cold_start_s"] <= 3.0
     svc = scenario.services[0]

@@ -171,4 +171,18 @@ def test_down_leaves_no_process_and_status_says_so(kill_run):
     assert down.returncode == 0, down.stderr
     assert [p for p in pids if pid_running(p)] == [] and pids_with_arg(str(kill_run["run_dir"].resolve())) == []
     after = rlscale("cluster", "status", "--run-dir", str(kill_run["run_dir"]))
-    assert after.returncode == 1 and "no local cluster runs" in after.stdout
+    assert after.returncode == 3 and "local cluster not running in" in after.stdout
+
+
+def test_status_and_down_where_nothing_runs_say_not_running_and_exit_3(tmp_path):
+    shown = rlscale("cluster", "status", "--run-dir", str(tmp_path))
+    assert shown.returncode == 3 and shown.stdout.strip() == f"local cluster not running in {tmp_path.resolve()}"
+    down = rlscale("cluster", "down", "--run-dir", str(tmp_path))
+    assert down.returncode == 3 and down.stdout.strip() == f"local cluster not running in {tmp_path.resolve()}: nothing to stop"
+
+
+def test_down_of_a_mistyped_run_dir_is_a_one_line_error_and_exit_2(tmp_path):
+    down = rlscale("cluster", "down", "--run-dir", str(tmp_path / "nope"))
+    assert down.returncode == 2 and down.stdout == ""
+    assert down.stderr.strip() == (f"error: --run-dir {tmp_path / 'nope'}: no such directory; expected the run directory "
+                                   "given to `rlscale cluster up`")

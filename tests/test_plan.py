@@ -15,7 +15,7 @@ import yaml
 from rlscale.assess.packing import Demand, NodeShape, cheapest_mix, fits_in
 from rlscale.assess.plan import Method, Samples, histogram_percentiles, recommend_cpu, recommend_memory
 from rlscale.assess.planning import make_plan, planned_data, write_planned
-from rlscale.assess.usage import GIB, Usage, clean, read_usage, write_usage
+from rlscale.assess.usage import Usage, clean, read_usage, write_usage
 from rlscale.config import ConfigError, Scenario, load_scenario, parse_model, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]

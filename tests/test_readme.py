@@ -209,3 +209,17 @@ def test_every_readme_command_runs_in_a_shortened_form(short_tmp: Path) -> None:
                 proc.wait(timeout=30)
     assert (cwd / "models" / "my-policy" / "card.json").is_file()
     assert any(" simulate " in f" {cmd} " for cmd, _ in ran), ran
+
+
+def test_the_makefile_installs_pytorchs_cpu_build_when_asked_as_the_readme_says(tmp_path: Path) -> None:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    index = "https://download.pytorch.org/whl/cpu"
+    assert f"make demo TORCH_INDEX={index}" in README.read_text().replace("\n", " ")
+    plain = subprocess.run([make, "-n", "-C", str(ROOT), f"VENV={tmp_path / 'venv'}", "install"], capture_output=True, text=True)
+    cpu = subprocess.run([make, "-n", "-C", str(ROOT), f"VENV={tmp_path / 'venv'}", "install", f"TORCH_INDEX={index}"],
+                         capture_output=True, text=True)
+    torch_line = lambda out: next(line for line in out.splitlines() if "pip install" in line and " torch==" in line)  # noqa: E731
+    assert torch_line(plain.stdout).rstrip().endswith("torch==2.13.0")
+    assert torch_line(cpu.stdout).rstrip().endswith(f"torch==2.13.0 --index-url {index}")

@@ -125,6 +125,35 @@ def test_a_restart_repairs_a_torn_last_line_and_continues_the_same_log(tmp_path)
     assert sum(line["kind"] == "decision" for line in lines) == 3
 
 
+def test_each_run_gets_its_own_audit_log_by_default_and_stops_with_a_one_line_summary(tmp_path):
+    runs = [subprocess.run(serve_cmd("--policy", "hpa", "--steps", "4", "--speedup", "1e6", "--port", "0",
+                                     "--max-step-change", "1"),
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120) for _ in range(2)]
+    logs = sorted((tmp_path / "runs" / "serve").glob("audit-*.jsonl"))
+    assert len(logs) == 2, [r.stdout for r in runs]
+    for run, log in zip(runs, logs):
+        assert run.returncode == 0, run.stderr
+        lines = read_jsonl(log)
+        assert [x["event"] for x in lines if x["kind"] == "event"] == ["start", "stop"]
+        assert f"audit log: runs/serve/{log.name}\n" in run.stdout
+        last = run.stdout.strip().splitlines()[-1]
+        fired = sum(len(x.get("adjustments", [])) for x in lines if x["kind"] == "decision")
+        assert last.startswith("rlscale serve stopped: 4 decisions; fell back to HPA 0x; ")
+        assert f"guard rails fired {fired}x" in last and "cost so far $" in last and last.endswith(f"audit log runs/serve/{log.name}")
+
+
+def test_an_audit_log_named_twice_is_appended_to_and_serve_says_so_at_start(tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    args = serve_cmd("--policy", "hpa", "--steps", "2", "--speedup", "1e6", "--port", "0", "--audit-log", str(audit))
+    first = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    second = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "appended to" not in first.stdout
+    lines = read_jsonl(audit)
+    assert sum(x.get("event") == "start" for x in lines) == 2
+    assert f"audit log: {audit} (appended to: earlier runs' lines are in it too; this run is {lines[-1]['run']})" in second.stdout
+
+
 def test_serving_needs_neither_torch_nor_stable_baselines3(tmp_path, exported_policy):
     summary = tmp_path / "summary.json"
     result = subprocess.run(

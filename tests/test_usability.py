@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,6 +75,31 @@ def test_help_fits_80_columns_and_shows_flags_without_a_value(
     assert "…" not in out, "help text cut off"
     too_wide = [line for line in out.splitlines() if len(line) > 80]
     assert not too_wide, too_wide
+
+
+@pytest.mark.parametrize("command, words", [
+    ("evaluate", ["target_tracking", "ppo:models/general:repack=0"]),
+    ("sweep", ["train/sweeps/web-diurnal-seeds.yaml"]),
+    ("shadow", ["shadow-audit.jsonl"]),
+    ("serve", ["runs/serve/audit-<start", "--keda-grpc", "127.0.0.1:9090"]),
+])
+def test_help_at_80_columns_never_cuts_a_word_or_path_in_two(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str, words: list[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    _, out, _ = run_cli(capsys, command, "--help")
+    tokens = set(" ".join(out.split()).translate(str.maketrans("()[],;", "      ")).split())
+    for word in words:
+        assert word in tokens, (word, out)
+
+
+def test_serve_help_groups_its_options_under_headings(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    _, out, _ = run_cli(capsys, "serve", "--help")
+    headings = [line for line in out.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings == ["Policy and cluster:", "Audit log and summary:", "HTTP API:", "Guard rails:", "Kubernetes and KEDA:", "Options:"]
+    section = out.split("Guard rails:")[1].split("\n\n")[0]
+    assert "--max-step-change" in section and "--port" not in section
 
 
 def test_top_level_help_lists_every_command_without_cutting_its_summary(
@@ -218,6 +244,30 @@ def test_loadgen_without_the_cap_reaching_says_nothing_about_it(http_ok: str) ->
     assert "capped" not in result.meta and result.summary()["requests"] > 0
 
 
+def test_loadgen_says_what_a_run_dir_target_waits_for_and_gives_up_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([RLSCALE, "loadgen", "--target", str(tmp_path / "nope"), "--wait", "1.5"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    waiting, error = proc.stderr.strip().splitlines()[0], proc.stderr.strip().splitlines()[-1]
+    assert waiting.startswith(f"waiting up to 1.5 s for {tmp_path / 'nope' / 'cluster.json'} ({tmp_path / 'nope'} does not exist yet)")
+    assert "rlscale cluster up" in waiting
+    assert error.startswith(f"error: --target {tmp_path / 'nope'}: no local cluster there")
+    assert "Traceback" not in proc.stderr
+
+
+def test_loadgen_reports_progress_while_it_replays(http_ok: str) -> None:
+    from rlscale.clusters.local.loadgen import run
+
+    lines: list[str] = []
+    result = run("web-diurnal", http_ok, 480.0, 3.2, peak_rps=40.0, start_s=12 * 3600.0, say=lines.append, every_s=1.0)
+    assert lines[0] == f"replaying web-diurnal at 480x for 3 s against {http_ok}"
+    ticks = [re.fullmatch(r"(\d+) of 3 s: (\d+) sent, (\d+) ok, 0 failed; p95 \d+ ms in the last 1 s", t) for t in lines[1:]]
+    assert len(ticks) == 3 and all(ticks), lines
+    assert [int(t[1]) for t in ticks] == [1, 2, 3]
+    sent = [int(t[2]) for t in ticks]
+    assert 0 < sent[0] < sent[1] < sent[2] <= result.summary()["requests"]
+
+
 # --------------------------------------------------------------------------- the numba compile notice
 
 
@@ -242,6 +292,65 @@ def test_the_first_compilation_is_announced_once_and_a_cached_one_not_at(tmp_pat
     assert warm.stdout.startswith("False False"), warm.stderr
 
 
+def _on_a_terminal(argv: list[str], until: str, then_signal: int, timeout_s: float = 240.0) -> str:
+    """Run ``argv`` with a pseudo-terminal as stdout and stderr; send ``then_signal`` once ``until`` shows; all output."""
+    import pty
+    import select as _select
+
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = b""
+    sent = False
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = _select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            if not sent and until in out.decode(errors="replace"):
+                proc.send_signal(then_signal)
+                sent = True
+            if proc.poll() is not None and not ready:
+                break
+        assert sent, out.decode(errors="replace")[-2000:]
+        assert proc.wait(timeout=60) == 0, out.decode(errors="replace")[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return out.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_a_resumed_runs_progress_bar_counts_from_its_checkpoint_and_ends_before_the_interrupt_message(tmp_path: Path) -> None:
+    config = tiny_train_config(tmp_path / "ppo-tiny.yaml")
+    runs = tmp_path / "runs"
+    first = subprocess.run([RLSCALE, "train", "--config", str(config), "--logdir", str(runs), "--timesteps", "4096",
+                            "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    run = runs / "ppo-web-diurnal-s0"
+    out = _on_a_terminal([RLSCALE, "train", "--config", str(config), "--resume", str(run)], "/5,000,000 steps",
+                         signal.SIGINT)
+    frames = [f.strip() for f in re.split(r"[\r\n]+", out) if f.strip()]
+    bars = [f for f in frames if "/5,000,000 steps" in f]
+    assert bars and re.search(r"\| ([\d,]+)/5,000,000 steps", bars[0])
+    assert int(re.search(r"\| ([\d,]+)/", bars[0])[1].replace(",", "")) >= 4096  # where the run stood, not 0
+    message = next(i for i, f in enumerate(frames) if f.startswith("interrupted; checkpoint saved"))
+    assert not [f for f in frames[message:] if "/5,000,000 steps" in f], frames[message:]
+
+
 # --------------------------------------------------------------------------- serve's audit log
 
 
@@ -253,7 +362,8 @@ def test_serve_keeps_its_audit_log_out_of_the_working_directory(tmp_path: Path) 
     )
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "audit.jsonl").exists()
-    assert (tmp_path / "runs" / "serve" / "audit.jsonl").stat().st_size > 0
+    (log,) = (tmp_path / "runs" / "serve").glob("audit-*.jsonl")
+    assert log.stat().st_size > 0
 
 
 # --------------------------------------------------------------------------- SIGTERM and progress in a file
@@ -327,7 +437,7 @@ def test_loadgen_target_may_be_a_local_clusters_run_dir(tmp_path: Path) -> None:
     (tmp_path / "cluster.json").write_text(json.dumps({"services": {"api": "http://127.0.0.1:4321/work"}}))
     assert resolve_target(str(tmp_path)) == "http://127.0.0.1:4321/work"
     assert resolve_target("http://127.0.0.1:9/work") == "http://127.0.0.1:9/work"
-    with pytest.raises(ConfigError, match="run directory"):
+    with pytest.raises(ConfigError, match="no local cluster there"):
         resolve_target(str(tmp_path / "nowhere"), wait_s=0.0)
 
 
@@ -349,3 +459,30 @@ def test_the_demo_table_shows_churn_and_fits_80_columns() -> None:
     text = console.export_text()
     assert "…" not in text and "act/h" in text
     assert "59.9" in text and "4.0" in text  # 1437 and 96 actions in a day, per hour
+
+
+def test_the_evaluate_table_keeps_small_costs_apart_and_names_long_specs_in_a_legend_at_80_columns() -> None:
+    from rich.console import Console
+
+    from rlscale.evaluation.demo import results_table
+
+    def entry(label: str, cost: float, ci: float, vs_hpa: float) -> dict:
+        means = {m: {"mean": 0.0, "ci95": 0.0} for m in ("slo_violation_rate", "dropped_fraction", "rebalances", "episode_reward")}
+        means |= {"cost_usd": {"mean": cost, "ci95": ci}, "scaling_actions": {"mean": 40.0, "ci95": 3.0},
+                  "utilisation": {"mean": 0.71, "ci95": 0.01}}
+        return {"label": label, "mean": means, "cost_vs_oracle": {"mean": 1.05}, "cost_vs_hpa": {"mean": vs_hpa}}
+
+    long = "predictive:target=0.8:headroom=1.1:down=0.1"
+    data = {"steps": 72, "step_s": 5.0,
+            "policies": [entry("ppo:models/local", 0.019412, 0.00031, 0.7987), entry(long, 0.0221, 0.0004, 0.909),
+                         entry("target_tracking", 0.0262, 0.0005, 1.078), entry("hpa", 0.02431, 0.0004, 1.0)]}
+    console = Console(width=80, record=True, color_system=None)
+    console.print(results_table(data, "local: mean over 10 held-out seeds"))
+    text = console.export_text()
+    assert "…" not in text and max(len(line.rstrip()) for line in text.splitlines()) <= 80
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip() and " = " not in line}
+    assert rows["ppo[1]"][1] == "0.0194±0.0003" and rows["hpa"][1] == "0.0243±0.0004"  # not 0.02±0.00 for both
+    assert rows["ppo[1]"][3] == "0.799" and rows["predictive[2]"][3] == "0.909"  # the README's rounding of ratios
+    assert rows["target_tracking"][0] == "target_tracking"  # short labels stay as they are
+    legend = [line.strip() for line in text.splitlines() if " = " in line]
+    assert legend == ["ppo[1] = ppo:models/local", f"predictive[2] = {long}"]

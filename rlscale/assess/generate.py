@@ -67,7 +67,7 @@ class LocalHistory:
         self.cluster = open_local_cluster(self.scenario, self.run_dir, self.settings, initial_replicas=[self.initial])
         try:
             if self.measure_capacity_s > 0:
-                self.capacity_rps_per_worker = self._measure_capacity()
+                self.capacity_rps_per_worker = self.measure_capacity(self.measure_capacity_s)
             sc = self.scenario
             config = GuardConfig.from_scenario(sc, sc.step_s, max_step_change=max(s.max_replicas for s in sc.services))
             decider = Decider(sc, scaled_policy("hpa", sc), config, fallback=scaled_policy("hpa", sc))
@@ -85,20 +85,24 @@ class LocalHistory:
             self.close()
             raise
 
-    def _measure_capacity(self) -> float:
-        """Requests/s per worker with the initial workers saturated, as ``rlscale calibrate`` measures it.
+    def measure_capacity(self, seconds: float) -> float:
+        """Requests/s per worker with the ready workers saturated, as ``rlscale calibrate`` measures it.
 
-        Closed-loop clients (four per worker slot) for ``measure_capacity_s``
-        seconds, before any history: the same method as calibration, on the
-        same machine at the same moment, so a fitted capacity can be held
-        against it while the machine's load is what it is now.
+        Closed-loop clients (four per worker slot) for ``seconds``: the same
+        method as calibration, on the same machine at the same moment, so a
+        fitted capacity can be held against it while the machine's load is
+        what it is now. Run it before the load starts or after
+        ``stop_load``: the saturation must not be part of the history.
         """
         from rlscale.clusters.local.loadgen import closed_loop
 
         assert self.cluster is not None
-        workers = self.initial
-        ok, _, wall = closed_loop(self.cluster.url(), 4 * workers * self.settings.concurrency, self.measure_capacity_s)
-        # the saturation must leave every rate window before the history starts
+        service = self.scenario.services[0].name
+        # a scale-up or drain the HPA began must end first: a half-started worker is not capacity
+        self.cluster.wait_for(lambda c: not c.starting.get(service) and not c.draining.get(service), 30.0)
+        workers = max(1, self.cluster.census().ready.get(service, self.initial))
+        ok, _, wall = closed_loop(self.cluster.url(), 4 * workers * self.settings.concurrency, seconds)
+        # the saturation must leave every rate window before a history starts
         time.sleep((self.settings.interval_s or self.scenario.step_s) + 2 * self.settings.scrape_s)
         return ok / wall / workers
 
@@ -109,6 +113,14 @@ class LocalHistory:
 
     def close(self) -> None:
         """Stop the load generator, the HPA loop and the cluster (every process it started)."""
+        self.stop_load()
+        if self.audit is not None:
+            self.audit.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def stop_load(self) -> None:
+        """Stop the load generator and the HPA loop; the cluster stays up with the workers it has."""
         self.stop.set()
         if self.loadgen is not None and self.loadgen.poll() is None:
             self.loadgen.terminate()
@@ -119,10 +131,6 @@ class LocalHistory:
                 self.loadgen.wait()
         if self.thread is not None:
             self.thread.join(timeout=30)
-        if self.audit is not None:
-            self.audit.close()
-        if self.cluster is not None:
-            self.cluster.close()
 
     def summary(self) -> dict[str, Any]:
         return {"started_unix": self.started_unix, "prometheus": self.prometheus_url if self.cluster else None,

@@ -55,7 +55,7 @@ class ServeOptions:
     seed: int = 0
     steps: int | None = None
     dry_run: bool = False
-    audit_log: str = "audit.jsonl"
+    audit_log: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     token: str | None = None
@@ -336,7 +336,9 @@ def serve(opts: ServeOptions) -> int:
     cluster: Any = open_cluster(opts, scenario, interval, sim_days) if opts.cluster == "sim" else None
 
     run_id = uuid.uuid4().hex[:12]
-    audit = AuditLog(opts.audit_log, run=run_id, max_bytes=opts.audit_max_bytes, keep=opts.audit_keep,
+    audit_path = audit_log_path(opts.audit_log)
+    appending = audit_path.is_file() and audit_path.stat().st_size > 0
+    audit = AuditLog(audit_path, run=run_id, max_bytes=opts.audit_max_bytes, keep=opts.audit_keep,
                      on_error=telemetry.audit_write_errors.inc)
     try:
         sock = bind_socket(opts.host, opts.port)
@@ -344,7 +346,7 @@ def serve(opts: ServeOptions) -> int:
         audit.close()
         raise
     if audit.repaired_bytes:
-        print(f"audit log {opts.audit_log}: removed a torn last line ({audit.repaired_bytes} bytes) left by an earlier crash", file=sys.stderr)
+        print(f"audit log {audit_path}: removed a torn last line ({audit.repaired_bytes} bytes) left by an earlier crash", file=sys.stderr)
     if loop_decider.mismatch:
         print(f"warning: {loaded.name}: {loop_decider.mismatch}; --fallback-only: every decision falls back to the HPA rule", file=sys.stderr)
 
@@ -419,6 +421,8 @@ def serve(opts: ServeOptions) -> int:
             keda = KedaServer(board, opts.keda_grpc, max_age_s=max(10.0, 5 * interval / loop.speedup), tls_dir=opts.keda_tls).start()
             loop.listeners.append(board.publish)
             print(f"keda external scaler: grpc on {keda.host}:{keda.port}", flush=True)
+        print(f"audit log: {audit_path}" + (f" (appended to: earlier runs' lines are in it too; this run is {run_id})"
+                                            if appending else ""), flush=True)
         # Everything start-up made lives as long as the process: keep it out of the collector's full passes, which
         # otherwise walk every imported module's objects (~100 ms, stalling the HTTP and gRPC threads with the GIL)
         gc.collect()
@@ -462,7 +466,45 @@ def serve(opts: ServeOptions) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         write_summary(opts.summary, result, force=opts.force)
+        print(stop_line(result, audit_path), flush=True)
     return 0
+
+
+def audit_log_path(asked: str | None) -> Path:
+    """``--audit-log``, or a new file per run under ``runs/serve/`` named by its start time (runs never mix in one log)."""
+    if asked:
+        path = Path(asked)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path("runs/serve") / f"audit-{stamp}.jsonl"
+        n = 1
+        while path.exists():
+            n += 1
+            path = Path("runs/serve") / f"audit-{stamp}-{n}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def stop_line(result: dict[str, Any], audit_path: Path) -> str:
+    """What a stopped controller did, in one line: decisions, fallbacks, guard rails that fired, cost so far."""
+    if "decisions" not in result:
+        return f"rlscale serve stopped: HTTP API only, no control loop; audit log {audit_path}"
+    parts = [f"{result['decisions']} decisions" + ("" if result.get("completed") else " (stopped early)")]
+    for key, what in (("fallbacks", "fell back to HPA"), ("guard_adjustments", "guard rails fired"), ("errors", "errors")):
+        counts = {k: v for k, v in (result.get(key) or {}).items() if v}
+        if counts:
+            parts.append(f"{what} {sum(counts.values())}x (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")")
+        else:
+            parts.append(f"{what} 0x")
+    cost = (result.get("metrics") or {}).get("cost_usd")
+    worker_s = ((result.get("local") or {}).get("counters") or {}).get("worker_seconds")
+    if isinstance(cost, (int, float)):
+        parts.append(f"cost so far ${cost:.4g}")
+    elif isinstance(worker_s, (int, float)):
+        parts.append(f"{worker_s:.0f} worker-seconds so far")
+    else:
+        parts.append("cost not measured on this cluster")
+    return f"rlscale serve stopped: {'; '.join(parts)}; audit log {audit_path}"
 
 
 def write_summary(path: str | None, result: dict[str, Any], force: bool = False) -> None:

@@ -7,6 +7,7 @@ work itself is in ``rlscale.evaluation.evaluate`` (running) and ``rlscale.evalua
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from dataclasses import asdict, replace
@@ -19,7 +20,7 @@ from rich.table import Table
 
 from rlscale.config import load_scenario
 from rlscale.evaluation.evaluate import (
-    BASELINES, HELD_OUT_SEED_BASE, EvalConfig, Evaluation, PolicyResult, evaluate, format_estimate, make_config,
+    BASELINES, HELD_OUT_SEED_BASE, EvalConfig, Evaluation, PolicyResult, evaluate, make_config,
     shipped_model,
 )
 from rlscale.evaluation.tune import TunedRule
@@ -29,25 +30,61 @@ DEMO_SCENARIO = "web-diurnal"
 DEMO_SEEDS = 5
 
 
+LABEL_WIDTH = 15
+"""Policy labels longer than this get a short name in the table and a line in its legend."""
+
+
+def significant(x: float, digits: int = 3) -> str:
+    """``x`` to ``digits`` significant digits without an exponent (0.0194, 52.8, 787, 1440): small costs stay apart."""
+    if x != x:
+        return "-"
+    if x == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    return f"{x:.{decimals}f}"
+
+
+def _estimate(mean: float, half: float | None, digits: int = 3) -> str:
+    """``mean±half``, the half-width to the mean's last digit (``0.0194±0.0003``)."""
+    text = significant(mean, digits)
+    if half is None or half != half:
+        return text
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return f"{text}±{half:.{decimals}f}"
+
+
+def short_labels(labels: list[str]) -> dict[str, str]:
+    """Each label as the table shows it: itself if short, else its policy name and a number (``predictive[1]``)."""
+    out: dict[str, str] = {}
+    for label in labels:
+        shortened = sum(out[x] != x for x in out)
+        out[label] = label if len(label) <= LABEL_WIDTH else f"{label.split(':')[0][:LABEL_WIDTH - 4]}[{shortened + 1}]"
+    return out
+
+
 def results_table(data: dict[str, Any], title: str) -> Table:
     """One row per policy: cost (mean ± 95% CI), its ratios to the oracle and to HPA, then the other metrics' means.
 
-    ``act/h`` is churn: scaling actions per hour of the episode (the count is in the report); the table
-    fits 80 columns.
+    ``act/h`` is churn: scaling actions per hour of the episode (the count is in the report). Numbers have
+    significant digits, not fixed decimals, so a cost of 0.0194 is not printed as 0.02 beside 0.0243; a label
+    longer than ``LABEL_WIDTH`` gets a short name and a line in the caption (the legend). The table fits 80 columns.
     """
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1))
+    names = short_labels([p["label"] for p in data["policies"]])
+    legend = [f"{short} = {label}" for label, short in names.items() if short != label]
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=0,
+                  caption="\n".join(legend) or None, caption_justify="left")
     table.add_column("policy", no_wrap=True)
     for name in ("cost USD", "/oracle", "/HPA", "SLO %", "drop %", "util", "act/h", "rebal"):
         table.add_column(name, justify="right", no_wrap=True)
     for p in data["policies"]:
         mean = {m: p["mean"][m]["mean"] for m in p["mean"]}
         cost = p["mean"]["cost_usd"]
-        row = [p["label"], format_estimate("cost_usd", cost["mean"], cost["ci95"]).replace(" ± ", "±")]
+        row = [names[p["label"]], _estimate(cost["mean"], cost["ci95"])]
         for name in ("oracle", "hpa"):
             r = p.get(f"cost_vs_{name}")
-            row.append(f"{r['mean']:.2f}" if r and r["mean"] is not None else "-")
-        row += [f"{100 * mean['slo_violation_rate']:.2f}", f"{100 * mean['dropped_fraction']:.2f}",
-                f"{mean['utilisation']:.2f}", f"{churn(data, p)[0]:.1f}", f"{mean['rebalances']:.0f}"]
+            row.append(significant(r["mean"]) if r and r["mean"] is not None else "-")
+        row += [significant(100 * mean["slo_violation_rate"], 2), significant(100 * mean["dropped_fraction"], 2),
+                significant(mean["utilisation"], 2), significant(churn(data, p)[0]), f"{mean['rebalances']:.0f}"]
         table.add_row(*row)
     return table
 

@@ -340,6 +340,43 @@ class PlainProgress(BaseCallback):
                   file=self.out or sys.stdout, flush=True)
 
 
+class BarProgress(BaseCallback):
+    """A progress bar over the run's whole ``n_timesteps``, starting where a resumed run stands.
+
+    SB3's own bar counts only the steps of this ``learn`` call, so a resumed
+    run showed ``16,192/2,770,560`` where it stood at 229k; and it stays open
+    when Ctrl-C interrupts ``learn``, redrawing itself once more after the
+    interrupt message. ``close`` is called before that message is printed.
+    """
+
+    def __init__(self, total: int) -> None:
+        super().__init__()
+        self.total = max(1, int(total))
+        self.bar: Any = None
+
+    def _on_training_start(self) -> None:
+        from tqdm import tqdm
+
+        with signals_deferred() as caught:  # a Ctrl-C inside the first draw would leave a bar nobody can close
+            self.bar = tqdm(total=self.total, initial=int(self.num_timesteps), unit="step", dynamic_ncols=True,
+                            bar_format="{percentage:3.0f}%|{bar}| {n:,}/{total:,} steps [{elapsed}<{remaining}, {rate_fmt}]")
+        if caught:
+            raise KeyboardInterrupt
+
+    def _on_step(self) -> bool:
+        if self.bar is not None:
+            self.bar.update(int(self.num_timesteps) - self.bar.n)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -473,17 +510,22 @@ def train(
     # on_evaluation: called after each validation evaluation (and best/ update), e.g. by a sweep reporting to Ray Tune
     callback = HeldOutEvalCallback(cfg, scenario, run_dir, meta, best, last_eval, on_evaluation)
     remaining = max(0, cfg.n_timesteps - model.num_timesteps)
-    bar = progress_bar and sys.stdout.isatty()
+    bar = BarProgress(cfg.n_timesteps) if progress_bar and sys.stdout.isatty() else None
     callbacks: list[BaseCallback] = [callback]
-    if progress_bar and not bar:
+    if bar is not None:
+        callbacks.append(bar)
+    elif progress_bar:
         callbacks.append(PlainProgress(cfg.n_timesteps))
     started = time.monotonic()
     interrupted = False
     try:
         with sigterm_as_interrupt():
-            model.learn(remaining, callback=callbacks, progress_bar=bar, reset_num_timesteps=resume is None)
+            model.learn(remaining, callback=callbacks, progress_bar=False, reset_num_timesteps=resume is None)
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        if bar is not None:
+            bar.close()
     if not interrupted and (callback.last_eval < model.num_timesteps or not (run_dir / "best").exists()):
         try:
             with sigterm_as_interrupt():

@@ -558,7 +558,7 @@ class LocalCluster:
         argv = [
             sys.executable, "-I", "-S", str(WORKER_SCRIPT), "--port", str(port), "--host", s.host,
             "--service", service, "--name", name, "--cpu-s", repr(s.cpu_s), "--wait-s", repr(s.wait_s),
-            "--warmup-s", repr(s.warmup_s), "--tag", str(self.run_dir),
+            "--warmup-s", repr(s.warmup_s), "--concurrency", str(s.concurrency), "--tag", str(self.run_dir),
         ]
         child = self._procs.spawn(f"{service}/{name}", argv, self.run_dir / "logs" / f"{service}-{name}.log")
         w = Worker(service, name, port, child, created=time.monotonic())

@@ -22,6 +22,7 @@ import asyncio
 import math
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,13 +191,16 @@ def _planned(p: Plan, width: float, n: int) -> np.ndarray:
     return p.rates[np.minimum((centres // p.interval_s).astype(np.int64), p.rates.size - 1)]
 
 
-def resolve_target(target: str, wait_s: float = 120.0) -> str:
+def resolve_target(target: str, wait_s: float = 60.0, say: Callable[[str], None] | None = None,
+                   every_s: float = 10.0) -> str:
     """``target`` as a URL: itself, or the first service's URL of the local cluster whose run directory it names.
 
-    ``rlscale serve --cluster local --run-dir DIR`` writes ``DIR/cluster.json``
-    once the cluster is up, so ``--target DIR`` needs no copying of a printed
-    port, and may be started right after ``serve ... &`` (it waits up to
-    ``wait_s`` for the file).
+    ``rlscale serve --cluster local --run-dir DIR`` (or ``rlscale cluster up``)
+    writes ``DIR/cluster.json`` once the cluster is up, so ``--target DIR``
+    needs no copying of a printed port, and may be started right after
+    ``serve ... &``: it waits up to ``wait_s`` for the file, saying what it
+    waits for through ``say`` at once and every ``every_s``, since a
+    mistyped directory otherwise looks like a cluster that is slow to start.
     """
     if "://" in target:
         return target
@@ -204,16 +208,25 @@ def resolve_target(target: str, wait_s: float = 120.0) -> str:
     from pathlib import Path
 
     path = Path(target) / "cluster.json"
-    deadline = time.monotonic() + wait_s
+    start = time.monotonic()
+    told = -math.inf
     while True:
         try:
             services = json.loads(path.read_text())["services"]
             return str(next(iter(services.values())))
         except (OSError, ValueError, KeyError, StopIteration):
-            if time.monotonic() >= deadline:
-                raise ConfigError(f"--target {target}: neither a URL nor a local cluster's run directory "
-                                  f"(no readable {path} after {wait_s:.0f} s)") from None
-            time.sleep(0.5)
+            waited = time.monotonic() - start
+            if waited >= wait_s:
+                raise ConfigError(f"--target {target}: no local cluster there ({path} did not appear within "
+                                  f"{wait_s:g} s); expected a URL or the --run-dir of `rlscale serve --cluster local` "
+                                  "or `rlscale cluster up`") from None
+            if say is not None and waited - told >= every_s:
+                where = "" if Path(target).is_dir() else f" ({target} does not exist yet)"
+                say(f"still waiting for {path}{where}: {waited:.0f} of {wait_s:g} s" if told >= 0 else
+                    f"waiting up to {wait_s:g} s for {path}{where}, which `rlscale serve --cluster local --run-dir "
+                    f"{target}` or `rlscale cluster up --run-dir {target}` writes once the cluster is up")
+                told = waited
+            time.sleep(0.25)
 
 
 def check_target(url: str) -> str:
@@ -230,14 +243,21 @@ def replay(
     max_requests: int = 200_000,
     timeout_s: float = 10.0,
     max_in_flight: int = 1000,
+    say: Callable[[str], None] | None = None,
+    every_s: float = 10.0,
 ) -> LoadResult:
-    """Send the plan's requests to ``target`` in real time and wait for the last answer (or timeout)."""
+    """Send the plan's requests to ``target`` in real time and wait for the last answer (or timeout).
+
+    With ``say``, a line every ``every_s`` of the run: time, requests sent,
+    answered and failed so far, and the p95 of the last ``every_s``.
+    """
     check_target(target)
     planned = schedule(p, np.random.default_rng(seed + 1), 2**62)
     send = planned[:max_requests]
     latency = np.full(send.size, math.nan)
     status = np.zeros(send.size, dtype=np.int64)
-    wall, late = asyncio.run(_run(send, target, latency, status, timeout_s, max_in_flight))
+    ticker = None if say is None else (say, every_s, p.duration_s)
+    wall, late = asyncio.run(_run(send, target, latency, status, timeout_s, max_in_flight, ticker))
     meta: dict[str, Any] = {}
     if planned.size > send.size:
         # the cap ended the replay early: say so, or a short run looks like the whole asked duration
@@ -246,8 +266,21 @@ def replay(
     return LoadResult(p, target, send, latency, status, wall, late, meta)
 
 
+def progress_line(send: np.ndarray, latency: np.ndarray, status: np.ndarray, now_s: float, window_s: float,
+                  duration_s: float) -> str:
+    """One line of a run in progress: what was sent and answered so far, and the last window's p95 latency."""
+    sent = int(np.searchsorted(send, now_s, side="right"))
+    done = status[:sent] != 0
+    ok = done & (status[:sent] >= 200) & (status[:sent] < 400)
+    recent = ok & (send[:sent] >= now_s - window_s)
+    p95 = f"p95 {np.quantile(latency[:sent][recent], 0.95) * 1000:.0f} ms" if recent.any() else "no answer"
+    return (f"{now_s:.0f} of {duration_s:.0f} s: {sent} sent, {int(ok.sum())} ok, {int((done & ~ok).sum())} failed; "
+            f"{p95} in the last {window_s:.0f} s")
+
+
 async def _run(send: np.ndarray, target: str, latency: np.ndarray, status: np.ndarray,
-               timeout_s: float, max_in_flight: int) -> tuple[float, float]:
+               timeout_s: float, max_in_flight: int,
+               ticker: tuple[Callable[[str], None], float, float] | None = None) -> tuple[float, float]:
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=0, force_close=False, ttl_dns_cache=None)
@@ -275,6 +308,15 @@ async def _run(send: np.ndarray, target: str, latency: np.ndarray, status: np.nd
 
         tasks = set()
         start = loop.time()
+
+        async def tick() -> None:
+            assert ticker is not None
+            say, every_s, duration_s = ticker
+            while True:
+                await asyncio.sleep(every_s)
+                say(progress_line(send, latency, status, loop.time() - start, every_s, duration_s))
+
+        beat = asyncio.create_task(tick()) if ticker is not None else None
         for i, at in enumerate(send):
             delay = start + at - loop.time()
             if delay > 0:
@@ -289,6 +331,8 @@ async def _run(send: np.ndarray, target: str, latency: np.ndarray, status: np.nd
         if tasks:
             await asyncio.wait(list(tasks), timeout=timeout_s + 1.0)
         wall = loop.time() - start
+        if beat is not None:
+            beat.cancel()
     return wall, float(np.quantile(lateness, 0.99)) if send.size else 0.0
 
 
@@ -304,13 +348,21 @@ def run(
     timeout_s: float = 10.0,
     out: str | None = None,
     force: bool = False,
+    wait_s: float = 60.0,
+    say: Callable[[str], None] | None = None,
+    every_s: float = 10.0,
 ) -> LoadResult:
-    """The ``rlscale loadgen`` command as a function: plan, replay, optionally write JSON (``--out``, checked first)."""
+    """The ``rlscale loadgen`` command as a function: plan, replay, optionally write JSON (``--out``, checked first).
+
+    ``say`` hears what it waits for (``resolve_target``) and a line every ``every_s`` of the run (``replay``).
+    """
     if out:
         check_output_file(out, "--out", ours=OUT_FORMAT, force=force)
-    target = check_target(resolve_target(target))
     p = plan(trace, speedup, duration_s, peak_rps, seed, start_s)
-    result = replay(p, target, seed=seed, max_requests=max_requests, timeout_s=timeout_s)
+    target = check_target(resolve_target(target, wait_s, say, every_s))
+    if say is not None:
+        say(f"replaying {p.source} at {p.speedup:g}x for {p.duration_s:.0f} s against {target}")
+    result = replay(p, target, seed=seed, max_requests=max_requests, timeout_s=timeout_s, say=say, every_s=every_s)
     result.meta["started_at_unix"] = time.time() - result.wall_s
     if out:
         write_output_json(out, result.to_dict(), "--out", fmt=OUT_FORMAT, force=force)

@@ -246,6 +246,19 @@ def up(scenario: str, run_dir: str | Path, interval: float | None = None, timeou
     raise ConfigError(f"rlscale cluster up: not ready within {timeout_s:.0f} s (logs in {root / 'logs'})")
 
 
+EXIT_RUNNING, EXIT_NOT_ANSWERING, EXIT_NOT_RUNNING = 0, 1, 3
+"""``rlscale cluster status`` exits as an LSB init script's ``status`` does: 0 running (and answering), 1 a
+supervisor or processes of the cluster that do not answer, 3 not running; ``cluster down`` exits 3 when
+nothing ran there and 2 when the run directory does not exist (a mistyped ``--run-dir``)."""
+
+
+def status_code(state: dict[str, Any]) -> int:
+    """The exit code of ``cluster status`` for ``status``'s answer (see ``EXIT_RUNNING``)."""
+    if state["running"]:
+        return EXIT_RUNNING if state.get("answering") else EXIT_NOT_ANSWERING
+    return EXIT_NOT_ANSWERING if state.get("leftover_pids") else EXIT_NOT_RUNNING
+
+
 def status(run_dir: str | Path) -> dict[str, Any]:
     """What runs in ``run_dir``: the supervisor's live state, or ``{"running": False}``."""
     root = Path(run_dir).resolve()

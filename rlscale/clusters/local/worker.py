@@ -15,6 +15,17 @@ wait_s)`` requests/s and it uses at most ``concurrency * cpu_s / (cpu_s +
 wait_s)`` cores, so capacity grows linearly with workers while the CPU they
 use stays well under the machine's cores (DESIGN.md section 9).
 
+Why the slot is a fixed wall time: a pod with a guaranteed CPU share does
+not slow down when its neighbours get busy, and a worker should not either,
+or a loaded laptop measures one capacity in calibration and another an
+hour later. A request therefore holds its slot until ``cpu_s + wait_s``
+after it started: CPU time the host's other processes take from the burn
+comes out of the waiting part. Only when the burn alone outlasts the slot
+(the host gives this worker less than ``cpu_s / (cpu_s + wait_s)`` of a
+core, an eighth with the defaults) does the request take longer; it is
+counted in ``rlscale_worker_overruns_total``, so a measurement can tell a
+slow worker from an oversubscribed host.
+
 Endpoints:
 
 * ``GET /work``: one request. HAProxy stamps ``X-Request-Start: <epoch µs>``
@@ -31,6 +42,8 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import heapq
+import math
 import os
 import signal
 import sys
@@ -43,26 +56,46 @@ BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.125, 0.15, 0.
 
 
 class Stats:
-    """Counters for ``/metrics``; one lock, since requests run on many threads."""
+    """Counters for ``/metrics``; one lock, since requests run on many threads.
 
-    def __init__(self, buckets: tuple[float, ...]) -> None:
+    A slot is busy from the moment its request could start (it reached the
+    load balancer, or, when it queued there, the slot's previous answer was
+    written) until its own answer is written. The load balancer's hand-off
+    is therefore part of busy time, as it is part of what keeps a slot from
+    serving: at saturation a worker is 100% busy, and requests per busy
+    second is the capacity closed-loop clients measure, on a quiet host or
+    a loaded one.
+    """
+
+    def __init__(self, buckets: tuple[float, ...], slots: int = 1) -> None:
         self.lock = threading.Lock()
+        self.freed = [0.0] * slots
         self.buckets = buckets
         self.counts = [0] * (len(buckets) + 1)
         self.latency_sum = 0.0
         self.requests = 0
         self.busy_s = 0.0
         self.in_flight = 0
+        self.overruns = 0
 
-    def start(self) -> None:
+    def start(self) -> float:
+        """Take a slot; returns when it was last freed (epoch s; 0 if never used, inf if none is free)."""
         with self.lock:
             self.in_flight += 1
+            return heapq.heappop(self.freed) if self.freed else math.inf
 
-    def finish(self, latency_s: float, busy_s: float) -> None:
+    def finish(self, latency_s: float, busy_from: float, done: float, overran: bool = False) -> None:
+        """Give the slot back at ``done`` (epoch s), having been busy since ``busy_from``.
+
+        Called before the answer is written: once it is, the load balancer may
+        hand this slot its next request, which must find the slot's free time.
+        """
         with self.lock:
+            heapq.heappush(self.freed, done)
             self.in_flight -= 1
             self.requests += 1
-            self.busy_s += busy_s
+            self.overruns += int(overran)
+            self.busy_s += max(0.0, done - busy_from)
             self.latency_sum += latency_s
             self.counts[bisect.bisect_left(self.buckets, latency_s)] += 1
 
@@ -74,6 +107,14 @@ def burn_cpu(seconds: float) -> None:
     while time.thread_time() < end:
         for _ in range(200):
             x += 1
+
+
+def hold_until(due: float) -> bool:
+    """Sleep until ``due`` (``time.monotonic``); True if it had already passed (the CPU part overran the slot)."""
+    left = due - time.monotonic()
+    if left > 0:
+        time.sleep(left)
+    return left <= 0
 
 
 def make_handler(args: argparse.Namespace, stats: Stats, started: float) -> type[BaseHTTPRequestHandler]:
@@ -106,14 +147,14 @@ def make_handler(args: argparse.Namespace, stats: Stats, started: float) -> type
 
         def _work(self) -> None:
             begin = time.time()
+            due = time.monotonic() + args.cpu_s + args.wait_s
             stamp = self.headers.get("X-Request-Start", "")
-            arrived = int(stamp) / 1e6 if stamp.isdigit() else begin
-            stats.start()
+            arrived = min(int(stamp) / 1e6 if stamp.isdigit() else begin, begin)
+            freed = stats.start()
             burn_cpu(args.cpu_s)
-            if args.wait_s > 0:
-                time.sleep(args.wait_s)
+            late = hold_until(due)
             end = time.time()
-            stats.finish(max(0.0, end - min(arrived, begin)), end - begin)
+            stats.finish(end - arrived, min(begin, max(arrived, freed)), end, late)
             self._reply(200, b"done\n")
 
     return Handler
@@ -123,7 +164,8 @@ def _metrics(stats: Stats, labels: str, started: float) -> str:
     """Prometheus text exposition, written by hand to keep the worker import-free."""
     with stats.lock:
         counts = list(stats.counts)
-        total, lat_sum, busy, in_flight = stats.requests, stats.latency_sum, stats.busy_s, stats.in_flight
+        total, lat_sum, busy, in_flight, overruns = (stats.requests, stats.latency_sum, stats.busy_s, stats.in_flight,
+                                                     stats.overruns)
     cpu = time.process_time()
     lines = [
         "# TYPE rlscale_worker_request_duration_seconds histogram",
@@ -140,6 +182,8 @@ def _metrics(stats: Stats, labels: str, started: float) -> str:
         f"rlscale_worker_requests_total{{{labels}}} {total}",
         "# TYPE rlscale_worker_busy_seconds_total counter",
         f"rlscale_worker_busy_seconds_total{{{labels}}} {busy}",
+        "# TYPE rlscale_worker_overruns_total counter",
+        f"rlscale_worker_overruns_total{{{labels}}} {overruns}",
         "# TYPE rlscale_worker_cpu_seconds_total counter",
         f"rlscale_worker_cpu_seconds_total{{{labels}}} {cpu}",
         "# TYPE rlscale_worker_in_flight gauge",
@@ -174,6 +218,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cpu-s", type=float, default=0.005, help="real CPU seconds per request")
     p.add_argument("--wait-s", type=float, default=0.035, help="non-CPU seconds per request")
     p.add_argument("--warmup-s", type=float, default=0.0, help="delay before listening (cold start)")
+    p.add_argument("--concurrency", type=int, default=1, help="slots (HAProxy's maxconn for this worker)")
     p.add_argument("--tag", default="", help="ignored; names the cluster in `ps` (its run directory)")
     return p.parse_args(argv)
 
@@ -184,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     if args.warmup_s > 0:
         time.sleep(args.warmup_s)
-    stats = Stats(BUCKETS)
+    stats = Stats(BUCKETS, args.concurrency)
     server = ThreadingHTTPServer((args.host, args.port), make_handler(args, stats, started))
     server.daemon_threads = True
     server.serve_forever(poll_interval=0.5)
