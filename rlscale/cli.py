@@ -295,6 +295,7 @@ def serve(
     audit_keep: int = typer.Option(5, min=0, max=1000, help="rotated audit logs kept (audit.jsonl.1 .. .N)"),
     cluster_config: str | None = typer.Option(None, help="kubernetes: YAML naming each service's workload, PromQL and bounds (docs/KUBERNETES.md)"),
     take_over: bool = typer.Option(False, "--take-over", help="kubernetes: start even though an HPA scales the same workload (delete it: the two would fight)"),
+    standby: bool = typer.Option(False, "--standby", help="local (--run-dir) and kubernetes: when another controller holds the cluster's lease, wait and take over when it stops, instead of refusing"),
     keda_grpc: str | None = typer.Option(None, help="also serve the decisions as a KEDA external scaler (gRPC) on HOST:PORT, e.g. 127.0.0.1:9090"),
     keda_tls: str | None = typer.Option(None, help="folder with tls.crt, tls.key and ca.crt: mTLS for --keda-grpc (needed off loopback)"),
 ) -> None:
@@ -312,7 +313,7 @@ def serve(
         keep_serving=keep_serving, max_step_change=max_step_change, max_change_per_minute=max_change_per_minute,
         scale_down_cooldown=scale_down_cooldown, stale_after=stale_after, run_dir=run_dir,
         token_file=token_file, fallback_only=fallback_only, audit_max_bytes=audit_max_bytes, audit_keep=audit_keep,
-        cluster_config=cluster_config, take_over=take_over, keda_grpc=keda_grpc, keda_tls=keda_tls,
+        cluster_config=cluster_config, take_over=take_over, standby=standby, keda_grpc=keda_grpc, keda_tls=keda_tls,
     ))
     raise typer.Exit(code)
 
