@@ -40,6 +40,10 @@ class Lease(Protocol):
 
     def held(self) -> bool: ...
 
+    def contested(self) -> bool:
+        """After a failed ``try_acquire``: is there evidence that a live controller holds it?"""
+        ...
+
     def holder(self) -> str | None: ...
 
     def release(self) -> None: ...
@@ -65,16 +69,26 @@ def open_lease(opts: Any) -> Lease | None:
 
 
 def refuse_if_held(lease: Lease | None, standby: bool) -> bool:
-    """Take the lease now if it is free; True if taken. Held by another and no ``--standby``: one-line ConfigError."""
+    """Take the lease now if it is free; True if taken, False for a standby to wait.
+
+    Without ``--standby``, a lease held by a live controller is a one-line
+    ConfigError. A Kubernetes Lease says nothing of its holder's life until
+    it is renewed or lapses, so this watches it for up to one lease duration:
+    renewed, refuse; lapsed, take it (a controller that died must not lock
+    its successor out for good).
+    """
     if lease is None or lease.try_acquire():
         return True
-    if not standby:
-        holder = lease.holder()
-        raise ConfigError(
-            f"{lease.what}: another controller decides for this cluster ({holder or 'holder unknown'}); "
-            "stop it first, or pass --standby to wait and take over when it stops"
-        )
-    return False
+    if standby:
+        return False
+    while not lease.contested():
+        time.sleep(lease.retry_s)
+        if lease.try_acquire():
+            return True
+    raise ConfigError(
+        f"{lease.what}: another controller decides for this cluster ({lease.holder() or 'holder unknown'}); "
+        "stop it first, or pass --standby to wait and take over when it stops"
+    )
 
 
 def wait_for(lease: Lease, stop: threading.Event) -> float | None:

@@ -77,6 +77,10 @@ class RunDirLock:
             return False
         return (st.st_dev, st.st_ino) == self._inode
 
+    def contested(self) -> bool:
+        """A failed ``flock`` is the evidence: only a live process holds one."""
+        return True
+
     def holder(self) -> str | None:
         """Who holds it, as the holder wrote it (``pid N on HOST since TIME``), or None when unknown."""
         try:
