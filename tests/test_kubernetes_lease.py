@@ -124,6 +124,15 @@ def test_without_standby_a_live_holder_is_refused_in_one_line(server, tmp_path):
         a.release()
 
 
+@pytest.mark.parametrize("standby", [False, True])
+def test_a_lease_the_role_does_not_grant_is_one_line_at_start_not_a_wait_for_ever(server, tmp_path, standby):
+    server.cluster.rbac = {"*": []}
+    with pytest.raises(ConfigError) as err:
+        refuse_if_held(lease(server, tmp_path, "a"), standby=standby)
+    text = str(err.value)
+    assert text.startswith("Lease rlscale/rlscale: cannot take or read it (forbidden 403: ") and "\n" not in text
+
+
 def test_a_leader_killed_with_sigkill_is_replaced_once_its_lease_lapses_and_not_before(server, tmp_path):
     code = ("import sys, time; sys.path.insert(0, 'tests'); from rlscale.clusters.kubernetes.settings import LeaseSpec; "
             "from rlscale.clusters.kubernetes.lease import KubernetesLease; from rlscale.clusters.kubernetes.client import api_client; "

@@ -46,6 +46,10 @@ class Lease(Protocol):
 
     def holder(self) -> str | None: ...
 
+    def problem(self) -> str | None:
+        """Why the last ``try_acquire`` could not even look (an API error), or None."""
+        ...
+
     def release(self) -> None: ...
 
 
@@ -79,12 +83,14 @@ def refuse_if_held(lease: Lease | None, standby: bool) -> bool:
     """
     if lease is None or lease.try_acquire():
         return True
-    if standby:
-        return False
-    while not lease.contested():
+    while lease.problem() is None and not standby and not lease.contested():
         time.sleep(lease.retry_s)
         if lease.try_acquire():
             return True
+    if lease.problem() is not None:  # e.g. RBAC without leases: say so now rather than wait for ever
+        raise ConfigError(f"{lease.what}: cannot take or read it ({lease.problem()})")
+    if standby:
+        return False
     raise ConfigError(
         f"{lease.what}: another controller decides for this cluster ({lease.holder() or 'holder unknown'}); "
         "stop it first, or pass --standby to wait and take over when it stops"

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from rlscale.clusters.kubernetes.client import api_client
-from rlscale.clusters.kubernetes.errors import classify
+from rlscale.clusters.kubernetes.errors import CONFLICT, classify
 from rlscale.clusters.kubernetes.settings import KubernetesSettings, LeaseSpec
 
 log = logging.getLogger("rlscale.clusters.kubernetes.lease")
@@ -87,7 +87,7 @@ class KubernetesLease:
         self.last_problem: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: KubernetesSettings) -> "KubernetesLease":
+    def from_settings(cls, settings: KubernetesSettings) -> KubernetesLease:
         from kubernetes import client
 
         api = client.CoordinationV1Api(api_client(settings.kubeconfig, settings.context, settings._source))
@@ -116,6 +116,9 @@ class KubernetesLease:
     def contested(self) -> bool:
         """True once another identity has been seen renewing the Lease: its holder is alive."""
         return self._changes_seen > 0 and bool(self._holder) and self._holder != self.identity
+
+    def problem(self) -> str | None:
+        return self.last_problem
 
     def holder(self) -> str | None:
         if not self._holder:
@@ -174,6 +177,7 @@ class KubernetesLease:
                     self._observe(self.identity, (self.identity, self.spec.duration_s, now, now, 0), started)
                     self._renewed_at = started
                     return True
+                self.last_problem = None
                 old = lease.spec or self.client.V1LeaseSpec()
                 record = (old.holder_identity, old.lease_duration_seconds, old.renew_time, old.acquire_time, old.lease_transitions)
                 self._observe(old.holder_identity, record, started)
@@ -193,7 +197,8 @@ class KubernetesLease:
                 self.api.replace_namespaced_lease(self.spec.name, self.namespace, self._body(spec, lease.metadata.resource_version),
                                                   _request_timeout=self.timeout_s)
             except Exception as err:  # noqa: BLE001 - 409 (another won the race), 403, timeouts: all a failed round
-                self.last_problem = str(classify(err))
+                problem = classify(err)
+                self.last_problem = None if problem.reason == CONFLICT else str(problem)
                 return False
             self._observe(self.identity, (self.identity, self.spec.duration_s, now, acquired, spec.lease_transitions), started)
             self._renewed_at = started

@@ -81,6 +81,9 @@ class RunDirLock:
         """A failed ``flock`` is the evidence: only a live process holds one."""
         return True
 
+    def problem(self) -> str | None:
+        return None  # a lock file that cannot be opened is a ConfigError at once
+
     def holder(self) -> str | None:
         """Who holds it, as the holder wrote it (``pid N on HOST since TIME``), or None when unknown."""
         try:
