@@ -369,6 +369,7 @@ def serve(
     audit_max_bytes: int = typer.Option(64 * 1024 * 1024, min=1024, max=1 << 40, help="rotate the audit log when it would grow beyond this many bytes", rich_help_panel=_AUDIT),
     audit_keep: int = typer.Option(5, min=0, max=1000, help="rotated audit logs kept (audit.jsonl.1 .. .N)", rich_help_panel=_AUDIT),
     cluster_config: str | None = typer.Option(None, help="kubernetes: YAML naming each service's workload, PromQL and bounds (docs/KUBERNETES.md)", rich_help_panel=_K8S),
+    standby: bool = typer.Option(False, "--standby", help="local (--run-dir) and kubernetes: when another controller holds the cluster's lease, wait and take over when it stops, instead of refusing", rich_help_panel=_POLICY),
     take_over: bool = typer.Option(False, "--take-over", help="kubernetes: start even though an HPA scales the same workload (delete it: the two would fight)", rich_help_panel=_K8S),
     keda_grpc: str | None = typer.Option(None, help="also serve the decisions as a KEDA external scaler (gRPC) on HOST:PORT, e.g. 127.0.0.1:9090", rich_help_panel=_K8S),
     keda_tls: str | None = typer.Option(None, help="folder with tls.crt, tls.key and ca.crt: mTLS for --keda-grpc (needed off loopback)", rich_help_panel=_K8S),
@@ -388,8 +389,8 @@ def serve(
         keep_serving=keep_serving, max_step_change=max_step_change, max_change_per_minute=max_change_per_minute,
         scale_down_cooldown=scale_down_cooldown, stale_after=stale_after, run_dir=run_dir,
         token_file=token_file, fallback_only=fallback_only, audit_max_bytes=audit_max_bytes, audit_keep=audit_keep,
-        cluster_config=cluster_config, take_over=take_over, keda_grpc=keda_grpc, keda_tls=keda_tls, force=force,
-        history=history, history_days=history_days, history_services=tuple(history_service),
+        cluster_config=cluster_config, take_over=take_over, standby=standby, keda_grpc=keda_grpc, keda_tls=keda_tls,
+        force=force, history=history, history_days=history_days, history_services=tuple(history_service),
     ))
     raise typer.Exit(code)
 

@@ -25,6 +25,16 @@ it), so the official Python client parses every answer into its typed models:
   ``Success``.
 * ``v1`` Nodes: list, get, patch (``spec.unschedulable``: cordon).
 * ``autoscaling/v2`` HorizontalPodAutoscalers: list per namespace.
+* ``coordination.k8s.io/v1`` Leases (leader election): get, create (an
+  existing name -> 409 ``AlreadyExists``), replace (a stale
+  ``metadata.resourceVersion`` -> 409 ``Conflict``; none -> an
+  unconditional update, as the Lease strategy allows; a missing Lease ->
+  404, no create on update), delete. ``spec.acquireTime``/``renewTime`` are
+  MicroTime, parsed as the apiserver does with the layout
+  ``2006-01-02T15:04:05.000000Z07:00`` (exactly six fractional digits, else
+  400 ``BadRequest``) and stored in UTC; ``leaseDurationSeconds`` <= 0 or
+  ``leaseTransitions`` < 0 -> 422 ``Invalid``; a name or namespace in the
+  body that differs from the URL's -> 400.
 * Authentication: a bearer token (401 ``Unauthorized`` otherwise). RBAC: when
   rules are given (Role rules per namespace, ClusterRole rules as ``"*"``),
   anything not granted is 403 ``Forbidden`` with the apiserver's message
@@ -259,6 +269,8 @@ class FakeCluster:
         self.nodes: dict[str, Node] = {}
         self.budgets: list[Budget] = []
         self.hpas: list[Hpa] = []
+        self.leases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.lease_log: list[dict[str, Any]] = []
         self.startup_delay_s = startup_delay_s
         self.tick_s = tick_s
         self.patch_log: list[dict[str, Any]] = []
@@ -461,11 +473,14 @@ ROUTES: list[tuple[str, re.Pattern[str]]] = [
     ("scale", re.compile(r"^/apis/apps/v1/namespaces/(?P<ns>[^/]+)/(?P<res>deployments|statefulsets|replicasets)/(?P<name>[^/]+)/scale$")),
     ("deployment", re.compile(r"^/apis/apps/v1/namespaces/(?P<ns>[^/]+)/deployments/(?P<name>[^/]+)$")),
     ("hpas", re.compile(r"^/apis/autoscaling/v2/namespaces/(?P<ns>[^/]+)/horizontalpodautoscalers$")),
+    ("leases", re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/leases$")),
+    ("lease", re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/leases/(?P<name>[^/]+)$")),
 ]
 RBAC_RESOURCE = {
     "pods": ("", "pods"), "pod_eviction": ("", "pods/eviction"), "pod": ("", "pods"), "all_pods": ("", "pods"),
     "nodes": ("", "nodes"), "node": ("", "nodes"), "deployment": ("apps", "deployments"),
     "hpas": ("autoscaling", "horizontalpodautoscalers"),
+    "leases": ("coordination.k8s.io", "leases"), "lease": ("coordination.k8s.io", "leases"),
 }
 VERBS = {"GET": "get", "PATCH": "patch", "POST": "create", "PUT": "update", "DELETE": "delete"}
 PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json")
@@ -600,6 +615,21 @@ class Handler(BaseHTTPRequestHandler):
                 return 200, c.node_json(node)
         elif route == "hpas" and method == "GET":
             return 200, c.lst("HorizontalPodAutoscalerList", "autoscaling/v2", [c.hpa_json(h) for h in c.hpas if h.namespace == p["ns"]])
+        elif route == "leases" and method == "POST":
+            return 201, self._write_lease(c, p["ns"], None, raw)
+        elif route == "lease":
+            key = (p["ns"], p["name"])
+            if method == "GET":
+                if key not in c.leases:
+                    raise not_found("coordination.k8s.io", "leases", p["name"])
+                return 200, copy.deepcopy(c.leases[key])
+            if method == "PUT":
+                return 200, self._write_lease(c, p["ns"], p["name"], raw)
+            if method == "DELETE":
+                if c.leases.pop(key, None) is None:
+                    raise not_found("coordination.k8s.io", "leases", p["name"])
+                return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                             "details": {"name": p["name"], "group": "coordination.k8s.io", "kind": "leases"}}
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on resources of kind {route!r}")
 
     def _apply_patch(self, doc: dict[str, Any], raw: bytes) -> dict[str, Any]:
@@ -674,6 +704,77 @@ class Handler(BaseHTTPRequestHandler):
         del c.pods[(pod.namespace, pod.name)]
         c.evictions.append({"pod": f"{pod.namespace}/{pod.name}", "node": pod.node, "code": 201})
         return 201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+
+
+    def _write_lease(self, c: FakeCluster, ns: str, url_name: str | None, raw: bytes) -> dict[str, Any]:
+        """Create (``url_name`` None) or replace a Lease, validated as the apiserver validates one."""
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            raise ApiError(400, "BadRequest", "error decoding Lease: invalid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", 'Lease in version "v1" cannot be handled as a Lease: expected an object')
+        if body.get("kind", "Lease") != "Lease" or body.get("apiVersion", "coordination.k8s.io/v1") != "coordination.k8s.io/v1":
+            raise ApiError(400, "BadRequest", f"the API version in the data ({body.get('apiVersion')}) does not match the expected API version (coordination.k8s.io/v1)")
+        meta = body.get("metadata") or {}
+        name = meta.get("name")
+        if url_name is not None and name != url_name:
+            raise ApiError(400, "BadRequest", f"the name of the object ({name}) does not match the name on the URL ({url_name})")
+        if meta.get("namespace") not in (None, ns):
+            raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
+        if not name:
+            raise ApiError(422, "Invalid", "Lease.coordination.k8s.io \"\" is invalid: metadata.name: Required value: name or generateName is required",
+                           {"group": "coordination.k8s.io", "kind": "Lease",
+                            "causes": [{"reason": "FieldValueRequired", "message": "Required value: name or generateName is required", "field": "metadata.name"}]})
+        spec = dict(body.get("spec") or {})
+        for field_name in ("acquireTime", "renewTime"):
+            if spec.get(field_name) is not None:
+                spec[field_name] = micro_time(spec[field_name])
+        for field_name, low in (("leaseDurationSeconds", 1), ("leaseTransitions", 0)):
+            value = spec.get(field_name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+                bound = "greater than 0" if low else "greater than or equal to 0"
+                raise ApiError(422, "Invalid", f'Lease.coordination.k8s.io "{name}" is invalid: spec.{field_name}: Invalid value: {json.dumps(value)}: must be {bound}',
+                               {"name": name, "group": "coordination.k8s.io", "kind": "Lease",
+                                "causes": [{"reason": "FieldValueInvalid", "message": f"Invalid value: {json.dumps(value)}: must be {bound}",
+                                            "field": f"spec.{field_name}"}]})
+        key = (ns, name)
+        old = c.leases.get(key)
+        if url_name is None and old is not None:
+            raise ApiError(409, "AlreadyExists", f'leases.coordination.k8s.io "{name}" already exists',
+                           {"name": name, "group": "coordination.k8s.io", "kind": "leases"})
+        if url_name is not None:
+            if old is None:
+                raise not_found("coordination.k8s.io", "leases", name)
+            rv = meta.get("resourceVersion")
+            if rv not in (None, "") and str(rv) != old["metadata"]["resourceVersion"]:
+                c.lease_log.append({"t": time.time(), "name": name, "holder": spec.get("holderIdentity"), "code": 409})
+                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on leases.coordination.k8s.io "{name}": the object has been modified; '
+                               "please apply your changes to the latest version and try again",
+                               {"name": name, "group": "coordination.k8s.io", "kind": "leases"})
+        created = old["metadata"] if old is not None else {"uid": str(uuid.uuid4()), "creationTimestamp": rfc3339(time.time())}
+        obj = {"kind": "Lease", "apiVersion": "coordination.k8s.io/v1",
+               "metadata": {"name": name, "namespace": ns, "uid": created["uid"], "resourceVersion": str(c.next_rv()),
+                            "creationTimestamp": created["creationTimestamp"]},
+               "spec": {k: v for k, v in spec.items() if v is not None and v != ""}}
+        c.leases[key] = obj
+        c.lease_log.append({"t": time.time(), "name": name, "holder": obj["spec"].get("holderIdentity"), "code": 201 if old is None else 200,
+                            "transitions": obj["spec"].get("leaseTransitions")})
+        return copy.deepcopy(obj)
+
+
+MICRO_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\.(\d{6})(Z|[+-]\d{2}:\d{2})$")
+
+
+def micro_time(text: Any) -> str:
+    """A MicroTime as the apiserver reads it (layout ``2006-01-02T15:04:05.000000Z07:00``), written back in UTC."""
+    m = MICRO_TIME.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise ApiError(400, "BadRequest", f'Lease in version "v1" cannot be handled as a Lease: parsing time {json.dumps(text)} '
+                       'as "2006-01-02T15:04:05.000000Z07:00": cannot parse it')
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    t = datetime.fromisoformat(f"{m.group(1)}.{m.group(2)}{zone}").astimezone(timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _fields_match(pod: Pod, fields: list[tuple[str, ...]]) -> bool:

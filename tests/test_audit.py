@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -91,6 +92,54 @@ def test_a_full_disk_is_counted_held_in_memory_and_written_in_order_once_there_i
     assert audit.health()["ok"] and audit.health()["lines_lost"] == 0
 
 
+def test_a_full_disk_is_said_once_on_stderr_when_it_starts_when_lines_are_lost_and_when_it_ends(tmp_path, capfd):
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        if disk is None:
+            pytest.skip("cannot mount a tmpfs here")
+        audit = AuditLog(disk / "audit.jsonl", pending_lines=20)
+        assert audit.write({"kind": "event", "event": "start"})
+        filler = fill(disk)
+        for i in range(300):  # a decision every interval: 300 failed writes, 20 lines held, the rest lost
+            audit.write({"kind": "decision", "i": i, "pad": "x" * 200})
+        during = capfd.readouterr().err.splitlines()
+        written_before = audit.health()["lines"]
+        filler.unlink()
+        assert audit.write({"kind": "decision", "i": 300})
+        for i in range(301, 350):
+            assert audit.write({"kind": "decision", "i": i})
+        after = capfd.readouterr().err.splitlines()
+        health = audit.health()
+        audit.close()
+    assert len(during) == 2, during
+    assert during[0].startswith(f"audit log {disk / 'audit.jsonl'}: cannot write (") and "No space left on device" in during[0]
+    assert "1 held, up to 20; 0 lost so far" in during[0]
+    lost = health["lines_lost"]
+    fitted = written_before - 1  # the log's last page may have had room for a few
+    assert lost == (300 - fitted) + 1 - 20 and lost > 200  # the write that finds room adds one more to the full tail
+    assert "20 lines held in memory, the most it holds; the oldest are now lost (1 lost so far)" in during[1]
+    assert len(after) == 1, after
+    failed = health["write_errors"]
+    assert f"writing again after {failed} failed writes; 20 held lines written in order, {lost} lost" in after[0]
+
+
+def test_a_second_outage_is_said_again_with_its_own_counts(tmp_path):
+    notes: list[str] = []
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        if disk is None:
+            pytest.skip("cannot mount a tmpfs here")
+        audit = AuditLog(disk / "audit.jsonl", notify=notes.append)
+        for outage in range(2):
+            audit.write({"kind": "event", "event": f"before {outage}"})
+            filler = fill(disk)
+            for i in range(30):
+                audit.write({"kind": "decision", "i": i, "pad": "x" * 200})
+            filler.unlink()
+            audit.write({"kind": "event", "event": f"after {outage}"})
+        audit.close()
+    assert len(notes) == 4 and [n.split(": ", 1)[1][:13] for n in notes] == ["cannot write ", "writing again"] * 2
+    assert all(n.endswith(", 0 lost") for n in notes[1::2])
+
+
 def test_a_short_write_on_a_filling_disk_is_cut_back_so_the_file_holds_only_whole_lines(tmp_path):
     with small_disk(tmp_path / "disk", "16k") as disk:
         if disk is None:
@@ -165,6 +214,9 @@ def test_on_a_full_disk_serve_keeps_deciding_for_100_more_intervals_says_degrade
                 assert time.monotonic() < deadline, "the disk never filled"
                 time.sleep(0.05)
             full_at = health["decisions"]
+            ready, _, _ = select.select([proc.stderr], [], [], 10)
+            first = proc.stderr.readline() if ready else ""
+            assert f"audit log {audit}: cannot write (" in first, "the operator hears of the full disk when it happens, not at exit"
             while health["decisions"] < full_at + 100:
                 assert time.monotonic() < deadline and proc.poll() is None, "kept deciding on a full disk"
                 time.sleep(0.1)
@@ -177,6 +229,7 @@ def test_on_a_full_disk_serve_keeps_deciding_for_100_more_intervals_says_degrade
             assert decided.status_code == 200, "the API answers while its lines cannot be written"
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0, proc.stderr.read()
+            assert "cannot write (" not in proc.stderr.read(), "said once, not once per failed write"
             if disk is not None:
                 records = lines(audit)  # only whole lines on the full disk
                 assert records[0]["event"] == "start" and all(r["kind"] in ("event", "decision") for r in records)

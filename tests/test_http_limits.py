@@ -36,14 +36,14 @@ LIMITS = HttpLimits(max_header_bytes=8192, max_headers=32, request_timeout_s=1.0
 
 
 @contextmanager
-def limited_server() -> Iterator[tuple[tuple[str, int], Telemetry]]:
+def limited_server(limits: HttpLimits = LIMITS) -> Iterator[tuple[tuple[str, int], Telemetry]]:
     scenario = load_scenario("web-diurnal")
     config = GuardConfig.from_scenario(scenario)
     telemetry = Telemetry(config.services, "hpa", "v1", dry_run=False)
     reject = RejectLog(lambda code: telemetry.http_rejected.labels(str(code)).inc())
     app = create_app(Decider(scenario, HPAPolicy(scenario), config), telemetry, None, token=TOKEN, reject=reject)
     sock = bind_socket("127.0.0.1", 0)
-    server = _Server(app, sock, reject, LIMITS)
+    server = _Server(app, sock, reject, limits)
     server.start()
     try:
         yield ("127.0.0.1", sock.getsockname()[1]), telemetry
@@ -123,20 +123,29 @@ def test_a_request_that_never_finishes_arriving_gets_408_after_the_timeout(serve
     assert rejected(telemetry, 408) == before + 2
 
 
-def test_connections_beyond_the_cap_get_503_and_the_held_ones_still_work(server):
+def test_a_connection_beyond_the_cap_closes_the_oldest_silent_one_and_gets_503_only_when_all_are_busy(server):
     address, telemetry = server
-    before = rejected(telemetry, 503)
+    before_408, before_503 = rejected(telemetry, 408), rejected(telemetry, 503)
     held = [socket.create_connection(address, timeout=5) for _ in range(LIMITS.max_connections)]
     try:
         time.sleep(0.1)
-        answer = raw(address, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert status(answer) == 503
-        held[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert held[0].recv(100).startswith(b"HTTP/1.1 200")
+        assert status(raw(address, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == 200
+        assert held[0].recv(100).startswith(b"HTTP/1.1 408"), "the oldest connection without a request made room"
+        held[0].close()
+        held[0] = socket.create_connection(address, timeout=5)
+        body = b'{"desired": [3]}'
+        head = (b"POST /v1/decide HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for s in held:  # every connection inside a request: a whole head, the body still to come
+            s.sendall(head + body[:1])
+        time.sleep(0.1)
+        assert status(raw(address, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")) == 503
+        held[1].sendall(body[1:])
+        assert held[1].recv(100).startswith(b"HTTP/1.1 200"), "the busy ones are not disturbed"
     finally:
         for s in held:
             s.close()
-    assert rejected(telemetry, 503) == before + 1
+    assert rejected(telemetry, 408) == before_408 + 1 and rejected(telemetry, 503) == before_503 + 1
 
 
 def test_a_wrong_token_is_401_counted_and_logged_without_the_token(server, caplog):

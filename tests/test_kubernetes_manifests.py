@@ -14,6 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_kubernetes import NS, Fake, Scripted, open_cluster, run_loop  # noqa: E402
 
+from rlscale.clusters.kubernetes.client import api_client  # noqa: E402
+from rlscale.clusters.kubernetes.lease import KubernetesLease  # noqa: E402
+from rlscale.clusters.kubernetes.settings import LeaseSpec  # noqa: E402
+from kubernetes.client import CoordinationV1Api  # noqa: E402
+
 kv = pytest.importorskip("kubernetes_validate")
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
@@ -72,13 +77,24 @@ def used(fake: Fake) -> set[tuple[str, str, str]]:
         return {(r.group, r.resource, r.verb) for r in fake.cluster.requests}
 
 
+def held_lease(fake: Fake) -> KubernetesLease:
+    """The controller's Lease in its own namespace, as ``serve`` holds it: created, then renewed every 0.1 s."""
+    lease = KubernetesLease(CoordinationV1Api(api_client(str(fake.kubeconfig), None, "test")),
+                            LeaseSpec(namespace="rlscale", duration_s=2, renew_deadline_s=1.5, retry_period_s=0.1), identity="rlscale-0")
+    assert lease.try_acquire()
+    return lease
+
+
 def test_the_role_grants_exactly_the_verbs_the_backend_calls(tmp_path: Path) -> None:
     rbac, granted = grants(("rbac.yaml",))
     fake = Fake(tmp_path)
     try:
         fake.cluster.rbac = rbac
         cluster, scenario, _ = open_cluster(fake, tmp_path)
+        lease = held_lease(fake)
         run_loop(cluster, scenario, Scripted([(5, 3), (3, 1)], rebalance_at={2}), tmp_path / "audit.jsonl", 0.1, 4)
+        assert lease.held()  # renewed (get + update) all along
+        lease.release()
         cluster.close()
         assert used(fake) == granted
     finally:
@@ -92,6 +108,7 @@ def test_consolidate_needs_exactly_the_consolidate_role_on_top(tmp_path: Path) -
         fake.cluster.rbac = rbac
         fake.cluster.add_budget(NS, "batch", {"app": "batch"}, min_available=2)  # one 429 on the way
         cluster, scenario, _ = open_cluster(fake, tmp_path, rebalance="consolidate")
+        lease = held_lease(fake)
 
         def lift(loop: Any) -> None:
             deadline = time.monotonic() + 10
@@ -102,6 +119,8 @@ def test_consolidate_needs_exactly_the_consolidate_role_on_top(tmp_path: Path) -
 
         run_loop(cluster, scenario, Scripted([(3, 2), (3, 2), (4, 2)], rebalance_at={1}), tmp_path / "audit.jsonl", 0.15, 10, lift)
         assert cluster.consolidator is not None and cluster.consolidator.finished
+        assert lease.held()
+        lease.release()
         cluster.close()
         assert used(fake) == granted
     finally:

@@ -16,6 +16,10 @@ as ``rlscale_audit_write_errors_total``), makes ``/healthz`` say
 written, in order, as soon as a write succeeds again; only lines pushed out
 of that tail are lost (``lines_lost``). A short write (the disk filled up
 mid-line) is cut back off the file, so the file never holds half a line.
+The operator hears of it at once, not at exit: one line on stderr when
+writes start failing, one when the held tail starts losing lines, and one
+when writes succeed again, each with the lines held and lost (``notify``);
+never one per failed write, which on a full disk would be one per decision.
 
 Size-based rotation (``max_bytes``, ``keep``) bounds the disk the log can
 take: ``audit.jsonl`` -> ``audit.jsonl.1`` -> ... -> ``audit.jsonl.<keep>``,
@@ -28,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 import threading
 import time
 from collections import deque
@@ -151,6 +156,14 @@ def check_target(path: Path, flag: str = "--audit-log") -> bool:
     return True
 
 
+def _to_stderr(message: str) -> None:
+    """One line on stderr; stderr on the same full disk must not stop a decision either."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 class AuditLog:
     """Append-only JSONL, shared by the control loop and the HTTP API (thread-safe); ``write`` never raises."""
 
@@ -163,6 +176,7 @@ class AuditLog:
         keep: int = KEEP,
         pending_lines: int = PENDING_LINES,
         on_error: Callable[[], None] | None = None,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         if max_bytes < 1024:
             raise ConfigError(f"--audit-max-bytes {max_bytes}: expected at least 1024")
@@ -173,6 +187,8 @@ class AuditLog:
         self.max_bytes = int(max_bytes)
         self.keep = int(keep)
         self.on_error = on_error
+        self.notify = notify or _to_stderr
+        self._outage: dict[str, int] | None = None
         self._lock = threading.Lock()
         self._seq = 0
         self._pending: deque[bytes] = deque(maxlen=max(1, pending_lines))
@@ -207,6 +223,10 @@ class AuditLog:
             line = dumps_bytes({**head, **record}, newline=True)
             if len(self._pending) == self._pending.maxlen:
                 self.lines_lost += 1
+                if self._outage is not None and not self._outage["losing"]:
+                    self._outage["losing"] = 1
+                    self.notify(f"audit log {self.path}: {len(self._pending)} lines held in memory, the most it holds; "
+                                f"the oldest are now lost ({self.lines_lost} lost so far)")
             self._pending.append(line)
             return self._flush_pending()
 
@@ -220,12 +240,20 @@ class AuditLog:
                 self.write_errors += 1
                 self.last_error = err.strerror or type(err).__name__
                 self.failing = True
+                if self._outage is None:
+                    self._outage = {"errors": self.write_errors - 1, "lost": self.lines_lost, "lines": self.lines, "losing": 0}
+                    self.notify(f"audit log {self.path}: cannot write ({self.last_error}); decisions go on, their lines held "
+                                f"in memory ({len(self._pending)} held, up to {self._pending.maxlen}; {self.lines_lost} lost so far)")
                 if self.on_error is not None:
                     self.on_error()
                 return False
             self._pending.popleft()
             self.lines += 1
         self.failing = False
+        if self._outage is not None:
+            outage, self._outage = self._outage, None
+            self.notify(f"audit log {self.path}: writing again after {self.write_errors - outage['errors']} failed writes; "
+                        f"{self.lines - outage['lines']} held lines written in order, {self.lines_lost - outage['lost']} lost")
         return True
 
     def _append(self, line: bytes) -> None:

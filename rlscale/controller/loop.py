@@ -45,6 +45,7 @@ class ControlLoop:
         steps: int | None = None,
         dry_run: bool = False,
         stop: threading.Event | None = None,
+        may_act: Callable[[], bool] | None = None,
     ) -> None:
         services = tuple(cluster.services())
         if services != decider.services:
@@ -63,6 +64,9 @@ class ControlLoop:
         self.fallbacks: Counter[str] = Counter()
         self.adjustments: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.may_act = may_act
+        """Asked before every action (the controller's lease, ``lease.py``); False ends the loop without acting."""
+        self.lease_lost = False
         self.listeners: list[Callable[[Decision], None]] = []
         """Called with each decision after it is logged (the KEDA face reads decisions this way)."""
 
@@ -80,7 +84,10 @@ class ControlLoop:
         decision = self.decider.decide(metrics, age, now, self.state, source="loop", degraded=degraded)
         decision.metrics_source = None if sample is None else sample.source
         error = None
-        if decision.replicas is not None and not self.dry_run:
+        if decision.replicas is not None and not self.dry_run and self.may_act is not None and not self.may_act():
+            self.lease_lost = True  # another controller may be deciding now: neither act nor hold, just stop
+            decision.extra["not_applied"] = "lease_lost"
+        elif decision.replicas is not None and not self.dry_run:
             action = Action(replicas=decision.replicas[None].copy(), rebalance=np.array([decision.rebalance], dtype=np.int64))
             try:
                 self.cluster.apply(action)
@@ -124,7 +131,7 @@ class ControlLoop:
     def run(self) -> None:
         period = self.interval_s / self.speedup
         deadline = time.monotonic()
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not self.lease_lost:
             if self.completed:
                 break
             self.step()

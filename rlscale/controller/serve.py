@@ -35,6 +35,7 @@ from rlscale.controller.audit import MAX_BYTES as AUDIT_MAX_BYTES
 from rlscale.controller.audit import AuditLog
 from rlscale.controller.decision import Decider
 from rlscale.controller.guards import GuardConfig
+from rlscale.controller.lease import open_lease, refuse_if_held, wait_for
 from rlscale.controller.limits import is_loopback
 from rlscale.controller.telemetry import Telemetry
 
@@ -68,6 +69,7 @@ class ServeOptions:
     run_dir: str | None = None
     cluster_config: str | None = None
     take_over: bool = False
+    standby: bool = False
     keda_grpc: str | None = None
     keda_tls: str | None = None
     token_file: str | None = None
@@ -335,15 +337,22 @@ def serve(opts: ServeOptions) -> int:
     sim_days = opts.history_days if reads_history and not opts.history else 0.0
     cluster: Any = open_cluster(opts, scenario, interval, sim_days) if opts.cluster == "sim" else None
 
+    lease = open_lease(opts)  # one deciding controller per cluster: refuse here, before anything is opened
+    leading = refuse_if_held(lease, opts.standby)
     run_id = uuid.uuid4().hex[:12]
     audit_path = audit_log_path(opts.audit_log)
     appending = audit_path.is_file() and audit_path.stat().st_size > 0
-    audit = AuditLog(audit_path, run=run_id, max_bytes=opts.audit_max_bytes, keep=opts.audit_keep,
-                     on_error=telemetry.audit_write_errors.inc)
     try:
-        sock = bind_socket(opts.host, opts.port)
+        audit = AuditLog(audit_path, run=run_id, max_bytes=opts.audit_max_bytes, keep=opts.audit_keep,
+                         on_error=telemetry.audit_write_errors.inc)
+        try:
+            sock = bind_socket(opts.host, opts.port)
+        except ConfigError:
+            audit.close()
+            raise
     except ConfigError:
-        audit.close()
+        if lease is not None:
+            lease.release()
         raise
     if audit.repaired_bytes:
         print(f"audit log {audit_path}: removed a torn last line ({audit.repaired_bytes} bytes) left by an earlier crash", file=sys.stderr)
@@ -355,19 +364,35 @@ def serve(opts: ServeOptions) -> int:
     keda: Any = None
     server: _Server | None = None
 
+    role = {"lease": "leader" if leading else "standby"}
     history_state: dict[str, Any] = {}
 
     def status() -> dict[str, Any]:
+        held: dict[str, Any] = {} if lease is None else {"lease": role["lease"]}
         days = getattr(loop_decider.policy, "history_days", None)
         if callable(days) and history_state.get("reads_history"):
             from rlscale.controller.history import history_status
 
             history_state.update(history_status(days(), config.services))
-        extra = {"history": dict(history_state)} if history_state else {}
+        if history_state:
+            held["history"] = dict(history_state)
         if loop is None:
-            return {"loop": "off", **extra}
-        state = "done" if loop.completed else "stopping" if stop.is_set() else "running"
-        return {"loop": state, "decisions": loop.decisions, **extra}
+            return {"loop": "standby" if role["lease"] == "standby" else "off", **held}
+        state = "lease_lost" if loop.lease_lost else "done" if loop.completed else "stopping" if stop.is_set() else "running"
+        return {"loop": state, "decisions": loop.decisions, **held}
+
+    def start_server() -> _Server:
+        from rlscale.controller.api import create_app
+        from rlscale.controller.limits import RejectLog
+
+        reject = RejectLog(lambda code: telemetry.http_rejected.labels(str(code)).inc())
+        app = create_app(api_decider, telemetry, audit, token=token, status=status, policy_name=loaded.name, reject=reject)
+        started = _Server(app, sock, reject)
+        started.start()
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in str(host) else host
+        print(f"rlscale serve: {loaded.name} on cluster {opts.cluster} ({scenario.name}); listening on http://{shown}:{port}", flush=True)
+        return started
 
     audit.write({
         "kind": "event", "event": "start", "policy": loaded.name, "version": loaded.version,
@@ -376,7 +401,17 @@ def serve(opts: ServeOptions) -> int:
     })
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        if opts.cluster in ("local", "kubernetes"):
+        if lease is not None and not leading:  # the standby answers /healthz and /v1/decide while it waits
+            server = start_server()
+            print(f"standing by: {lease.what} is held ({lease.holder() or 'holder unknown'}); taking over when it is free", flush=True)
+            audit.write({"kind": "event", "event": "lease_standby", "lease": lease.what, "holder": lease.holder()})
+            waited = wait_for(lease, stop)
+            leading = waited is not None
+            if leading:
+                role["lease"] = "leader"
+                print(f"took over: {lease.what} after {waited:.1f} s on standby", flush=True)
+                audit.write({"kind": "event", "event": "lease_acquired", "lease": lease.what, "waited_s": round(float(waited or 0.0), 3)})
+        if opts.cluster in ("local", "kubernetes") and leading:
             if not logging.getLogger().handlers:  # the backend's warnings (a dead worker, a Prometheus outage), timestamped
                 logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             cluster = open_cluster(opts, scenario, interval)
@@ -396,20 +431,11 @@ def serve(opts: ServeOptions) -> int:
 
             loop = ControlLoop(
                 cluster, loop_decider, audit, telemetry, interval_s=interval, speedup=getattr(cluster, "speedup", 1.0),
-                steps=opts.steps, dry_run=opts.dry_run, stop=stop,
+                steps=opts.steps, dry_run=opts.dry_run, stop=stop, may_act=None if lease is None else lease.held,
             )
-        from rlscale.controller.api import create_app
-
-        from rlscale.controller.limits import RejectLog
-
-        reject = RejectLog(lambda code: telemetry.http_rejected.labels(str(code)).inc())
-        app = create_app(api_decider, telemetry, audit, token=token, status=status, policy_name=loaded.name, reject=reject)
-        server = _Server(app, sock, reject)
-        server.start()
-        host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in str(host) else host
-        print(f"rlscale serve: {loaded.name} on cluster {opts.cluster} ({scenario.name}); listening on http://{shown}:{port}", flush=True)
-        if opts.cluster == "local":
+        if server is None:
+            server = start_server()
+        if opts.cluster == "local" and cluster is not None:
             where = describe_local(cluster)
             write_json(Path(where["run_dir"]) / "cluster.json", where)
             urls = ", ".join(f"{name} {url}" for name, url in where["services"].items())
@@ -429,7 +455,11 @@ def serve(opts: ServeOptions) -> int:
         gc.freeze()
         if loop is not None and not stop.is_set():
             loop.run()
-        if loop is None or opts.keep_serving:
+        if loop is not None and loop.lease_lost and lease is not None:
+            role["lease"] = "lost"
+            print(f"error: {lease.what}: lost the lease; stopped acting (another controller may be deciding)", file=sys.stderr, flush=True)
+            audit.write({"kind": "event", "event": "lease_lost", "lease": lease.what})
+        elif loop is None or opts.keep_serving:
             stop.wait()
     finally:
         if keda is not None:
@@ -454,6 +484,9 @@ def serve(opts: ServeOptions) -> int:
             except Exception as err:  # noqa: BLE001 - still close the audit log and write the summary
                 print(f"error: closing the {opts.cluster} cluster: {type(err).__name__}: {err}", file=sys.stderr)
                 result["close_error"] = f"{type(err).__name__}: {str(err)[:200]}"
+        if lease is not None:
+            lease.release()
+            result["lease"] = role["lease"]
         if opts.cluster == "local" and cluster is not None:
             result["local"] = {
                 "run_dir": str(cluster.run_dir), "counters": asdict(cluster.counters), "started_pids": cluster.started_pids(),
@@ -467,7 +500,7 @@ def serve(opts: ServeOptions) -> int:
             signal.signal(sig, handler)
         write_summary(opts.summary, result, force=opts.force)
         print(stop_line(result, audit_path), flush=True)
-    return 0
+    return 1 if role["lease"] == "lost" else 0
 
 
 def audit_log_path(asked: str | None) -> Path:

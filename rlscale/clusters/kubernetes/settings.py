@@ -24,6 +24,7 @@ Example::
           utilisation: sum(rate(container_cpu_usage_seconds_total{pod=~"api-.*"}[1m])) / sum(kube_pod_container_resource_requests{pod=~"api-.*",resource="cpu"})
           latency_p95_s: histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{app="api"}[1m])))
     rebalance: none                # or consolidate: cordon + Eviction API (off unless set)
+    lease: {name: rlscale, namespace: rlscale}   # the one-controller Lease (client-go's timings by default)
 """
 
 from __future__ import annotations
@@ -99,6 +100,36 @@ class ConsolidateSpec(Strict):
     )
 
 
+class LeaseSpec(Strict):
+    """The ``coordination.k8s.io/v1`` Lease a controller holds while it acts (``rlscale.clusters.kubernetes.lease``).
+
+    The three timings are client-go leader election's, with its defaults and
+    its rule (duration > renew deadline > 1.2 x retry period): a leader that
+    has not renewed for ``renew_deadline_s`` stops acting, and a standby takes
+    over once it has seen the Lease unchanged for ``duration_s``; the gap
+    between the two is what keeps two controllers from acting at once.
+    """
+
+    name: str = Field(default="rlscale", min_length=1, max_length=253)
+    namespace: str | None = Field(default=None, max_length=63, description="default: $POD_NAMESPACE, the pod's own, else default")
+    identity: str | None = Field(default=None, min_length=1, max_length=253, description="default: $POD_NAME or the host name, plus a random suffix")
+    duration_s: int = Field(default=15, ge=1, le=3600, description="leaseDurationSeconds: how long a standby waits on an unrenewed Lease")
+    renew_deadline_s: float = Field(default=10.0, gt=0, le=3600, description="a leader that cannot renew this long stops acting")
+    retry_period_s: float = Field(default=2.0, gt=0, le=600, description="how often the leader renews and a standby tries")
+
+    @model_validator(mode="after")
+    def _check(self) -> "LeaseSpec":
+        if not DNS_SUBDOMAIN.match(self.name):
+            raise ValueError(f"name {self.name!r} is not a valid Kubernetes object name")
+        if self.namespace is not None and not DNS_LABEL.match(self.namespace):
+            raise ValueError(f"namespace {self.namespace!r} is not a valid Kubernetes namespace name")
+        if not self.duration_s > self.renew_deadline_s:
+            raise ValueError(f"duration_s ({self.duration_s}) must exceed renew_deadline_s ({self.renew_deadline_s:g})")
+        if not self.renew_deadline_s > 1.2 * self.retry_period_s:
+            raise ValueError(f"renew_deadline_s ({self.renew_deadline_s:g}) must exceed 1.2 x retry_period_s ({self.retry_period_s:g})")
+        return self
+
+
 class KubernetesSettings(Strict):
     """The whole file (see the module docstring for an example)."""
 
@@ -114,6 +145,7 @@ class KubernetesSettings(Strict):
         description="cluster seconds per wall second; 1 on a real cluster (a replayed, compressed trace in tests and demos)",
     )
     field_manager: str = Field(default="rlscale", min_length=1, max_length=128)
+    lease: LeaseSpec = LeaseSpec()
 
     @model_validator(mode="after")
     def _unique(self) -> "KubernetesSettings":
