@@ -144,7 +144,8 @@ GENERALIST = [
 ]
 
 CASES = [("web-diurnal", m, e) for m, e in SPECIALIST] + [("general", m, e) for m, e in GENERALIST]
-IDS = [f"{src}:{next(iter(e))}={json.dumps(next(iter(e.values())), default=str)[:24]}" for src, _, e in CASES]
+IDS = [f"{src}:{next(iter(e))}=" + ("<deleted>" if next(iter(e.values())) is DELETE
+                                    else json.dumps(next(iter(e.values())))[:24]) for src, _, e in CASES]
 
 
 def build(tmp_path: Path, source: str, edits: dict[str, Any], reseal: bool = True) -> Path:

@@ -23,7 +23,7 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any], console: Any) 
     def assess(
         prometheus: str = typer.Option(..., help="Prometheus base URL, e.g. http://127.0.0.1:9090"),
         config: str = typer.Option(..., help="service.yaml: PromQL templates, SLO, limits, node price (envs/services/)"),
-        days: float = typer.Option(..., min=0.001, max=366.0, help="days of history up to --end (fractions are fine: 0.25 = 6 hours)"),
+        days: float = typer.Option(..., min=1e-5, max=366.0, help="days of history up to --end (fractions are fine: 0.25 = 6 hours; a compressed local run may be minutes)"),
         out: str = typer.Option(..., help="scenario to write, e.g. envs/my-service.yaml (traces beside it)"),
         end: float | None = typer.Option(None, min=0.0, max=1e11, help="end of the history, unix seconds (default: now)"),
         report: str | None = typer.Option(None, help="fit report folder (default: reports/assess-<NAME>)"),
