@@ -18,7 +18,7 @@ or exactly what they use (the right-sized control). For each case:
    policy (DESIGN.md section 11), and the generalist's is also held to
    today's HPA.
 
-Run: ``python benchmarks/quality/plan.py [--seeds 8] [--json docs/planning.json]``
+Run: ``python benchmarks/quality/plan.py [--seeds 8] [--json docs/data/planning.json]``
 (prints the Markdown table of docs/PLANNING.md).
 """
 
@@ -158,7 +158,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--seed-base", type=int, default=10_000)
-    p.add_argument("--json", default=None, help="write the results here (docs/planning.json)")
+    p.add_argument("--json", default=None, help="write the results here (docs/data/planning.json)")
     p.add_argument("--cases", default=None, help="comma-separated case indices (default: all)")
     p.add_argument("--percentile", type=float, default=Method().cpu_percentile, help="CPU target percentile")
     args = p.parse_args()
