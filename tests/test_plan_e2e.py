@@ -80,5 +80,5 @@ def test_plan_sizes_a_real_worker_from_its_own_cpu_and_memory_in_prometheus(tmp_
     assert cpu["mean_use"] < cpu["target"] <= 3.0 * s.worker_cores * 1.15
     # memory: a stdlib-only Python process (~20 MiB resident), never below its peak plus the margin
     assert 8 / 1024 <= mem["peak_use"] <= 80 / 1024
-    assert mem["target"] >= mem["peak_use"] * 1.15 - 1e-9
+    assert mem["target"] >= mem["peak_use"] * 1.15 * (1 - 1e-5)  # plan.json keeps 6 significant digits of each
     assert "generalist:" in planned.stdout
