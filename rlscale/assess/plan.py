@@ -154,21 +154,28 @@ def _slack(values: np.ndarray, weights: np.ndarray, request: float) -> float:
     return 1.0 - used / request
 
 
-def recommend_cpu(s: Samples, declared: float, step_s: float, method: Method = Method()) -> Sizing:
-    """CPU request per replica: p90 of decayed usage + margin, with the VPA's bounds (module docstring)."""
-    w = decay_weights(s.t, s.weight, method.half_life_s)
-    q = histogram_percentiles(s.value, w, np.array([method.lower_percentile, method.cpu_percentile, method.upper_percentile]),
-                              method.cpu_first_bucket, method.bucket_ratio)
+def _sizing(kind: str, unit: str, s: Samples, declared: float, base: float, low: float, high: float, step_s: float,
+            method: Method) -> Sizing:
+    """``base`` plus the margin as the target, the VPA's bounds from the ``low`` and ``high`` percentiles (wider on
+    a short history), and what the target does to slack and risk: the one tail of both recommenders."""
     days = history_days(s.t, step_s)
     lo_c, hi_c = confidence(days)
     m = 1.0 + method.margin
-    target = float(q[1]) * m
-    lower = min(target, float(q[0]) * m * lo_c)
-    upper = max(target, float(q[2]) * m * hi_c)
-    return Sizing("cpu", "cores", declared, target, lower, upper, method.describe("cpu"),
+    target = base * m
+    lower = min(target, low * m * lo_c)
+    upper = max(target, high * m * hi_c)
+    return Sizing(kind, unit, declared, target, lower, upper, method.describe(kind),
                   float(np.average(s.value, weights=s.weight)), float(s.value.max()),
                   _slack(s.value, s.weight, declared), _slack(s.value, s.weight, target),
                   _weighted_share_above(s.value, s.weight, target), s.size, days)
+
+
+def recommend_cpu(s: Samples, declared: float, step_s: float, method: Method = Method()) -> Sizing:
+    """CPU request per replica: the ``cpu_percentile`` (p98) of decayed usage + margin, with the VPA's bounds (module docstring)."""
+    w = decay_weights(s.t, s.weight, method.half_life_s)
+    q = histogram_percentiles(s.value, w, np.array([method.lower_percentile, method.cpu_percentile, method.upper_percentile]),
+                              method.cpu_first_bucket, method.bucket_ratio)
+    return _sizing("cpu", "cores", s, declared, float(q[1]), float(q[0]), float(q[2]), step_s, method)
 
 
 def interval_peaks(s: Samples) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -187,13 +194,4 @@ def recommend_memory(s: Samples, declared: float, step_s: float, method: Method 
     w = decay_weights(times, weight, method.half_life_s)
     q = histogram_percentiles(peak, w, np.array([method.lower_percentile, method.upper_percentile]),
                               method.memory_first_bucket_gib, method.bucket_ratio)
-    days = history_days(s.t, step_s)
-    lo_c, hi_c = confidence(days)
-    m = 1.0 + method.margin
-    target = float(s.value.max()) * m
-    lower = min(target, float(q[0]) * m * lo_c)
-    upper = max(target, float(q[1]) * m * hi_c)
-    return Sizing("memory", "GiB", declared, target, lower, upper, method.describe("memory"),
-                  float(np.average(s.value, weights=s.weight)), float(s.value.max()),
-                  _slack(s.value, s.weight, declared), _slack(s.value, s.weight, target),
-                  _weighted_share_above(s.value, s.weight, target), s.size, days)
+    return _sizing("memory", "GiB", s, declared, float(s.value.max()), float(q[0]), float(q[1]), step_s, method)
