@@ -14,6 +14,7 @@ import numpy as np
 from rlscale.config import Scenario
 from rlscale.episode import ClusterEpisodes, RewardTerms
 from rlscale.policies.base import Policy
+from rlscale.policies.history import days_wanted
 from rlscale.sim import StepResult
 from rlscale.sim import kernel as K
 
@@ -96,7 +97,7 @@ def run_policy(
     None: the days the policy's card asks for (0 for a policy without history).
     """
     if history_days is None:  # a policy that reads history gets the days its card asks for
-        history_days = float((getattr(policy, "history", None) or {}).get("days", 0.0))
+        history_days = days_wanted(policy)
     engine = ClusterEpisodes(scenario, len(seeds), episode_steps=steps, randomise=False, trace=trace,
                              history_days=history_days)
     for i, seed in enumerate(seeds):

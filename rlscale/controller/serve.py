@@ -245,7 +245,9 @@ def served_history(opts: ServeOptions, scenario: Scenario, interval: float, poli
     from rlscale.controller import history as served
 
     services = tuple(s.name for s in scenario.services)
-    if getattr(policy, "history", None) is None or not callable(getattr(policy, "load_history", None)):
+    from rlscale.policies.history import days_wanted
+
+    if not days_wanted(policy) or not callable(getattr(policy, "load_history", None)):
         if opts.history:
             raise ConfigError(f"--history: the policy {opts.policy or opts.model!r} reads no history")
         return served.history_status(None, services)
@@ -333,8 +335,9 @@ def serve(opts: ServeOptions) -> int:
     loop_decider.warm_up()
     api_decider.warm_up()
     telemetry = Telemetry(config.services, loaded.name, loaded.version, opts.dry_run)
-    reads_history = getattr(loop_decider.policy, "history", None) is not None
-    sim_days = opts.history_days if reads_history and not opts.history else 0.0
+    from rlscale.policies.history import days_wanted
+
+    sim_days = opts.history_days if days_wanted(loop_decider.policy) and not opts.history else 0.0
     cluster: Any = open_cluster(opts, scenario, interval, sim_days) if opts.cluster == "sim" else None
 
     lease = open_lease(opts)  # one deciding controller per cluster: refuse here, before anything is opened

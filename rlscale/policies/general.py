@@ -134,7 +134,7 @@ class GeneralPolicy:
     def reset(self, n: int = 1) -> None:
         self.n = n
         uses = self.history is not None
-        days = float(self.history.get("days", hist.DEFAULT_DAYS)) if uses else hist.DEFAULT_DAYS
+        days = hist.days_wanted(self) or hist.DEFAULT_DAYS
         self.builder = RelativeObservation(self.traits, n, history=uses, history_days=days)
         self._held: tuple[np.ndarray, np.ndarray | None] | None = None
         self._since = 0

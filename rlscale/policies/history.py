@@ -47,6 +47,12 @@ N_FEATURES = len(FEATURES)
 _BASE = 11  # features before the overruns
 
 
+def days_wanted(policy: object) -> float:
+    """Days of history a policy reads (its card's ``history.days``); 0 for a policy that reads none."""
+    section = getattr(policy, "history", None)
+    return float(section.get("days", DEFAULT_DAYS)) if isinstance(section, dict) else 0.0
+
+
 def steps_per_day(step_s: float) -> int:
     return max(1, int(round(86_400.0 / step_s)))
 
