@@ -172,7 +172,8 @@ class ClusterEpisodes:
         for j, svc in enumerate(sc.services if self.sampler is None else ()):
             spec = workload.randomise(svc.workload, sc.randomisation, rng) if self.randomise else svc.workload
             if self.fixed_trace is not None:
-                self.arrivals[index, :, j] = self.fixed_trace[: self.episode_steps + 1, j]
+                trace = self.fixed_trace if self.fixed_trace.ndim == 2 else self.fixed_trace[index]
+                self.arrivals[index, :, j] = trace[: self.episode_steps + 1, j]
             else:
                 self.arrivals[index, :, j] = workload.generate(spec, self.episode_steps + 1, sc.step_s, rng, start_s)
                 if H:

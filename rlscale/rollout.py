@@ -95,6 +95,7 @@ def run_policy(
     same generator's warm-up days, or a trace's preceding days), handed to a
     policy that reads history; the episodes themselves are the same as without.
     None: the days the policy's card asks for (0 for a policy without history).
+    ``trace`` replaces the workload: ``[T+1, S]`` for every episode, or ``[n, T+1, S]`` one per seed.
     """
     if history_days is None:  # a policy that reads history gets the days its card asks for
         history_days = days_wanted(policy)
