@@ -533,6 +533,9 @@ class GeneralSpec(Strict):
         "share of training episodes with one to two days of history (a service that has just started)"))
     hold_steps: int = Field(default=1, ge=1, le=240, description=(
         "with history: the network picks a level and a forecast use every this many intervals, held between"))
+    calibration_days: float = Field(default=0.0, ge=0, le=14, description=(
+        "days of each service's history replayed to calibrate the policy's base level (DESIGN.md section 15): the "
+        "network's start_level then reads as the hottest level as safe as HPA on those days; 0: no calibration"))
 
     @model_validator(mode="after")
     def _twin_options_need_the_twin(self) -> "GeneralSpec":

@@ -106,6 +106,7 @@ def run_policy(
         engine.reset(i)
     policy.reset(len(seeds))
     engine.give_history(policy)
+    calibrate(policy, engine.scenario)
     n, T = len(seeds), engine.episode_steps
     prepare = getattr(policy, "prepare", None)
     if callable(prepare):
@@ -131,3 +132,21 @@ def run_policy(
         if on_step is not None:
             on_step(t)
     return Rollout(policy.name, list(seeds), totals.metrics(), series)
+
+
+def calibrate(policy: Policy, scenario: Scenario) -> None:
+    """Replay each cluster's history under the candidates a calibrating policy asks for, and hand it the results.
+
+    A policy without ``calibration_request`` (or with too little history) is
+    left as it is. The replays are ordinary episodes of ``scenario`` with the
+    history as their workload, run by ``run_policy`` itself, so the calibration
+    judges exactly what the policy will do.
+    """
+    ask = getattr(policy, "calibration_request", None)
+    request = ask() if callable(ask) else None
+    if request is None:
+        return
+    seeds = list(range(len(request.owners)))
+    runs = [run_policy(scenario, candidate, seeds, steps=request.steps, trace=request.episodes, history_days=0.0).episodes
+            for candidate in request.policies]
+    policy.settle(request.choose(runs))

@@ -398,7 +398,7 @@ def test_ppo_options_switch_repacking_off_and_bad_ones_are_one_line(model_dir: P
     assert isinstance(served, GeneralPolicy) and served.repack is False
     assert make_policy(f"ppo:{model_dir}:drain=0", sc).drain is False and make_policy(f"ppo:{model_dir}", sc).drain
     for bad, field in ((":repack=2", "'repack=2'"), (":pack=0", "'pack=0'")):
-        with pytest.raises(ConfigError, match=rf"{field} is not an option of a ppo policy \(expected repack=0\|1, drain=0\|1\)"):
+        with pytest.raises(ConfigError, match=rf"{field} is not an option of a ppo policy \(expected repack=0\|1, drain=0\|1, calibrate=0\|1\)"):
             make_policy(f"ppo:{model_dir}{bad}", sc)
 
 

@@ -275,7 +275,14 @@ def served_history(opts: ServeOptions, scenario: Scenario, interval: float, poli
         past = cluster.past()
     if past is not None:
         policy.load_history(0, past[0], past[1])
-    return served.history_status(policy.history_days(), services)
+    status = served.history_status(policy.history_days(), services)
+    if getattr(policy, "calibration", None) is not None:
+        from rlscale.policies.relative import LEVELS
+        from rlscale.rollout import calibrate
+
+        calibrate(policy, scenario)
+        status["calibrated_level"] = LEVELS[int(policy.base[0])]
+    return status
 
 
 def describe_local(cluster: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 from rlscale.config import Scenario
 from rlscale.policies import make_policy
+from rlscale.policies.calibration import non_inferior
 from rlscale.rollout import run_policy
 
 HPA_TARGETS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -86,12 +87,6 @@ def within_hpa(means: Mapping[str, float], hpa: Mapping[str, float]) -> bool:
     """SLO-violation rate and dropped fraction no higher than default HPA's: the bar every comparison keeps."""
     return (means["slo_violation_rate"] <= hpa["slo_violation_rate"] + 1e-12
             and means["dropped_fraction"] <= hpa["dropped_fraction"] + 1e-12)
-
-
-def non_inferior(means: Mapping[str, float], hpa: Mapping[str, float]) -> bool:
-    """DESIGN.md section 11: mean SLO-violating intervals and mean dropped fraction each at most
-    max(1.1 x HPA's, HPA's + 0.005 percentage points) on the same seeds: a stated margin for seed noise."""
-    return all(means[k] <= max(1.1 * hpa[k], hpa[k] + 0.005e-2) + 1e-12 for k in ("slo_violation_rate", "dropped_fraction"))
 
 
 def rule_point(spec: str, means: Mapping[str, float]) -> RulePoint:

@@ -157,7 +157,7 @@ def export_run(run: Path, out: Path, *, seeds: int = EXPORT_SEEDS, force: bool =
 def general_card(name: str, weights: Any, cfg: TrainConfig, held_out: list[int], training: dict[str, Any]) -> dict[str, Any]:
     """A generalist's card: its kind, features, levels and margin, the range it covers, and held-out results."""
     from rlscale.policies import history, relative
-    from rlscale.learn.general_eval import card_range, evaluate_general, policy_history
+    from rlscale.learn.general_eval import card_memory, card_range, evaluate_general, policy_history
     from rlscale.policies.network import GENERAL_KIND
 
     assert cfg.general is not None
@@ -169,7 +169,7 @@ def general_card(name: str, weights: Any, cfg: TrainConfig, held_out: list[int],
         "action": {"levels": list(relative.LEVELS), "rebalance": ["none", "consolidate", "spread"],
                    "u_max": relative.U_MAX, "tolerance": relative.TOLERANCE, "down_window_steps": relative.DOWN_WINDOW_STEPS},
         "range": card_range(cfg.general),
-        **({"history": policy_history(cfg.general)} if policy_history(cfg.general) else {}),
+        **card_memory(cfg.general),
         "training": training,
         "versions": versions(),
         "evaluation": {"held_out_seeds": held_out, **result.summary()},

@@ -45,6 +45,19 @@ def policy_history(spec: GeneralSpec) -> dict[str, Any] | None:
     return {"days": spec.history_days, "min_days": 1.0, "hold_steps": spec.hold_steps}
 
 
+def policy_calibration(spec: GeneralSpec) -> dict[str, Any] | None:
+    """The card's ``calibration`` section for a training spec; None for a policy that calibrates nothing."""
+    if spec.calibration_days <= 0:
+        return None
+    return {"days": spec.calibration_days, "min_days": min(1.0, spec.calibration_days), "start_level": spec.start_level}
+
+
+def card_memory(spec: GeneralSpec) -> dict[str, Any]:
+    """The card's sections about the service's past: ``history`` and ``calibration``, each where the spec has it."""
+    out = {"history": policy_history(spec), "calibration": policy_calibration(spec)}
+    return {k: v for k, v in out.items() if v is not None}
+
+
 EXCESS_FLOOR = 1e-3
 """An SLO or drop excess is relative to HPA's rate, or to 0.1% where HPA's is lower (a rate near 0 is noise)."""
 
@@ -112,9 +125,7 @@ _HPA_CACHE: dict[tuple[str, tuple[int, ...], int | None], Rollout] = {}
 
 def evaluate_general(weights: PolicyWeights, spec: GeneralSpec, seeds: list[int], steps: int | None,
                      repack: bool = True) -> GeneralEvalResult:
-    history = policy_history(spec)
-    exported = exported_general(weights, {"range": card_range(spec), **({"history": history} if history else {})})
-    days = float(history["days"]) if history else 0.0
+    exported = exported_general(weights, {"range": card_range(spec), **card_memory(spec)})
     cases: dict[str, tuple[Rollout, Rollout]] = {}
     for name in spec.validation:
         sc = load_scenario(name)
@@ -122,5 +133,5 @@ def evaluate_general(weights: PolicyWeights, spec: GeneralSpec, seeds: list[int]
         if key not in _HPA_CACHE:
             _HPA_CACHE[key] = run_policy(sc, HPAPolicy(sc), seeds, steps=steps)
         policy = GeneralPolicy(exported, sc, name="general", repack=repack)
-        cases[sc.name] = (run_policy(sc, policy, seeds, steps=steps, history_days=days), _HPA_CACHE[key])
+        cases[sc.name] = (run_policy(sc, policy, seeds, steps=steps), _HPA_CACHE[key])
     return GeneralEvalResult(cases)

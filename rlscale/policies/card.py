@@ -158,6 +158,20 @@ class HistorySection(Section):
         return self
 
 
+class CalibrationSection(Section):
+    """A generalist that calibrates its base level on each cluster's history (``policies.calibration``)."""
+
+    days: float = Field(gt=0, le=14, description="days of history replayed (the last ones)")
+    min_days: float = Field(default=1.0, ge=0, le=14, description="less history than this: no calibration")
+    start_level: int = Field(ge=0, le=7, description="the level the network was biased to: it reads as the calibrated one")
+
+    @model_validator(mode="after")
+    def _min_le_days(self) -> "CalibrationSection":
+        if self.min_days > self.days:
+            raise ValueError(f"min_days ({self.min_days:g}) exceeds days ({self.days:g})")
+        return self
+
+
 Record = dict[Annotated[str, Field(max_length=NAME_CHARS)], Any]
 
 
@@ -226,6 +240,8 @@ class GeneralCard(CardBase):
     action: GeneralActionSection
     range: RangeSection
     history: HistorySection | None = Field(default=None, description="present: the policy reads each service's history")
+    calibration: CalibrationSection | None = Field(
+        default=None, description="present: the policy calibrates its base level on each service's history")
 
     @model_validator(mode="after")
     def _features(self) -> "GeneralCard":

@@ -22,6 +22,7 @@ import numpy as np
 from rlscale.config import ConfigError, Scenario
 from rlscale.policies.base import ClusterAutoscaler
 from rlscale.policies.network import ExportedPolicy, PolicyWeights, logits
+from rlscale.policies import calibration as cal
 from rlscale.policies import history as hist
 from rlscale.policies.relative import (
     LEVELS,
@@ -36,6 +37,12 @@ from rlscale.spaces import Action, Metrics
 
 N_LEVELS = len(LEVELS)
 NVEC = nvec(False)
+
+
+def card_calibration(card: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A card's ``calibration`` section (``{"days": 7, "min_days": 1, "start_level": 3}``) or None."""
+    section = (card or {}).get("calibration")
+    return section if isinstance(section, dict) else None
 
 
 def card_history(card: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -110,12 +117,19 @@ class GeneralPolicy:
 
     def __init__(self, exported: ExportedPolicy | None, scenario: Scenario, name: str = "general",
                  source: str = "policy", repack: bool = True, drain: bool = True,
-                 history: dict[str, Any] | None = None) -> None:
+                 history: dict[str, Any] | None = None, calibrate: bool = True,
+                 calibration: dict[str, Any] | None = None, base: int | None = None) -> None:
         if exported is not None:
             check_range(exported.card, scenario, source)
             history = card_history(exported.card)
+            calibration = card_calibration(exported.card)
         self.exported = exported
         self.history = history
+        self.calibration = calibration if calibrate and base is None else None
+        """The card's calibration section when this policy calibrates its base level on each cluster's history."""
+        self.start = int((calibration or {}).get("start_level", cal.CANDIDATES[0]))
+        self.fixed_base = base
+        """A candidate of a calibration: this base level, whatever the history."""
         self.hold = int((history or {}).get("hold_steps", 1))
         """Intervals a pick of the network holds (a decision period); the decoder still runs every interval."""
         """The card's history section; None: the history-free generalist (no history features, no forecast head)."""
@@ -140,14 +154,61 @@ class GeneralPolicy:
         self._since = 0
         self.decoder = RelativeDecoder(self.traits, n, history=uses)
         self.nodes.reset(n)
+        self.base = np.full(n, self.start if self.fixed_base is None else self.fixed_base, dtype=np.int64)
+        """``[N]`` each cluster's base level: the network's start level reads as this one (calibration)."""
+        self.past: list[np.ndarray | None] = [None] * n
 
     def load_history(self, i: int, past: np.ndarray, end_s: float) -> None:
         """Cluster ``i``'s past demand ``[L, S]`` (req/s per interval, oldest first, NaN for gaps) up to ``end_s``."""
         self.builder.load_history(i, past, end_s)
+        if self.calibration is not None:
+            self.past[i] = np.array(past, dtype=float)
+
+    def calibration_request(self) -> cal.CalibrationRequest | None:
+        """The history episodes to replay and the candidates to replay them with (``rollout.calibrate``)."""
+        if self.calibration is None:
+            return None
+        sc = self.scenario
+        steps = sc.episode_steps
+        day = hist.steps_per_day(sc.step_s)
+        days = float(self.calibration.get("days", hist.DEFAULT_DAYS))
+        most = max(1, min(int(days * day) // steps, cal.MAX_REPLAY_STEPS // steps))
+        episodes, owners = [], []
+        for i, past in enumerate(self.past):
+            if past is None or np.isfinite(past).all(axis=1).sum() < float(self.calibration.get("min_days", 1.0)) * day:
+                continue
+            got = cal.replay_episodes(past, steps, most)
+            episodes.append(got)
+            owners += [i] * len(got)
+        if not owners:
+            return None
+        from rlscale.policies.hpa import HPAPolicy
+
+        return cal.CalibrationRequest(
+            episodes=np.concatenate(episodes), owners=np.asarray(owners), steps=steps, candidates=cal.CANDIDATES,
+            policies=[HPAPolicy(sc), *(self.candidate(level) for level in cal.CANDIDATES)], n=self.n,
+            fallback=self.start)
+
+    def candidate(self, base: int) -> "GeneralPolicy":
+        """This policy at a fixed base level, calibrating nothing: what a calibration replays."""
+        return GeneralPolicy(self.exported, self.scenario, name=f"{self.name}@{LEVELS[base]:g}", repack=self.repack,
+                             drain=self.drain, history=self.history, base=base, calibration=self.calibration)
+
+    def settle(self, base: np.ndarray) -> None:
+        """Take the calibrated base levels ``[N]``."""
+        self.base = np.asarray(base, dtype=np.int64).copy()
+
+    def _levels(self, picks: np.ndarray) -> np.ndarray:
+        """The network's (or a fixed) level picks ``[N, S]`` read relative to each cluster's base."""
+        return np.clip(picks + (self.base - self.start)[:, None], 0, N_LEVELS - 1)
 
     def history_days(self) -> np.ndarray:
         """``[N, S]`` days of history each service has; under ``history.MIN_DAYS`` it runs history-free."""
-        return self.builder.history_days_available()
+        if self.history is not None or self.calibration is None:
+            return self.builder.history_days_available()
+        day = hist.steps_per_day(self.scenario.step_s)
+        S = self.traits.n_services
+        return np.array([np.zeros(S) if p is None else np.isfinite(p).sum(axis=0) / day for p in self.past])
 
     def reset_rows(self, mask: np.ndarray) -> None:
         """New episodes for the masked clusters (training autoreset)."""
@@ -177,7 +238,7 @@ class GeneralPolicy:
             self._since += 1
             return self.step_raw(metrics, self._held[0], np.zeros(metrics.n, dtype=np.int64), self._held[1])
         lv, rb, ah = head_logits(self.exported.weights, rows, metrics.n)
-        levels, ahead = lv.argmax(axis=2), None if ah is None else ah.argmax(axis=2)
+        levels, ahead = self._levels(lv.argmax(axis=2)), None if ah is None else ah.argmax(axis=2)
         if self.hold > 1:
             self._held, self._since = (levels, ahead), 1
         return self.step_raw(metrics, levels, rb.argmax(axis=1), ahead)
@@ -191,13 +252,18 @@ class FixedSetting(GeneralPolicy):
     """
 
     def __init__(self, scenario: Scenario, level: int, ahead: int = 0, history: dict[str, Any] | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, calibration: dict[str, Any] | None = None, base: int | None = None) -> None:
         self.level, self.ahead = int(level), int(ahead)
-        super().__init__(None, scenario, name=name or f"fixed:level={LEVELS[level]:g}:ahead={ahead}", history=history)
+        super().__init__(None, scenario, name=name or f"fixed:level={LEVELS[level]:g}:ahead={ahead}", history=history,
+                         calibration=calibration, base=base)
+
+    def candidate(self, base: int) -> "GeneralPolicy":
+        return FixedSetting(self.scenario, self.level, self.ahead, history=self.history, base=base,
+                            calibration=self.calibration, name=f"{self.name}@{LEVELS[base]:g}")
 
     def act(self, metrics: Metrics) -> Action:
         self.observe(metrics)
         S = self.traits.n_services
         ahead = np.full((metrics.n, S), self.ahead, dtype=np.int64) if self.history is not None else None
-        return self.step_raw(metrics, np.full((metrics.n, S), self.level, dtype=np.int64),
+        return self.step_raw(metrics, self._levels(np.full((metrics.n, S), self.level, dtype=np.int64)),
                              np.zeros(metrics.n, dtype=np.int64), ahead)

@@ -48,9 +48,10 @@ _BASE = 11  # features before the overruns
 
 
 def days_wanted(policy: object) -> float:
-    """Days of history a policy reads (its card's ``history.days``); 0 for a policy that reads none."""
-    section = getattr(policy, "history", None)
-    return float(section.get("days", DEFAULT_DAYS)) if isinstance(section, dict) else 0.0
+    """Days of history a policy reads (its card's ``history.days``, or its ``calibration.days``); 0 for none."""
+    days = [float(section.get("days", DEFAULT_DAYS)) for section in
+            (getattr(policy, "history", None), getattr(policy, "calibration", None)) if isinstance(section, dict)]
+    return max(days, default=0.0)
 
 
 def steps_per_day(step_s: float) -> int:

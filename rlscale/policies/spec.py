@@ -28,7 +28,8 @@ PARAMETERS: dict[str, dict[str, str]] = {
 }
 """Short parameter names of baseline specs; each maps to the policy's keyword argument."""
 
-MODEL_OPTIONS = {"repack": {"0": False, "1": True}, "drain": {"0": False, "1": True}}
+MODEL_OPTIONS = {"repack": {"0": False, "1": True}, "drain": {"0": False, "1": True},
+                 "calibrate": {"0": False, "1": True}}
 """``ppo:DIR:key=value`` options (a generalist's decoder switches) and the values each takes."""
 
 
