@@ -64,6 +64,17 @@ def test_memory_is_never_below_the_peak_working_set_plus_the_margin_even_for_one
     assert s.risk == 0.0
 
 
+def test_the_planned_scenario_keeps_a_memory_spike_plus_the_margin() -> None:
+    raw, sc = _oversized()
+    n = 4 * 1440
+    mem = np.full(n, 1.0)
+    mem[100] = 3.0  # four days before the end of the history
+    plan = make_plan(sc, {"api": _usage(n=n, cpu=0.7, mem=mem)}, source="u.csv")
+    data = planned_data(raw, ROOT / "envs" / "web-diurnal.yaml", ROOT / "envs" / "x-planned.yaml", plan, "rlscale plan")
+    assert data["services"][0]["replica"]["memory_gib"] >= 3.0 * 1.15
+    assert data["services"][0]["replica"]["cpu"] < 1.0  # CPU, a percentile, does follow the usual use
+
+
 def test_a_short_history_widens_the_bounds() -> None:
     use = np.random.default_rng(1).uniform(0.4, 0.6, 600)
     short = recommend_cpu(_samples(use, step_s=6.0), declared=1.0, step_s=6.0)  # one hour
@@ -96,6 +107,8 @@ def test_pool_mix_picks_the_cheaper_total_where_the_cheaper_per_vcpu_shape_packs
     assert mix.nodes == {"big-6": 3} and math.isclose(mix.cpu_efficiency, 1.0)
     per_vcpu_cheapest = 6 * small.price_per_hour
     assert mix.cost_per_hour < per_vcpu_cheapest
+    mix = cheapest_mix([Demand("api", 3.0, 2.0, 5)], [small, big])
+    assert mix.nodes == {"big-6": 2, "small-4": 1} and math.isclose(mix.cost_per_hour, 0.70)  # a mix is cheapest
 
 
 def test_pool_mix_of_two_services_matches_brute_force() -> None:
