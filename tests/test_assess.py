@@ -17,6 +17,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,9 +65,12 @@ def synthetic_history(tmp: Path, service_cv: float = 1.0, night_rps: float = 40.
 
 
 class FakePrometheus:
-    """``/api/v1/query_range`` and ``/-/ready`` in Prometheus' JSON, over real HTTP on 127.0.0.1."""
+    """``/api/v1/query_range`` and ``/-/ready`` in Prometheus' JSON, over real HTTP on 127.0.0.1.
 
-    def __init__(self, series: dict[str, np.ndarray], cold: dict[str, tuple[int, float]] | None = None) -> None:
+    A series given as a mapping of replica name to values is answered as one series per replica (a ``pod`` label).
+    """
+
+    def __init__(self, series: dict[str, Any], cold: dict[str, tuple[int, float]] | None = None) -> None:
         self.series = series
         self.cold = cold or {}
         fake = self
@@ -75,7 +79,7 @@ class FakePrometheus:
             def log_message(self, *a: object) -> None:
                 return
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 url = urllib.parse.urlsplit(self.path)
                 q = dict(urllib.parse.parse_qsl(url.query))
                 if url.path == "/-/ready":
@@ -104,6 +108,11 @@ class FakePrometheus:
                 values = [[float(x), str(seconds)] for x in grid if x >= t]
                 if values:
                     result.append({"metric": {"pod": name}, "values": values})
+        elif isinstance(self.series.get(query), dict):  # one series per replica, a NaN reading sent as Prometheus does
+            for pod, v in self.series[query].items():
+                idx = np.rint((grid - T0) / STEP).astype(int) - 1
+                values = [[float(x), "NaN" if math.isnan(v[i]) else repr(float(v[i]))] for x, i in zip(grid, idx) if 0 <= i < v.size]
+                result.append({"metric": {"pod": pod}, "values": values})
         elif query in self.series:
             v = self.series[query]
             idx = np.rint((grid - T0) / STEP).astype(int) - 1
@@ -112,7 +121,7 @@ class FakePrometheus:
             result.append({"metric": {}, "values": values})
         return {"status": "success", "data": {"resultType": "matrix", "result": result}}
 
-    def __enter__(self) -> "FakePrometheus":
+    def __enter__(self) -> FakePrometheus:
         self.thread.start()
         return self
 

@@ -18,6 +18,9 @@ from rlscale.assess.planning import make_plan, planned_data, write_planned
 from rlscale.assess.usage import Usage, clean, read_usage, write_usage
 from rlscale.config import ConfigError, Scenario, load_scenario, parse_model, read_yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_assess import FakePrometheus, N, days, end, one_line_error, run_cli, service_yaml, synthetic_history  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DAY = 86_400.0
 
@@ -61,6 +64,17 @@ def test_memory_is_never_below_the_peak_working_set_plus_the_margin_even_for_one
     assert s.risk == 0.0
 
 
+def test_the_planned_scenario_keeps_a_memory_spike_plus_the_margin() -> None:
+    raw, sc = _oversized()
+    n = 4 * 1440
+    mem = np.full(n, 1.0)
+    mem[100] = 3.0  # four days before the end of the history
+    plan = make_plan(sc, {"api": _usage(n=n, cpu=0.7, mem=mem)}, source="u.csv")
+    data = planned_data(raw, ROOT / "envs" / "web-diurnal.yaml", ROOT / "envs" / "x-planned.yaml", plan, "rlscale plan")
+    assert data["services"][0]["replica"]["memory_gib"] >= 3.0 * 1.15
+    assert data["services"][0]["replica"]["cpu"] < 1.0  # CPU, a percentile, does follow the usual use
+
+
 def test_a_short_history_widens_the_bounds() -> None:
     use = np.random.default_rng(1).uniform(0.4, 0.6, 600)
     short = recommend_cpu(_samples(use, step_s=6.0), declared=1.0, step_s=6.0)  # one hour
@@ -93,6 +107,8 @@ def test_pool_mix_picks_the_cheaper_total_where_the_cheaper_per_vcpu_shape_packs
     assert mix.nodes == {"big-6": 3} and math.isclose(mix.cpu_efficiency, 1.0)
     per_vcpu_cheapest = 6 * small.price_per_hour
     assert mix.cost_per_hour < per_vcpu_cheapest
+    mix = cheapest_mix([Demand("api", 3.0, 2.0, 5)], [small, big])
+    assert mix.nodes == {"big-6": 2, "small-4": 1} and math.isclose(mix.cost_per_hour, 0.70)  # a mix is cheapest
 
 
 def test_pool_mix_of_two_services_matches_brute_force() -> None:
@@ -224,3 +240,67 @@ def test_plan_command_writes_the_planned_scenario_the_generalist_accepts(tmp_pat
                             str(tmp_path / "missing.csv")], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert again.returncode == 2 and "missing.csv: not found" in again.stderr + again.stdout
     assert "Traceback" not in again.stderr
+
+
+# --------------------------------------------------------------------------- bad readings, from the query to the command
+
+
+def _assess_then_plan(tmp: Path, usage: dict[str, object]) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`rlscale assess` against a Prometheus that answers the usage queries as ``usage`` says, then `rlscale plan`."""
+    series: dict[str, object] = {**synthetic_history(tmp), **usage}
+    config = yaml.safe_load(service_yaml(tmp).read_text())
+    config["queries"].update({"cpu_cores": "cpu", "memory_bytes": "mem"})
+    (tmp / "service.yaml").write_text(yaml.safe_dump(config))
+    with FakePrometheus(series) as prom:
+        fitted = run_cli("assess", "--prometheus", prom.url, "--config", str(tmp / "service.yaml"), "--days", days(),
+                         "--end", end(), "--out", str(tmp / "svc.yaml"), "--report", str(tmp / "fit"))
+    assert fitted.returncode == 0, fitted.stderr
+    return run_cli("plan", "--scenario", str(tmp / "svc.yaml"), "--report", str(tmp / "plan")), tmp / "svc.yaml"
+
+
+def _per_pod(values: np.ndarray, pods: int = 3) -> dict[str, np.ndarray]:
+    return {f"p{i}": values.copy() for i in range(pods)}
+
+
+def test_a_usage_query_that_returns_nothing_is_stated_and_that_resource_kept_as_declared(tmp_path: Path) -> None:
+    mem = np.full(N, 0.3 * 2**30)
+    mem[10:12] = np.nan  # two NaN readings: excluded and counted
+    per_pod = _per_pod(mem)
+    per_pod["p1"][50] = 40 * 2**30  # one scrape glitch above the 1 GiB node: excluded and counted
+    planned, scenario = _assess_then_plan(tmp_path, {"mem": per_pod})  # no "cpu" series at all
+    assert "queries.cpu_cores returned no series" in (tmp_path / "fit" / "report.md").read_text()
+    assert planned.returncode == 0, planned.stderr
+    out = " ".join(planned.stdout.split())  # the console wraps long lines
+    assert "cpu_cores: no samples (no query, or it returned nothing): CPU request kept as declared" in out
+    assert f"memory_bytes: 6 of {3 * N} samples empty or NaN, excluded" in out
+    assert "memory_bytes: 1 samples above the largest node (1 GiB; up to 40) excluded" in out
+    today, plan = load_scenario(scenario), load_scenario(tmp_path / "svc-planned.yaml")
+    assert plan.services[0].replica.cpu == today.services[0].replica.cpu
+    assert math.isclose(plan.services[0].replica.memory_gib, 0.3 * 1.15, rel_tol=0.01)
+
+
+def test_usage_queries_that_all_return_nothing_leave_plan_one_line_and_no_stale_file(tmp_path: Path) -> None:
+    stale = tmp_path / "svc-usage.csv"
+    write_usage(stale, [_usage(n=N)])  # an earlier run's usage: must not be sized as this history's
+    planned, _ = _assess_then_plan(tmp_path, {})
+    assert not stale.exists()
+    report = (tmp_path / "fit" / "report.md").read_text()
+    assert "queries.cpu_cores returned no series" in report and "removed svc-usage.csv of an earlier run" in report
+    assert "svc-usage.csv: not found" in one_line_error(planned)
+
+
+def test_a_usage_query_reading_only_nan_is_refused_in_one_line(tmp_path: Path) -> None:
+    h = synthetic_history(tmp_path)
+    planned, _ = _assess_then_plan(tmp_path, {"cpu": _per_pod(h["util"]), "mem": _per_pod(np.full(N, np.nan))})
+    line = one_line_error(planned)
+    assert f"svc-usage.csv (api): memory_bytes: no samples (all {3 * N} empty or NaN)" in line
+    assert not (tmp_path / "svc-planned.yaml").exists()
+
+
+def test_a_usage_query_summed_over_replicas_is_refused_in_one_line(tmp_path: Path) -> None:
+    h = synthetic_history(tmp_path)
+    planned, _ = _assess_then_plan(tmp_path, {"cpu": h["util"] * h["ready"], "mem": _per_pod(np.full(N, 0.3 * 2**30))})
+    line = one_line_error(planned)  # 2 to 12 replicas' cores in one series, on nodes of two
+    assert "svc-usage.csv (api): cpu_cores:" in line and "of samples exceed the largest node (" in line
+    assert "summing over replicas" in line
+    assert not (tmp_path / "svc-planned.yaml").exists()

@@ -274,8 +274,8 @@ def run_plan(scenario: str, usage: str | None, out: str | None, pools: str | Non
     raw = read_yaml(src)
     usage_path = Path(usage) if usage else src.with_name(f"{src.stem}-usage.csv")
     if not usage_path.exists():
-        raise ConfigError(f"--usage {usage_path}: not found (`rlscale assess` writes <scenario>-usage.csv when service.yaml "
-                          f"has cpu_cores or memory_bytes queries)")
+        raise ConfigError(f"--usage {usage_path}: not found (`rlscale assess` writes <scenario>-usage.csv when service.yaml's "
+                          f"cpu_cores or memory_bytes queries return series; its fit report says when they did not)")
     usages = read_usage(usage_path, sc.step_s)
     available = None
     if pools is not None:

@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from rlscale.assess.fit import Fit, fit_service
 from rlscale.assess.history import AssessError, History, HistoryClient, fetch, iso
 from rlscale.assess.service import load_service
@@ -40,7 +39,7 @@ def assess(prometheus: str, config_path: str | Path, days: float, out: str | Pat
     say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"assess: reading {iso(start)}..{iso(stop)} from {prometheus} every {config.history.step_s:g} s")
     history = fetch(config, client, start, stop, source=str(config_path), progress=lambda name: say(f"  query {name}"))
-    from rlscale.assess.usage import fetch_usage, write_usage
+    from rlscale.assess.usage import fetch_usage, stale_usage, write_usage
 
     say("  query usage (cpu_cores, memory_bytes)")
     usage, usage_notes = fetch_usage(config, client, history.t, history.step_s, str(config_path))
@@ -48,6 +47,8 @@ def assess(prometheus: str, config_path: str | Path, days: float, out: str | Pat
     if usage is not None:
         usage_notes.append(f"usage: {usage.size} replica-intervals written to {usage_path.name}; "
                            f"size the replica with `rlscale plan --scenario {out_path}`")
+    elif stale_usage(usage_path):
+        usage_notes.append(f"usage: removed {usage_path.name} of an earlier run: this history has no usage to size from")
     history.notes += usage_notes
     say(f"assess: {history.size} intervals ({int(history.filled.sum())} filled); fitting")
     last = [0.0]
@@ -63,6 +64,8 @@ def assess(prometheus: str, config_path: str | Path, days: float, out: str | Pat
     try:
         if usage is not None:
             write_usage(usage_path, [usage])
+        elif stale_usage(usage_path):
+            usage_path.unlink()  # `rlscale plan` would size an earlier history's usage as this one's
         scenario = write_all(config, fit, history, out_path, report_dir, command, source)
     except OSError as err:
         raise ConfigError(f"--out {out}: cannot write ({err.strerror or err})") from None

@@ -118,6 +118,15 @@ def write_usage(path: Path, usages: list[Usage]) -> None:
     write_text(path, to_csv(usages))
 
 
+def stale_usage(path: Path) -> bool:
+    """Whether ``path`` is a usage file (its header) that a new history without usage must not leave behind."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return path.is_file() and not path.is_symlink() and fh.readline().strip() == ",".join(COLUMNS)
+    except OSError:
+        return False
+
+
 def read_usage(path: Path, step_s: float) -> dict[str, Usage]:
     """The usage file, per service; a malformed file is one ConfigError line naming the row."""
     text = read_user_text(path, "usage history")

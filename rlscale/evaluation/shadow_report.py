@@ -208,8 +208,8 @@ def markdown(data: dict[str, Any], source: str) -> str:
     lines = [
         f"# Shadow report: {data['policy']} on {data['scenario']}",
         "",
-        f"Audit log: `{source}`; {data['decisions']} decisions every {data['step_s']:g} s, "
-        f"{data['policy_decisions']} of them by the policy (others: the HPA fallback); Prometheus {data['prometheus']}.",
+        (f"Audit log: `{source}`; {data['decisions']} decisions every {data['step_s']:g} s, "
+         f"{data['policy_decisions']} of them by the policy (others: the HPA fallback); Prometheus {data['prometheus']}."),
         "",
         "The simulator's estimate on the arrival rates that really happened (`docs/ASSESS.md`):",
         "",
@@ -221,13 +221,17 @@ def markdown(data: dict[str, Any], source: str) -> str:
             lines.append(f"| {label} | {m['error']} | | |")
         else:
             lines.append(f"| {label} | {m['cost_usd']:.4g} | {m['slo_violation_rate']:.3f} | {m['dropped_fraction']:.4f} |")
+    if data.get("planned"):
+        sizes = "; ".join(f"{name} cpu {r['cpu'][0]:g} -> {r['cpu'][1]:.3g}, memory {r['memory_gib'][0]:g} -> "
+                          f"{r['memory_gib'][1]:.3g} GiB" for name, r in data["planned"]["requests"].items())
+        lines += ["", f"Planned sizes from `{data['planned']['scenario']}` (`rlscale plan`): {sizes}."]
     if data["savings_vs_actual"] is not None:
-        lines += ["", f"The policy's logged decisions cost {1 - data['savings_vs_actual']:.3f} of what ran "
-                      f"({data['savings_vs_actual']:+.1%} saved)."]
+        lines += ["", (f"The policy's logged decisions cost {1 - data['savings_vs_actual']:.3f} of what ran "
+                       f"({data['savings_vs_actual']:+.1%} saved).")]
     lines += [
         "",
-        f"Disagreements with the acting autoscaler: {data['disagreements']} of {data['compared']} decisions "
-        f"(policy higher {data['policy_above']}, lower {data['policy_below']}).",
+        (f"Disagreements with the acting autoscaler: {data['disagreements']} of {data['compared']} decisions "
+         f"(policy higher {data['policy_above']}, lower {data['policy_below']})."),
         "",
         "Guard rails fired: " + (", ".join(f"{k} x{v}" for k, v in sorted(data["guards_fired"].items())) or "none") + ".",
         "Fallbacks: " + (", ".join(f"{k} x{v}" for k, v in sorted(data["fallbacks"].items())) or "none") + ".",
@@ -251,6 +255,10 @@ def write_report(audit: str | Path, out: str | Path | None = None,
             raise ConfigError(f"--planned {planned}: services {[x.name for x in plan_sc.services]} are not the shadowed "
                               f"scenario's {[x.name for x in log.scenario.services]}")
     data = analyse(log, plan_sc)
+    if plan_sc is not None:
+        data["planned"] = {"scenario": str(planned), "requests": {
+            x.name: {"cpu": [t.replica.cpu, x.replica.cpu], "memory_gib": [t.replica.memory_gib, x.replica.memory_gib]}
+            for t, x in zip(log.scenario.services, plan_sc.services)}}
     folder = Path(out) if out is not None else Path(audit).with_name(Path(audit).stem + "-report")
     with staged_dir(folder) as tmp:
         figure(tmp / "replicas.png", data)
