@@ -78,6 +78,7 @@ class ClusterEnv(gym.Env[np.ndarray, np.ndarray]):
     ) -> None:
         self.engine = ClusterEpisodes(scenario, 1, episode_steps=episode_steps, randomise=randomise)
         self.observation_space, self.action_space = _spaces(self.engine)
+        self._action_shape = self.action_space.nvec.shape
 
     @property
     def scenario(self) -> Scenario:
@@ -91,7 +92,7 @@ class ClusterEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         raw = np.asarray(action)
-        if raw.shape != self.action_space.nvec.shape:
+        if raw.shape != self._action_shape:
             raise ValueError(self._outside(action))
         try:
             result, terms, truncated = self.engine.step_raw(raw[None, :])  # the decoder checks the range

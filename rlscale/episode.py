@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from rlscale import workload
+from rlscale import spaces, workload
 from rlscale.config import RewardSpec, Scenario, load_scenario
 from rlscale.sim import Simulator, StepResult
 from rlscale.sim import kernel as K
@@ -23,9 +23,11 @@ from rlscale.spaces import (
     Action,
     ActionDecoder,
     ActionSpec,
+    InvalidAction,
     Metrics,
     ObservationBuilder,
     ObsSpec,
+    _decode,
 )
 
 INITIAL_UTILISATION = 0.6
@@ -104,6 +106,35 @@ def _reward_terms(cluster, columns, weights, out):
         out[K_, i] = reward
 
 
+_OUTSIDE, _PAST_END = 1, 2  # _step_raw's refusals
+
+
+@njit(cache=True)
+def _step_raw(raw, max_step, lo, hi, nvec, replicas, rebalance, arrivals, step_index, past,
+              pool_f, pool_range, node_pool, svc_f, pref, fits, misc, node_state, node_f, rep, warming, warm_left,
+              svc_i, backlog, rebalance_left, key, t, time_s, out_s, out_p, out_c, buf_i, buf_f, buf_m,
+              columns, weights, episode_steps, terms, truncated):
+    """``ClusterEpisodes.step_raw`` in one compiled call: ``_decode``, the interval's load into ``past``, the
+    serial kernel, ``_end_step``; each the function its own entry point runs, so both ways give the same bits.
+
+    0 when stepped; ``_OUTSIDE`` or ``_PAST_END`` (no load left for a cluster), nothing stepped, otherwise.
+    """
+    if not _decode(raw, svc_i[:, :, K.I_DESIRED], max_step, lo, hi, nvec, replicas, rebalance):
+        return _OUTSIDE
+    for i in range(step_index.shape[0]):
+        if step_index[i] >= arrivals.shape[1]:
+            return _PAST_END
+        past[i, :] = arrivals[i, step_index[i]]
+    K.step_serial(pool_f, pool_range, node_pool, svc_f, pref, fits, misc, node_state, node_f, rep, warming,
+                  warm_left, svc_i, backlog, rebalance_left, key, t, time_s, replicas, rebalance, past,
+                  out_s, out_p, out_c, buf_i, buf_f, buf_m)
+    _end_step(out_c, columns, weights, step_index, episode_steps, terms, truncated)
+    return 0
+
+
+K.stale_with(_step_raw, *K.SOURCES, spaces)
+
+
 class ClusterEpisodes:
     """N clusters of one scenario, each running its own seeded episode.
 
@@ -149,6 +180,11 @@ class ClusterEpisodes:
         self._max = np.array([s.max_replicas for s in self.scenario.services])
         self._rows = np.arange(n)
         self.reward_weights = reward_weights(self.scenario.reward)
+        # step_raw's compiled call: its arguments around the action, the load and the simulator's, gathered once
+        self._raw_shape = (n, S + 1)
+        scratch = (np.empty((n, S), dtype=np.int64), np.empty(n, dtype=np.int64))  # the decoded action
+        self._decode_args = (*self.decoder.bounds, *scratch, self.arrivals, self.step_index)
+        self._step_args = (*self.sim.kernel_out, _TERM_COLUMNS, self.reward_weights, self.episode_steps)
 
     def seed(self, index: int, seed: int | None) -> None:
         self.rngs[index] = np.random.default_rng(seed)
@@ -235,7 +271,26 @@ class ClusterEpisodes:
         return result, RewardTerms(t[0], t[1], t[2], t[3], t[4]), truncated
 
     def step_raw(self, raw: np.ndarray) -> tuple[StepResult, RewardTerms, np.ndarray]:
-        return self.step_action(self.decoder.decode(raw, self.sim.desired))
+        """``step_action`` of the decoded ``raw`` (``[N, S + 1]`` MultiDiscrete); ``InvalidAction`` outside the space.
+
+        Below ``kernel.PARALLEL_FROM`` clusters an int64 ``[N, S + 1]`` action takes one compiled call running the
+        functions decode and ``step_action`` run: on one cluster their Python glue and the unboxing of their
+        arguments, call by call, cost as much as the kernel.
+        """
+        raw = np.asarray(raw)
+        if raw.dtype != np.int64 or raw.shape != self._raw_shape or self.n >= K.PARALLEL_FROM:
+            return self.step_action(self.decoder.decode(raw, self.sim.desired))
+        past = np.empty(self._past_arrivals.shape)  # a new array: a Metrics handed out before keeps its values
+        t = np.empty((_N_TERMS, self.n))
+        truncated = np.empty(self.n, dtype=bool)
+        K.first_call(_step_raw)
+        status = _step_raw(raw, *self._decode_args, past, *self.sim.kernel_state, *self._step_args, t, truncated)
+        if status == _OUTSIDE:
+            raise InvalidAction(f"action {raw!r} is not in MultiDiscrete({self.action_spec.nvec})")
+        if status == _PAST_END:
+            raise IndexError(f"a cluster is past the end of its {self.episode_steps}-step episode: reset it first")
+        self._past_arrivals = past
+        return self.sim.last(), RewardTerms(t[0], t[1], t[2], t[3], t[4]), truncated
 
 
 def step_info(result: StepResult, terms: RewardTerms, i: int) -> dict[str, float]:

@@ -233,6 +233,54 @@ def test_the_engines_observation_is_the_builders_observation_of_its_metrics(scen
                 engine.reset(i)
 
 
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_one_call_step_is_decode_and_step_action_bit_for_bit(scenario: str) -> None:
+    """``step_raw`` fuses decode and ``step_action`` for int64 actions; int32 ones take the calls one by one.
+    Every way gives the same observations, terms, flags and metrics."""
+    n = 3
+    engines = [ClusterEpisodes(scenario, n, episode_steps=EPISODE, randomise=True) for _ in range(3)]
+    for engine in engines:
+        for i in range(n):
+            engine.seed(i, 20 + i)
+            engine.reset(i)
+    actions = random_actions(gym.spaces.MultiDiscrete(engines[0].action_spec.nvec), 2 * EPISODE + 5, 2, n=n)
+
+    def by_calls(engine: ClusterEpisodes, raw: np.ndarray) -> tuple[Any, ...]:
+        result, terms, truncated = engine.step_action(engine.decoder.decode(raw, engine.sim.desired))
+        return engine.observe(), result, terms, truncated
+
+    def raw_then_observe(engine: ClusterEpisodes, raw: np.ndarray) -> tuple[Any, ...]:
+        result, terms, truncated = engine.step_raw(raw)
+        return engine.observe(), result, terms, truncated
+
+    ways = (by_calls, raw_then_observe, lambda engine, raw: raw_then_observe(engine, raw.astype(np.int32)))
+    for t, action in enumerate(actions):
+        outs = []
+        for engine, way in zip(engines, ways):
+            obs, result, terms, truncated = way(engine, action)
+            m = engine.metrics()
+            outs.append([np.array(a, copy=True) for a in (
+                obs, result.per_service, result.per_pool, result.cluster, truncated,
+                *(getattr(terms, k) for k in (*REWARD_TERMS, "reward")),
+                *(getattr(m, k) for k in ("time_s", "arrivals_rps", "ready", "desired")),
+            )])
+            for i in np.flatnonzero(truncated):
+                engine.reset(i)
+        for other in outs[1:]:
+            for a, b in zip(outs[0], other):
+                assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), f"step {t}"
+
+
+def test_stepping_past_the_end_of_an_episode_says_to_reset() -> None:
+    env = ClusterEnv(episode_steps=3)
+    env.reset(seed=0)
+    hold = env.action_space.nvec // 2
+    assert [env.step(hold)[3] for _ in range(3)] == [False, False, True]
+    env.step(hold)  # the load of the interval after the last one exists: one step beyond the end is defined
+    with pytest.raises(IndexError, match="past the end of its 3-step episode: reset it first"):
+        env.step(hold)
+
+
 def test_the_decoder_rejects_a_batch_with_one_action_outside_the_space() -> None:
     decoder = ActionDecoder(ActionSpec(n_services=2, max_step=1, min_replicas=(1, 1), max_replicas=(5, 5)))
     desired = np.full((2, 2), 3)

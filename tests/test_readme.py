@@ -144,6 +144,38 @@ def test_the_results_table_reports_churn_next_to_hpas() -> None:
     assert rows and all(float(r.split(" | ")[-1].rstrip(" |")) > 0 for r in rows)
 
 
+def test_the_readme_and_results_md_give_each_policys_cost_ratio_as_one_number() -> None:
+    """README's PPO / HPA (from the cards, as ``rlscale export`` prints it) is RESULTS.md's ``cost / HPA``, digit for digit."""
+    from benchmarks.docs.readme import results_block
+
+    results = (ROOT / "docs" / "RESULTS.md").read_text()
+    compared = 0
+    for row in results_block().splitlines()[2:]:
+        scenario, _, _, ratio = (c.strip() for c in row.strip("|").split("|")[:4])
+        found = re.search(rf"^## {re.escape(scenario)}\n.*?^\| `ppo:{re.escape(scenario)}` \| [^|]+ \| [^|]+ \| ([0-9.]+) ±",
+                          results, re.DOTALL | re.MULTILINE)
+        if found:
+            assert found[1] == ratio, scenario
+            compared += 1
+    assert compared >= 4
+
+
+def test_results_py_and_generalisation_py_each_rewrite_only_their_own_block() -> None:
+    """Rerunning the minute-long results.py must not erase the hours-long generalisation suite's section, nor the reverse."""
+    from benchmarks.docs import results
+    from benchmarks.quality import generalisation
+
+    doc = (ROOT / "docs" / "RESULTS.md").read_text()
+    ours = f"{results.START}\n# Results\n\nnew\n{results.END}"
+    theirs = f"{generalisation.START}\n## Generalisation\n\nnew\n{generalisation.END}"
+    for module, block, other in ((results, ours, generalisation), (generalisation, theirs, results)):
+        spliced = module.splice(doc, block)
+        assert block in spliced
+        kept = doc[doc.index(other.START):doc.index(other.END) + len(other.END)]
+        assert kept in spliced and spliced.count(other.START) == 1
+    assert results.splice("", ours) == ours + "\n"
+
+
 def test_the_readme_runs_the_test_command_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme_commands(README.read_text()) and "\nmake test\n" in ci

@@ -292,6 +292,31 @@ def test_the_first_compilation_is_announced_once_and_a_cached_one_not_at(tmp_pat
     assert warm.stdout.startswith("False False"), warm.stderr
 
 
+def test_a_cached_caller_recompiles_when_a_file_it_calls_into_changes(tmp_path: Path) -> None:
+    """numba stamps a cache with its own file only; ``stale_with`` adds the files of the kernels a caller fuses."""
+    (tmp_path / "callee.py").write_text("from numba import njit\n\n@njit(cache=True)\ndef f(x):\n    return x + 1\n")
+    (tmp_path / "caller.py").write_text(
+        "from numba import njit\n\nimport callee\nfrom rlscale.sim import kernel as K\n\n"
+        "@njit(cache=True)\ndef g(x):\n    return callee.f(x) * 10\n\nK.stale_with(g, callee)\n"
+    )
+    probe = "import caller\nprint(caller.g(1))\n"
+    path = os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])])  # this checkout's rlscale
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": path}
+
+    def run() -> str:
+        proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path,
+                              timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    assert run() == "20"
+    assert run() == "20"  # from the cache
+    callee = tmp_path / "callee.py"
+    callee.write_text(callee.read_text().replace("x + 1", "x + 2"))
+    os.utime(callee, (time.time() + 5, time.time() + 5))  # a new stamp even within the file system's mtime resolution
+    assert run() == "30"
+
+
 def _on_a_terminal(argv: list[str], until: str, then_signal: int, timeout_s: float = 240.0) -> str:
     """Run ``argv`` with a pseudo-terminal as stdout and stderr; send ``then_signal`` once ``until`` shows; all output."""
     import pty

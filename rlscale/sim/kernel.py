@@ -25,12 +25,14 @@ Approximations, chosen to be simple and conservative:
 from __future__ import annotations
 
 import math
+import os
 import sys
 import types
 
 import numpy as np
 from numba import njit, prange
 
+from rlscale.sim import params as _params
 from rlscale.sim.params import (
     P_DELAY, P_GPU, P_IDLE, P_MEM, P_MIN, P_PRICE, P_SPEED, P_SPOT, P_VCPU,
     S_BATCH, S_COLD, S_CPU, S_GPU, S_MAX, S_MEM, S_MIN, S_QLIMIT, S_SERVERS, S_SLO, S_USED, S_WAIT, S_WORK,
@@ -712,11 +714,39 @@ def announce_compile(dispatcher, out=None) -> bool:
 _announced = False
 
 
+def first_call(dispatcher) -> None:
+    """Before each call of a compiled entry point: on the first one, which may spend a minute compiling, say so."""
+    if id(dispatcher) not in _ready:
+        announce_compile(dispatcher)
+        _ready.add(id(dispatcher))
+
+
+def stale_with(dispatcher, *modules: types.ModuleType) -> None:
+    """Make ``dispatcher``'s on-disk cache stale when the source of any of ``modules`` changes, not only its own.
+
+    numba stamps a cached compilation with its own file's modification time and size only, yet it holds the
+    code of the compiled functions it calls and the constants it reads from other files: without this, a
+    caller in another file would keep running an edited kernel's old code from its cache.
+    """
+    try:
+        cache_file = dispatcher._cache._cache_file
+        stamps = [(os.stat(m.__file__).st_mtime, os.stat(m.__file__).st_size) for m in modules]
+        cache_file._source_stamp = (cache_file._source_stamp, *stamps)
+    except AttributeError:  # a numba without this cache layout: compile in each process rather than run stale code
+        from numba.core.caching import NullCache
+
+        dispatcher._cache = NullCache()
+
+
+SOURCES = (sys.modules[__name__], _params)
+"""The modules whose source the kernels' compiled code comes from: a caller that fuses a kernel is stale with them."""
+stale_with(step_serial, _params)
+stale_with(step_parallel, _params)
+
+
 def step_batch(*args):
     """Step every cluster; threads pay off only for large batches."""
     n = args[7].shape[0]
     kernel = step_parallel if n >= PARALLEL_FROM else step_serial
-    if id(kernel) not in _ready:  # the first call may spend a minute compiling: say so
-        announce_compile(kernel)
-        _ready.add(id(kernel))
+    first_call(kernel)
     return kernel(*args)

@@ -97,6 +97,15 @@ class Simulator:
         self._buf_f = np.zeros((n, 1, M))
         self._buf_m = np.zeros((n, S, K.N_MEMO))
         self._last = StepResult(self.out_s, self.out_p, self.out_c)  # the same buffers every step: built once
+        p = self.params
+        self.kernel_state = (
+            p.pool_f, p.pool_range, p.node_pool, p.svc_f, p.pref, p.fits, p.misc, self.node_state, self.node_f,
+            self.rep, self.warming, self.warm_left, self.svc_i, self.backlog, self.rebalance_left, self.key, self.t,
+            self.time_s,
+        )
+        """The kernel's arguments before the action, gathered once (the arrays above are never rebound)."""
+        self.kernel_out = (self.out_s, self.out_p, self.out_c, self._buf_i, self._buf_f, self._buf_m)
+        """The kernel's arguments after the load: its outputs and scratch."""
 
     @property
     def desired(self) -> np.ndarray:
@@ -131,14 +140,7 @@ class Simulator:
         self.out_c[i, K.O_COST_RATE] = (self.params.pool_f[pool, 3] * (self.node_state[i] != K.ABSENT)).sum()
 
     def step(self, action: Action, arrivals_rps: np.ndarray) -> StepResult:
-        p = self.params
-        K.step_batch(
-            p.pool_f, p.pool_range, p.node_pool, p.svc_f, p.pref, p.fits, p.misc,
-            self.node_state, self.node_f, self.rep, self.warming, self.warm_left, self.svc_i, self.backlog,
-            self.rebalance_left, self.key, self.t, self.time_s,
-            action.replicas, action.rebalance, arrivals_rps, self.out_s, self.out_p, self.out_c,
-            self._buf_i, self._buf_f, self._buf_m,
-        )
+        K.step_batch(*self.kernel_state, action.replicas, action.rebalance, arrivals_rps, *self.kernel_out)
         return self._last
 
     def last(self) -> StepResult:
