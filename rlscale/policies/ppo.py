@@ -11,7 +11,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from rlscale import spaces
+from rlscale.policies import network
 from rlscale.policies.network import BLAS_FROM, ExportedPolicy, _mlp, _segment_ends, deterministic_actions
+from rlscale.sim import kernel as K
 from rlscale.spaces import Action, ActionDecoder, InvalidAction, Metrics, ObservationBuilder, _decode, _features
 
 
@@ -79,3 +82,6 @@ def _observe_decide(history, head, fresh, rows, lags, arrivals, ready, desired, 
         for j in range(desired.shape[1]):
             current[i, j] = np.int64(desired[i, j])
     return _decode(raw, current, max_step, lo, hi, nvec, replicas, rebalance)
+
+
+K.stale_with(_observe_decide, spaces, network)

@@ -1,0 +1,92 @@
+"""How much history does the generalist's calibration need, and how strict must it be on that history?
+
+Every case of the generalisation suite, on validation seeds (5000+; the
+suite's test seeds 10000+ are not touched), under HPA, the oracle and
+``models/general`` with the history of each episode cut to ``--days``
+(calibration reads what there is; the card's ``min_days`` is lowered to 1 so
+that a short history still calibrates). ``--margin`` judges the replayed days
+with DESIGN.md's 1.1x seed-noise margin (``non_inferior``) instead of
+``as_safe``'s no-higher-than-HPA. Prints per case the room captured, whether
+SLO and drops stay within HPA's (``non_inferior``) and the bases chosen per
+seed. A trial kept for the record: ``docs/experiments/history-policy.md``.
+
+    python experiments/calibration_days.py --days 1,2,3,7
+    python experiments/calibration_days.py --days 7 --margin
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks" / "quality")]
+
+from rlscale.policies import calibration as cal  # noqa: E402
+from rlscale.policies import make_policy  # noqa: E402
+from rlscale.rollout import run_policy  # noqa: E402
+
+
+def short_history_model(out: Path) -> Path:
+    """``models/general`` with a card that calibrates on as little as one day (re-sealed, as the tests do)."""
+    from rlscale.atomic import write_text
+    from rlscale.policies.card import dumps, seal
+
+    shutil.copytree(ROOT / "models" / "general", out)
+    card = json.loads((out / "card.json").read_text())
+    card["calibration"]["min_days"] = 1.0
+    write_text(out / "card.json", dumps(seal(card)))
+    return out
+
+
+def one(job: tuple) -> tuple[str, dict]:
+    name, scenario, model, days, seeds, margin = job
+    if margin:
+        cal.as_safe = cal.non_inferior
+    out: dict = {}
+    for spec in ["hpa", "oracle"]:
+        out[spec] = run_policy(scenario, make_policy(spec, scenario), seeds).mean()
+    for d in days:
+        pol = make_policy(f"ppo:{model}", scenario)
+        out[d] = run_policy(scenario, pol, seeds, history_days=d).mean()
+        out[d]["bases"] = [int(b) for b in pol.base]
+    return name, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--days", default="1,2,3,7", help="history cut to this many days, comma-separated")
+    ap.add_argument("--seeds", type=int, default=10, help="validation seeds 5000..5000+N-1")
+    ap.add_argument("--margin", action="store_true", help="judge the history with the 1.1x margin")
+    ap.add_argument("--out", type=Path, default=None, help="write the raw means here (JSON)")
+    args = ap.parse_args()
+    import generalisation as g
+
+    days = [float(d) for d in args.days.split(",")]
+    seeds = list(range(5000, 5000 + args.seeds))
+    work = Path(tempfile.mkdtemp(prefix="rlscale-caldays-"))
+    model = short_history_model(work / "general")
+    jobs = [(name, sc, model, days, seeds, args.margin) for name, sc in g.cases(None, work / "cache")]
+    res: dict = {}
+    with ProcessPoolExecutor(2) as ex:
+        for name, out in ex.map(one, jobs):
+            res[name] = out
+            h, o = out["hpa"], out["oracle"]
+            room = h["cost_usd"] - o["cost_usd"]
+            line = f"{name:22s}"
+            for d in days:
+                r = out[d]
+                ok = "ok" if cal.non_inferior(r, h) else "OVER"
+                line += f" | {d:g} d: room {(h['cost_usd'] - r['cost_usd']) / room:5.2f} {ok:4s} bases {r['bases']}"
+            print(line, flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({k: {str(d): v for d, v in o.items()} for k, o in res.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
