@@ -33,6 +33,9 @@ trace the policy was trained on) and ``simulated_replay`` on the very rates
 the load generator replayed in the ``day`` run (``--peak-rps`` scales the
 trace's highest *minute*, so a 5 s interval of the replay peaks lower than
 the scenario's ``peak_rps``): the second is the like-for-like prediction.
+A policy that calibrates on history (``models/general``) first gets
+``--history-days`` of the service's past, as ``rlscale serve --history``
+gives it: compressed days of the same load generator for other seeds.
 ``--keep DIR`` keeps each run's audit log (every decision's metrics, raw and
 final action) and load-generator record there.
 
@@ -75,11 +78,41 @@ def flash_trace(path: Path, seconds: float, peak: float) -> Path:
     return path
 
 
-def control(cluster: LocalCluster, sc: Scenario, policy_spec: str, seconds: float, interval: float, audit_path: Path) -> list[dict[str, Any]]:
+def past_days(sc: Scenario, speedup: float, seconds: float, peak: float, seed: int, days: float) -> np.ndarray:
+    """``days`` of the service's past ``[L, 1]``, oldest first, in the scenario's intervals: compressed days of
+    the load generator's ``day`` plan for other seeds (``seed`` + 1000 on), as many distinct ones as a
+    calibration replays, repeated back in time."""
+    from rlscale.policies.calibration import MAX_REPLAY_STEPS
+    from rlscale.policies.history import steps_per_day
+
+    one = [replayed_day(sc, speedup, seconds, peak, seed + 1000 + k)[:-1] for k in range(
+        max(1, math.ceil(MAX_REPLAY_STEPS / max(1, math.ceil(seconds / sc.step_s)))))]
+    distinct = np.concatenate(one[::-1])
+    need = int(days * steps_per_day(sc.step_s))
+    return np.tile(distinct, (math.ceil(need / distinct.shape[0]), 1))[-need:]
+
+
+def with_history(policy: Any, sc: Scenario, past: np.ndarray | None) -> float | None:
+    """Give a policy that reads or calibrates on history its ``past``, as ``rlscale serve --history`` does;
+    the base level it calibrated to (None: it calibrates nothing, or the past is too short)."""
+    from rlscale.policies.history import days_wanted
+    from rlscale.policies.relative import LEVELS
+    from rlscale.rollout import calibrate
+
+    if past is None or not days_wanted(policy) or not callable(getattr(policy, "load_history", None)):
+        return None
+    policy.load_history(0, past, -sc.step_s)
+    if getattr(policy, "calibration", None) is None:
+        return None
+    calibrate(policy, sc)
+    return float(LEVELS[int(policy.base[0])])
+
+
+def control(cluster: LocalCluster, sc: Scenario, policy: Any, seconds: float, interval: float, audit_path: Path) -> list[dict[str, Any]]:
     """Run the controller's loop on ``cluster`` for ``seconds``; returns its decisions (the audit log's lines)."""
     wide = max(s.max_replicas for s in sc.services)
     config = GuardConfig.from_scenario(sc, interval, max_step_change=wide)
-    decider = Decider(sc, scaled_policy(policy_spec, sc), config, fallback=scaled_policy("hpa", sc))
+    decider = Decider(sc, policy, config, fallback=scaled_policy("hpa", sc))
     audit = AuditLog(audit_path)
     try:
         ControlLoop(cluster, decider, audit, interval_s=interval, steps=max(1, math.ceil(seconds / interval))).run()
@@ -90,7 +123,9 @@ def control(cluster: LocalCluster, sc: Scenario, policy_spec: str, seconds: floa
 
 
 def run_one(sc: Scenario, policy_spec: str, trace: str, speedup: float, seconds: float, peak: float,
-            settings: LocalSettings, workdir: Path, seed: int) -> dict[str, Any]:
+            settings: LocalSettings, workdir: Path, seed: int, past: np.ndarray | None = None) -> dict[str, Any]:
+    policy = scaled_policy(policy_spec, sc)
+    level = with_history(policy, sc, past)
     out = workdir / f"load-{policy_spec.replace(':', '_').replace('/', '_')}-{Path(trace).stem}.json"
     with open_local_cluster(sc, workdir / "run", settings, initial_replicas=[2]) as cluster:
         started = time.monotonic()
@@ -100,7 +135,7 @@ def run_one(sc: Scenario, policy_spec: str, trace: str, speedup: float, seconds:
             "--seed", str(seed), "--timeout", "10",
         ], stdout=subprocess.DEVNULL)
         try:
-            decisions = control(cluster, sc, policy_spec, seconds, settings.interval_s or sc.step_s, workdir / "audit.jsonl")
+            decisions = control(cluster, sc, policy, seconds, settings.interval_s or sc.step_s, workdir / "audit.jsonl")
         finally:
             code = loadgen.wait(timeout=60)
         if code != 0:
@@ -135,6 +170,7 @@ def run_one(sc: Scenario, policy_spec: str, trace: str, speedup: float, seconds:
         "max_workers": float(np.nanmax(ready)) if ready.size else math.nan,
         "decisions": len(decisions),
         "fallbacks": sum(d["fallback"] is not None for d in decisions),
+        "calibrated_level": level,
     }
 
 
@@ -169,6 +205,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--keep", default=None, help="keep audit logs and load-generator records in this (new) directory")
+    parser.add_argument("--history-days", type=float, default=7.0,
+                        help="days of the service's past a policy that calibrates on history gets (0: none)")
     parser.add_argument("--simulate-only", action="store_true",
                         help="skip the real cluster: only the simulator's predictions, the oracle and its floor (seconds)")
     args = parser.parse_args()
@@ -188,11 +226,15 @@ def main() -> int:
         else:
             traces = [("web-diurnal", args.speedup, args.day_seconds),
                       (str(flash_trace(work / "flash.csv", args.flash_seconds, args.peak_rps)), 1.0, args.flash_seconds)]
+        past = past_days(sc, args.speedup, args.day_seconds, args.peak_rps, args.seed, args.history_days) if args.history_days > 0 else None
+        level = with_history(scaled_policy(args.policy, sc), sc, past)
+        if level is not None:
+            print(f"{args.policy} calibrated its level on {args.history_days:g} days of the service's past: {level:.0%}", flush=True)
         for spec in (args.baseline, args.policy) if traces else ():
             for trace, speedup, seconds in traces:
                 run_dir = work / f"{spec.replace(':', '_').replace('/', '_')}-{Path(trace).stem}"
                 run_dir.mkdir()
-                row = run_one(sc, spec, trace, speedup, seconds, args.peak_rps, settings, run_dir, args.seed)
+                row = run_one(sc, spec, trace, speedup, seconds, args.peak_rps, settings, run_dir, args.seed, past)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(f"\nscenario {sc.name}, interval {args.interval:g} s, peak {args.peak_rps:g} req/s, SLO p95 {sc.services[0].slo_target_s:g} s")
