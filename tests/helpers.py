@@ -1,15 +1,14 @@
-"""Test helpers: a real exported policy (random weights) in the ``policy.npz`` + ``card.json`` format.
-
-Until trained policies ship in ``models/``, this is what an export looks like:
-the same arrays and card fields ``rlscale.policies.ppo.load_exported`` reads.
-"""
+"""Test helpers: a real exported policy (random weights) in the ``policy.npz`` + ``card.json`` format, and
+real HTTP servers on loopback (a target for the load generator, Prometheus' query API over given series)."""
 
 from __future__ import annotations
 
 import json
-from http.server import BaseHTTPRequestHandler
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -91,3 +90,53 @@ class OkHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+class PrometheusStub:
+    """Prometheus' HTTP query API (``/-/ready``, ``/api/v1/query``, ``/api/v1/query_range``) on 127.0.0.1, over
+    the series a test gives: a subclass answers ``instant`` and ``matrix`` with Prometheus' ``result`` lists."""
+
+    def __init__(self) -> None:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                return
+
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                url = urllib.parse.urlsplit(self.path)
+                q = dict(urllib.parse.parse_qsl(url.query))
+                if url.path == "/-/ready":
+                    body = b"ready"
+                elif url.path == "/api/v1/query":
+                    result = stub.instant(q["query"], float(q.get("time", 0.0)))
+                    body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+                elif url.path == "/api/v1/query_range":
+                    result = stub.matrix(q["query"], float(q["start"]), float(q["end"]), float(q["step"]))
+                    body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}}).encode()
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def instant(self, query: str, at: float) -> list[dict[str, Any]]:
+        return []
+
+    def matrix(self, query: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        return []
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

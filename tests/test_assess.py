@@ -13,15 +13,13 @@ import json
 import math
 import subprocess
 import sys
-import threading
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from helpers import PrometheusStub
 
 from rlscale.assess.fit import fit_service, replay
 from rlscale.assess.history import AssessError, History
@@ -64,42 +62,18 @@ def synthetic_history(tmp: Path, service_cv: float = 1.0, night_rps: float = 40.
     return {"arrivals": rates, "ready": ready, "p95": r.latency_p95_s, "util": util}
 
 
-class FakePrometheus:
-    """``/api/v1/query_range`` and ``/-/ready`` in Prometheus' JSON, over real HTTP on 127.0.0.1.
+class FakePrometheus(PrometheusStub):
+    """The history's series behind Prometheus' ``query_range`` (``helpers.PrometheusStub``).
 
     A series given as a mapping of replica name to values is answered as one series per replica (a ``pod`` label).
     """
 
     def __init__(self, series: dict[str, Any], cold: dict[str, tuple[int, float]] | None = None) -> None:
+        super().__init__()
         self.series = series
         self.cold = cold or {}
-        fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a: object) -> None:
-                return
-
-            def do_GET(self) -> None:
-                url = urllib.parse.urlsplit(self.path)
-                q = dict(urllib.parse.parse_qsl(url.query))
-                if url.path == "/-/ready":
-                    body = b"ready"
-                elif url.path == "/api/v1/query_range":
-                    body = json.dumps(fake.answer(q["query"], float(q["start"]), float(q["end"]), float(q["step"]))).encode()
-                else:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def answer(self, query: str, start: float, end: float, step: float) -> dict[str, object]:
+    def matrix(self, query: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
         grid = np.arange(start, end + 1e-6, step)
         result = []
         if query == "cold":
@@ -119,15 +93,7 @@ class FakePrometheus:
             values = [[float(x), "NaN" if not math.isfinite(v[i]) else repr(float(v[i]))]
                       for x, i in zip(grid, idx) if 0 <= i < v.size and not np.isnan(v[i])]
             result.append({"metric": {}, "values": values})
-        return {"status": "success", "data": {"resultType": "matrix", "result": result}}
-
-    def __enter__(self) -> FakePrometheus:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return result
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

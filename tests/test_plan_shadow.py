@@ -16,16 +16,14 @@ import json
 import math
 import subprocess
 import sys
-import threading
 import time
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Self
+from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from helpers import PrometheusStub
 
 from rlscale.assess.simulated import simulated_usage
 from rlscale.assess.usage import write_usage
@@ -41,49 +39,26 @@ def _rlscale(*args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[
                           text=True, timeout=timeout, cwd=ROOT)
 
 
-class LivePrometheus:
+class LivePrometheus(PrometheusStub):
     """``/-/ready``, ``/api/v1/query`` and ``/api/v1/query_range`` for a cluster whose interval k began ``k * STEP`` after start."""
 
     def __init__(self) -> None:
+        super().__init__()
         k = np.arange(400)
         self.series = {"arrivals": 300.0 + 250.0 * np.sin(np.pi * k / 60.0) ** 2}
         self.series["ready"] = np.ceil(self.series["arrivals"] / (0.7 * CAPACITY))
         self.series["util"] = self.series["arrivals"] / (self.series["ready"] * CAPACITY)
         self.series["p95"] = np.full(k.size, 0.09)
         self.start = time.time() - 20 * STEP  # a history before the shadow run, for the policy's load memory
-        live = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a: object) -> None:
-                return
+    def instant(self, query: str, at: float) -> list[dict[str, Any]]:
+        value = self.value(query, at or time.time())
+        return [] if value is None else [{"metric": {}, "value": [at, repr(value)]}]
 
-            def do_GET(self) -> None:
-                url = urllib.parse.urlsplit(self.path)
-                q = dict(urllib.parse.parse_qsl(url.query))
-                if url.path == "/-/ready":
-                    body = b"ready"
-                elif url.path == "/api/v1/query":
-                    value = live.value(q["query"], float(q.get("time", time.time())))
-                    result = [] if value is None else [{"metric": {}, "value": [float(q.get("time", 0)), repr(value)]}]
-                    body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
-                elif url.path == "/api/v1/query_range":
-                    grid = np.arange(float(q["start"]), float(q["end"]) + 1e-6, float(q["step"]))
-                    pairs = [(float(t), live.value(q["query"], float(t))) for t in grid]
-                    values = [[t, repr(v)] for t, v in pairs if v is not None]
-                    result = [{"metric": {}, "values": values}] if values else []
-                    body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}}).encode()
-                else:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def matrix(self, query: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        pairs = [(float(t), self.value(query, float(t))) for t in np.arange(start, end + 1e-6, step)]
+        values = [[t, repr(v)] for t, v in pairs if v is not None]
+        return [{"metric": {}, "values": values}] if values else []
 
     def value(self, query: str, at: float) -> float | None:
         series = self.series.get(query)
@@ -91,14 +66,6 @@ class LivePrometheus:
         if series is None or not 0 <= k < series.size:
             return None
         return float(series[k])
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _scenario(tmp: Path) -> Path:

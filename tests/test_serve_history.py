@@ -77,14 +77,20 @@ def _status(url: str) -> dict:
     return httpx.get(f"{url}/v1/status", timeout=10).json()
 
 
-def test_serve_loads_a_csv_history_and_reports_it_in_status_gauge_and_audit(tmp_path: Path, history_model: Path) -> None:
-    t = np.arange(0, 3 * 86_400, 60)
+def _serve_on_csv_history(tmp_path: Path, model: Path, days: int, steps: int) -> tuple[subprocess.Popen, str, Path]:
+    """``rlscale serve`` of ``model`` with ``days`` of a daily sine's one-minute history from a CSV; (process, url, audit log)."""
+    t = np.arange(0, days * 86_400, 60)
     csv = tmp_path / "api.csv"
-    csv.write_text("timestamp,value\n" + "\n".join(f"{x},{200 + 100 * np.sin(x / 13750):.3f}" for x in t) + "\n")
+    csv.write_text("timestamp,value\n" + "\n".join(f"{x},{300 + 150 * np.sin(2 * np.pi * x / 86_400):.3f}" for x in t) + "\n")
     audit = tmp_path / "audit.jsonl"
-    proc, url = start(serve_cmd("--policy", f"ppo:{history_model}", "--history", str(csv), "--history-days", "3",
-                                "--port", "0", "--speedup", "600", "--steps", "20", "--keep-serving",
+    proc, url = start(serve_cmd("--policy", f"ppo:{model}", "--history", str(csv), "--history-days", str(days),
+                                "--port", "0", "--speedup", "600", "--steps", str(steps), "--keep-serving",
                                 "--audit-log", str(audit)), tmp_path)
+    return proc, url, audit
+
+
+def test_serve_loads_a_csv_history_and_reports_it_in_status_gauge_and_audit(tmp_path: Path, history_model: Path) -> None:
+    proc, url, audit = _serve_on_csv_history(tmp_path, history_model, days=3, steps=20)
     try:
         wait_for(lambda: _status(url).get("loop") == "done")
         status = _status(url)["history"]
@@ -188,13 +194,7 @@ def test_serve_calibrates_the_shipped_generalist_on_the_loaded_history(tmp_path:
     """``models/general`` reads no history features, but calibrates its base level on the days it is given."""
     model = Path(__file__).resolve().parents[1] / "models" / "general"
     assert json.loads((model / "card.json").read_text()).get("calibration"), "models/general calibrates on history"
-    t = np.arange(0, 3 * 86_400, 60)  # the card's min_days: 3, as GCE's predictive autoscaler asks
-    csv = tmp_path / "api.csv"
-    csv.write_text("timestamp,value\n" + "\n".join(f"{x},{300 + 150 * np.sin(2 * np.pi * x / 86_400):.3f}" for x in t) + "\n")
-    audit = tmp_path / "audit.jsonl"
-    proc, url = start(serve_cmd("--policy", f"ppo:{model}", "--history", str(csv), "--history-days", "3",
-                                "--port", "0", "--speedup", "600", "--steps", "5", "--keep-serving",
-                                "--audit-log", str(audit)), tmp_path)
+    proc, url, audit = _serve_on_csv_history(tmp_path, model, days=3, steps=5)  # the card's min_days: 3, as GCE asks
     try:
         wait_for(lambda: _status(url).get("loop") == "done", timeout=120)
         status = _status(url)["history"]
