@@ -143,3 +143,27 @@ def test_card_refuses_a_calibration_needing_more_days_than_it_replays(calibratin
     write_text(bad / "card.json", dumps(seal(card)))
     with pytest.raises(ConfigError, match="min_days"):
         load_exported(str(bad))
+
+
+def test_a_served_service_is_recalibrated_daily_once_it_has_the_days(calibrating_model):
+    """``rlscale serve``'s daily recalibration: half a day at start is too little (min_days 1), so the policy
+    stays uncalibrated; a day served later (one interval with its metrics missing) it calibrates, as a policy
+    handed the same past at start would, and the HTTP API's policy follows."""
+    from rlscale.controller.history import Recalibration
+    from rlscale.policies.relative import LEVELS
+
+    sc = load_scenario("web-diurnal")
+    t = np.arange(int(1.5 * 1440)) * 60.0
+    demand = (900.0 + 500.0 * np.sin(2 * np.pi * t / 86_400.0))[:, None]
+    demand[1000] = np.nan
+    pol, api = (make_policy(f"ppo:{calibrating_model}", sc) for _ in range(2))
+    heard = []
+    recal = Recalibration(pol, sc, sc.step_s, demand[:720], also=(api,), on_change=heard.append)
+    assert recal.calibrate(now=t[719]) is None and pol.base.tolist() == [3]
+    got = [recal.observe(row, now) for row, now in zip(demand[720:], t[720:])]
+    assert got[:-1] == [None] * 1439 and got[-1] in LEVELS[3:] and heard == [got[-1]]
+    assert api.base.tolist() == pol.base.tolist()
+    fresh = make_policy(f"ppo:{calibrating_model}", sc)
+    fresh.load_history(0, demand, t[-1])
+    calibrate(fresh, sc)
+    assert fresh.base.tolist() == pol.base.tolist()

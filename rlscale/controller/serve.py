@@ -285,6 +285,25 @@ def served_history(opts: ServeOptions, scenario: Scenario, interval: float, poli
     return status
 
 
+def recalibrate(loop: Any, policy: Any, api_policy: Any, scenario: Scenario, interval: float,
+                history_state: dict[str, Any], audit: Any) -> None:
+    """The HTTP API's policy takes the start's calibration; both follow the daily recalibration
+    (``history.Recalibration``), which ``/v1/status`` and the audit log's ``recalibrated`` event report."""
+    from rlscale.controller.history import Recalibration
+
+    if history_state.get("calibrated_level") is not None and callable(getattr(api_policy, "settle", None)):
+        api_policy.settle(policy.base)
+
+    def changed(level: float) -> None:
+        history_state["calibrated_level"] = level
+        audit.write({"kind": "event", "event": "recalibrated", "calibrated_level": level,
+                     "days": round(float(np.max(policy.history_days())), 3)})
+
+    past = policy.past[0] if getattr(policy, "past", None) else None
+    also = (api_policy,) if callable(getattr(api_policy, "settle", None)) else ()
+    loop.listeners.append(Recalibration(policy, scenario, interval, past, also=also, on_change=changed))
+
+
 def describe_local(cluster: Any) -> dict[str, Any]:
     """Where to reach a local cluster: one URL per service, Prometheus, the run directory (also ``<run-dir>/cluster.json``)."""
     return {
@@ -450,6 +469,8 @@ def serve(opts: ServeOptions) -> int:
             write_json(Path(where["run_dir"]) / "cluster.json", where)
             urls = ", ".join(f"{name} {url}" for name, url in where["services"].items())
             print(f"local cluster: {urls}; prometheus {where['prometheus']}; run dir {where['run_dir']}", flush=True)
+        if loop is not None and getattr(loop_decider.policy, "calibration", None) is not None:
+            recalibrate(loop, loop_decider.policy, api_decider.policy, scenario, interval, history_state, audit)
         if opts.keda_grpc and loop is not None:
             from rlscale.controller.keda import DecisionBoard, KedaServer
 
