@@ -134,19 +134,20 @@ def run_policy(
     return Rollout(policy.name, list(seeds), totals.metrics(), series)
 
 
-def calibrate(policy: Policy, scenario: Scenario) -> None:
+def calibrate(policy: Policy, scenario: Scenario) -> bool:
     """Replay each cluster's history under the candidates a calibrating policy asks for, and hand it the results.
 
     A policy without ``calibration_request`` (or with too little history) is
-    left as it is. The replays are ordinary episodes of ``scenario`` with the
+    left as it is, and False returned. The replays are ordinary episodes of ``scenario`` with the
     history as their workload, run by ``run_policy`` itself, so the calibration
     judges exactly what the policy will do.
     """
     ask = getattr(policy, "calibration_request", None)
     request = ask() if callable(ask) else None
     if request is None:
-        return
+        return False
     seeds = list(range(len(request.owners)))
     runs = [run_policy(scenario, candidate, seeds, steps=request.steps, trace=request.episodes, history_days=0.0).episodes
             for candidate in request.policies]
     policy.settle(request.choose(runs))
+    return True

@@ -158,9 +158,10 @@ def test_a_served_service_is_recalibrated_daily_once_it_has_the_days(calibrating
     demand[1000] = np.nan
     pol, api = (make_policy(f"ppo:{calibrating_model}", sc) for _ in range(2))
     heard = []
-    recal = Recalibration(pol, sc, sc.step_s, demand[:720], also=(api,), on_change=heard.append)
-    assert recal.calibrate(now=t[719]) is None and pol.base.tolist() == [3]
-    got = [recal.observe(row, now) for row, now in zip(demand[720:], t[720:])]
+    pol.load_history(0, demand[:720], t[719])
+    recal = Recalibration(pol, sc, sc.step_s, also=(api,), on_change=heard.append)
+    assert recal.calibrate() is None and pol.base.tolist() == [3]
+    got = [recal.observe(row) for row in demand[720:]]
     assert got[:-1] == [None] * 1439 and got[-1] in LEVELS[3:] and heard == [got[-1]]
     assert api.base.tolist() == pol.base.tolist()
     fresh = make_policy(f"ppo:{calibrating_model}", sc)

@@ -40,7 +40,6 @@ from rlscale.config import PROJECT_ROOT, TEST_SEED_BASE, Scenario, load_scenario
 from rlscale.evaluation.evaluate import TraceSource, trace_scenario
 from rlscale.evaluation.tune import CHURN_BOUND, best_tuned_rule, non_inferior, rule_point
 from rlscale.policies import make_policy
-from rlscale.policies.relative import LEVELS
 from rlscale.rollout import run_policy
 
 SUITE = PROJECT_ROOT / "envs" / "generalisation"
@@ -94,7 +93,7 @@ def calibrated_setting(sc: Scenario, model: str, seeds: list[int]) -> tuple[dict
     section = card_calibration(card) or {"days": 7.0, "min_days": 1.0, "start_level": 3}
     policy = FixedSetting(sc, int(section["start_level"]), 0, history=card_history(card), calibration=section)
     judged = run_policy(sc, policy, seeds).mean()
-    levels = [LEVELS[int(b)] for b in policy.base]
+    levels = policy.base_levels.tolist()
     return {"levels": levels, "days": section["days"]}, judged
 
 
@@ -110,7 +109,7 @@ def run_case(name: str, sc: Scenario, model: str, seeds: list[int]) -> dict[str,
     oracle = _episodes("oracle", sc, seeds)
     policy = make_policy(f"ppo:{model}", sc)
     general = run_policy(sc, policy, seeds).mean()
-    general_levels = [LEVELS[int(b)] for b in policy.base]
+    general_levels = policy.base_levels.tolist()
     uncalibrated = _episodes(f"ppo:{model}:calibrate=0", sc, seeds)
     setting, calibrated = calibrated_setting(sc, model, seeds)
     new_service = _episodes(f"ppo:{model}", sc, seeds, history_days=1.0)

@@ -96,7 +96,6 @@ def with_history(policy: Any, sc: Scenario, past: np.ndarray | None) -> float | 
     """Give a policy that reads or calibrates on history its ``past``, as ``rlscale serve --history`` does;
     the base level it calibrated to (None: it calibrates nothing, or the past is too short)."""
     from rlscale.policies.history import days_wanted
-    from rlscale.policies.relative import LEVELS
     from rlscale.rollout import calibrate
 
     if past is None or not days_wanted(policy) or not callable(getattr(policy, "load_history", None)):
@@ -105,7 +104,7 @@ def with_history(policy: Any, sc: Scenario, past: np.ndarray | None) -> float | 
     if getattr(policy, "calibration", None) is None:
         return None
     calibrate(policy, sc)
-    return float(LEVELS[int(policy.base[0])])
+    return float(policy.base_levels[0])
 
 
 def control(cluster: LocalCluster, sc: Scenario, policy: Any, seconds: float, interval: float, audit_path: Path) -> list[dict[str, Any]]:

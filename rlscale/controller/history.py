@@ -141,53 +141,46 @@ class Recalibration:
     ``rlscale serve`` calibrates once at start on the history it loads; a
     service runs for weeks, and a new one (under the card's ``min_days``) would
     otherwise stay uncalibrated for good. This listener of the control loop
-    keeps the loaded past plus every interval served (NaN where metrics were
-    missing) and, every ``every_steps`` intervals (a day), replays the latest
-    days again (``rollout.calibrate``): the same rule as at start, on what the
-    service has shown since. Its result goes to ``also`` too (the HTTP API's
-    own policy instance), and ``on_change`` hears the level.
+    collects every interval served (NaN where metrics were missing) and, every
+    ``every_steps`` intervals (a day), adds them to the past the policy keeps
+    for calibration and replays the latest days again (``rollout.calibrate``):
+    the same rule as at start, on what the service has shown since. Its result
+    goes to ``also`` too (the HTTP API's own policy instance), and
+    ``on_change`` hears the level.
     """
 
-    def __init__(self, policy: Any, scenario: Any, step_s: float, past: np.ndarray | None,
-                 also: tuple[Any, ...] = (), every_steps: int | None = None,
-                 on_change: Any = None) -> None:
+    def __init__(self, policy: Any, scenario: Any, step_s: float, also: tuple[Any, ...] = (),
+                 every_steps: int | None = None, on_change: Any = None) -> None:
         self.policy, self.scenario, self.also, self.on_change = policy, scenario, also, on_change
-        S = len(scenario.services)
         self.keep = int(float(policy.calibration.get("days", hist.DEFAULT_DAYS)) * hist.steps_per_day(step_s))
         self.every = int(every_steps or hist.steps_per_day(step_s))
         self.rows: list[np.ndarray] = []
-        self.past = np.empty((0, S)) if past is None else np.asarray(past, dtype=float).reshape(-1, S)[-self.keep:]
-        self.since = 0
-        self.level: float | None = None
 
     def __call__(self, decision: Any) -> None:
         m = decision.metrics
         row = np.full(len(self.scenario.services), np.nan) if m is None else np.asarray(m.arrivals_rps, dtype=float)[0]
-        self.observe(row, float(decision.now))
+        self.observe(row)
 
-    def observe(self, arrivals: np.ndarray, now: float) -> float | None:
+    def observe(self, arrivals: np.ndarray) -> float | None:
         """One served interval's arrivals ``[S]``; the new base level when this interval recalibrated, else None."""
         self.rows.append(np.asarray(arrivals, dtype=float).copy())
-        self.since += 1
-        if self.since < self.every:
+        if len(self.rows) < self.every:
             return None
-        self.since = 0
-        self.past = np.vstack([self.past, np.stack(self.rows)])[-self.keep:]
+        kept = self.policy.past[0]
+        served = np.stack(self.rows)
+        self.policy.remember(0, (served if kept is None else np.vstack([kept, served]))[-self.keep:])
         self.rows = []
-        return self.calibrate(now)
+        return self.calibrate()
 
-    def calibrate(self, now: float) -> float | None:
+    def calibrate(self) -> float | None:
         """Replay the past kept so far; the level chosen (None: too little history, the policy stays as it is)."""
-        from rlscale.policies.relative import LEVELS
         from rlscale.rollout import calibrate
 
-        self.policy.load_history(0, self.past, now)
-        if self.policy.calibration_request() is None:
+        if not calibrate(self.policy, self.scenario):
             return None
-        calibrate(self.policy, self.scenario)
         for other in self.also:
             other.settle(self.policy.base)
-        self.level = float(LEVELS[int(self.policy.base[0])])
+        level = float(self.policy.base_levels[0])
         if self.on_change is not None:
-            self.on_change(self.level)
-        return self.level
+            self.on_change(level)
+        return level

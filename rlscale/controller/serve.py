@@ -277,11 +277,10 @@ def served_history(opts: ServeOptions, scenario: Scenario, interval: float, poli
         policy.load_history(0, past[0], past[1])
     status = served.history_status(policy.history_days(), services)
     if getattr(policy, "calibration", None) is not None:
-        from rlscale.policies.relative import LEVELS
         from rlscale.rollout import calibrate
 
         calibrate(policy, scenario)
-        status["calibrated_level"] = LEVELS[int(policy.base[0])]
+        status["calibrated_level"] = float(policy.base_levels[0])
     return status
 
 
@@ -299,9 +298,8 @@ def recalibrate(loop: Any, policy: Any, api_policy: Any, scenario: Scenario, int
         audit.write({"kind": "event", "event": "recalibrated", "calibrated_level": level,
                      "days": round(float(np.max(policy.history_days())), 3)})
 
-    past = policy.past[0] if getattr(policy, "past", None) else None
     also = (api_policy,) if callable(getattr(api_policy, "settle", None)) else ()
-    loop.listeners.append(Recalibration(policy, scenario, interval, past, also=also, on_change=changed))
+    loop.listeners.append(Recalibration(policy, scenario, interval, also=also, on_change=changed))
 
 
 def describe_local(cluster: Any) -> dict[str, Any]:

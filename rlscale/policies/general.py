@@ -125,6 +125,7 @@ class GeneralPolicy:
             calibration = card_calibration(exported.card)
         self.exported = exported
         self.history = history
+        """The card's history section; None: the history-free generalist (no history features, no forecast head)."""
         self.calibration = calibration if calibrate and base is None else None
         """The card's calibration section when this policy calibrates its base level on each cluster's history."""
         self.start = int((calibration or {}).get("start_level", cal.CANDIDATES[0]))
@@ -132,7 +133,6 @@ class GeneralPolicy:
         """A candidate of a calibration: this base level, whatever the history."""
         self.hold = int((history or {}).get("hold_steps", 1))
         """Intervals a pick of the network holds (a decision period); the decoder still runs every interval."""
-        """The card's history section; None: the history-free generalist (no history features, no forecast head)."""
         self.repack = repack
         self.drain = drain
         self.name = name
@@ -161,6 +161,10 @@ class GeneralPolicy:
     def load_history(self, i: int, past: np.ndarray, end_s: float) -> None:
         """Cluster ``i``'s past demand ``[L, S]`` (req/s per interval, oldest first, NaN for gaps) up to ``end_s``."""
         self.builder.load_history(i, past, end_s)
+        self.remember(i, past)
+
+    def remember(self, i: int, past: np.ndarray) -> None:
+        """Cluster ``i``'s past ``[L, S]`` for the next calibration only (the features' history is left as it is)."""
         if self.calibration is not None:
             self.past[i] = np.array(past, dtype=float)
 
@@ -197,6 +201,11 @@ class GeneralPolicy:
     def settle(self, base: np.ndarray) -> None:
         """Take the calibrated base levels ``[N]``."""
         self.base = np.asarray(base, dtype=np.int64).copy()
+
+    @property
+    def base_levels(self) -> np.ndarray:
+        """``[N]`` each cluster's base as a target utilisation (0.65 uncalibrated)."""
+        return np.asarray(LEVELS)[self.base]
 
     def _levels(self, picks: np.ndarray) -> np.ndarray:
         """The network's (or a fixed) level picks ``[N, S]`` read relative to each cluster's base."""
