@@ -328,7 +328,10 @@ def _on_a_terminal(argv: list[str], until: str, then_signal: int, timeout_s: flo
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, close_fds=True)
+    # a terminal's foreground job has SIGINT at its default; a shell's background job (a CI runner's, say) passes it
+    # on ignored, and then a Ctrl-C landing after the bar's first draw was lost and training ran on (seen once)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, close_fds=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(slave)
     out = b""
     sent = False
