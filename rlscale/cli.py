@@ -7,6 +7,7 @@ and exits 2; nothing below this module prints a traceback at a user.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -113,6 +114,11 @@ def _root(
     """Reinforcement-learning autoscaling: simulate, train, evaluate, export and serve policies."""
 
 err_console = Console(stderr=True)
+
+
+def say_command(label: str, *argv: object) -> None:
+    """A command to copy: quoted for the shell and on one line, however narrow the terminal or odd the path."""
+    console.print(f"{label} {shlex.join(str(a) for a in argv)}", soft_wrap=True, markup=False, highlight=False)
 MAX_SEED = 2**31 - 1
 MAX_STEPS = 1_000_000
 """Decision intervals of one episode: a scenario's episode_steps has the same cap (two years of minutes)."""
@@ -222,7 +228,6 @@ def train(
     The best checkpoint is picked by its score on held-out validation seeds: the policy's
     cost over HPA's, plus 100 x any SLO-violation rate or drops above HPA's (lower is better).
     """
-    import shlex
     from pathlib import Path
 
     from rlscale.config import load_train_config
@@ -247,8 +252,8 @@ def train(
     state = "interrupted; checkpoint saved" if outcome.interrupted else "done"
     console.print(f"{state}: {outcome.timesteps} steps in {outcome.wall_s:.0f} s, best score {outcome.best_score:.3f} "
                   f"({SCORE_MEANING})", soft_wrap=True)
-    console.print(f"resume with: rlscale train --config {config} --resume {run_dir}")
-    console.print(f"watch with:  tensorboard --logdir {run_dir / 'tb'}")
+    say_command("resume with:", "rlscale", "train", "--config", config, "--resume", run_dir)
+    say_command("watch with: ", "tensorboard", "--logdir", run_dir / "tb")
     if out and not outcome.interrupted:
         from rlscale.learn.export import export_run
 
@@ -326,8 +331,8 @@ def sweep(
         err_console.print(f"warning: {len(failed)} trials failed ({', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''}); "
                           f"their errors are in {md}", markup=False, highlight=False)
     if outcome.interrupted:
-        console.print(f"interrupted; continue with: rlscale sweep --config {config} --resume"
-                      + (f" --logdir {logdir}" if logdir != "sweeps" else ""))
+        say_command("interrupted; continue with:", "rlscale", "sweep", "--config", config, "--resume",
+                    *(("--logdir", logdir) if logdir != "sweeps" else ()))
         return
     if outcome.best is None:
         err_console.print(f"error: no trial finished; see {md}", markup=False, highlight=False)
@@ -335,7 +340,7 @@ def sweep(
     ev = (outcome.card or {}).get("evaluation", {})
     console.print(f"best: {outcome.best.trial.name} (validation score {outcome.best.score:.3f}); exported to "
                   f"{outcome.export_dir}: cost vs HPA {ev.get('cost_vs_hpa', float('nan')):.3f} on held-out seeds")
-    console.print(f"watch with:  tensorboard --logdir {outcome.sweep_dir / 'runs'}")
+    say_command("watch with: ", "tensorboard", "--logdir", outcome.sweep_dir / "runs")
 
 
 _POLICY, _GUARDS, _API, _AUDIT, _K8S = "Policy and cluster", "Guard rails", "HTTP API", "Audit log and summary", "Kubernetes and KEDA"

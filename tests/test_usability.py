@@ -146,6 +146,25 @@ def tiny_train_config(path: Path, **extra: object) -> Path:
     return path
 
 
+@pytest.mark.slow
+def test_the_commands_train_prints_to_copy_are_one_line_and_quoted_on_a_narrow_terminal(tmp_path: Path) -> None:
+    """The resume line broke in two in an 80-column log (rich wraps); a path with a space or a bracket broke the copy."""
+    import shlex
+
+    config = tiny_train_config(tmp_path / "ppo tiny.yaml")
+    runs = tmp_path / "my runs [a]"
+    done = subprocess.run([RLSCALE, "train", "--config", str(config), "--logdir", str(runs), "--timesteps", "512",
+                           "--no-progress"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "40"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    resume = next(line for line in lines if line.startswith("resume with: "))
+    assert shlex.split(resume.removeprefix("resume with: ")) == [
+        "rlscale", "train", "--config", str(config), "--resume", str(runs / "ppo-web-diurnal-s0")]
+    watch = next(line for line in lines if line.startswith("watch with: "))
+    assert shlex.split(watch.removeprefix("watch with: ")) == ["tensorboard", "--logdir", str(runs / "ppo-web-diurnal-s0" / "tb")]
+
+
 def test_train_into_an_existing_run_refuses_and_names_the_ways_out(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -71,7 +71,8 @@ def register(app: typer.Typer, user_errors: Callable[[Any], Any], console: Any) 
             console.print(line, markup=False, highlight=False)
         console.print(f"generalist: {verdict}", markup=False, highlight=False)
         console.print(f"wrote {planned}; report {folder / 'plan.md'}; compare: rlscale evaluate --scenario {scenario} "
-                      f"--policies hpa,ppo:models/general and the same with --scenario {planned}", markup=False, highlight=False)
+                      f"--policies hpa,ppo:models/general and the same with --scenario {planned}", markup=False, highlight=False,
+                      soft_wrap=True)
 
     @app.command()
     @user_errors

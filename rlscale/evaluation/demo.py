@@ -140,7 +140,7 @@ def run_evaluation(
         console.print(f"oracle floor (proven lower bound on cost): {floor['mean']:.2f} USD, "
                       f"{floor['vs_oracle']['mean']:.3f} of the oracle's cost")
     console.print(f"report: {report}/report.md (with results.json and the plots as PNG)")
-    console.print(f"tensorboard --logdir {logdir}")
+    console.print(f"tensorboard --logdir {shlex.quote(str(logdir))}", soft_wrap=True, markup=False, highlight=False)
     return result
 
 
