@@ -234,6 +234,30 @@ def test_the_rule_twin_replays_the_same_episode_so_the_rule_itself_scores_zero(s
     assert (reward != 0.0).any()
 
 
+def test_with_train_bases_the_start_pick_reads_as_the_drawn_base_for_the_policy_and_its_twin() -> None:
+    """A base drawn per slot (issue 24's offset trial): the start pick is the base, the twin plays it too (reward 0),
+    and a hotter base provisions fewer replicas on the same episodes."""
+    from rlscale.learn.general_env import GeneralVecEnv
+
+    def replicas(bases: list[int]) -> float:
+        env = GeneralVecEnv(GeneralSpec(rule_twin=True, episode_steps=40, start_level=3, train_bases=bases),
+                            engines=2, clusters=3, seed=7)
+        env.reset()
+        rule = np.stack([np.full(6, 3), np.zeros(6, dtype=np.int64)], axis=1)
+        total = 0.0
+        for _ in range(30):
+            env.step_async(rule)
+            _, reward, _, _ = env.step_wait()
+            assert (reward == 0.0).all()
+            total += sum(float(eng.sim.desired.sum()) for eng, _, _ in env._slots)
+        assert all(int(pol.base[0]) == (bases[0] if bases else 3) for _, pol, _ in env._slots)
+        return total
+
+    assert replicas([7]) < replicas([])
+    with pytest.raises(ValueError, match="train_bases"):
+        GeneralSpec(train_bases=[4])
+
+
 def test_training_env_is_deterministic_by_seed() -> None:
     from rlscale.learn.general_env import GeneralVecEnv
 

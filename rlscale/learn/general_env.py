@@ -254,6 +254,11 @@ class GeneralVecEnv(InProcessVecEnv):
         eng, policy = run()
         # the rule twin: the same episodes, run by the fixed start-level rule
         twin = run() if self.spec.rule_twin else None
+        if self.spec.train_bases:  # a base as calibration would set it: the start level (the twin's) reads as it
+            base = np.full(self.clusters, self.spec.train_bases[int(rng.integers(len(self.spec.train_bases)))])
+            for pol in [policy, *([twin[1]] if twin else [])]:
+                pol.start = self.spec.start_level
+                pol.settle(base)
         self._twins[k] = twin
         pool = declared.pools[declared.pool_index(declared.services[0].pools[0])]
         per_replica_h = pool.price_per_hour / max(1.0, pool.vcpu // declared.services[0].replica.cpu)
@@ -291,7 +296,7 @@ class GeneralVecEnv(InProcessVecEnv):
         """One interval of a slot's clusters (observed already): reward terms, truncation flags, scale-free reward."""
         w = self.spec
         before = eng.sim.desired.copy()
-        _, terms, truncated = eng.step_action(pol.step_raw(eng.metrics(), levels, verbs, ahead))
+        _, terms, truncated = eng.step_action(pol.step_raw(eng.metrics(), pol.read_picks(levels), verbs, ahead))
         changed = (eng.sim.desired != before).sum(axis=1)
         w_slo, w_drop = self.multipliers
         reward = -(terms.cost_usd / ref + w_slo * terms.slo_violation + w_drop * terms.dropped_fraction

@@ -207,7 +207,7 @@ class GeneralPolicy:
         """``[N]`` each cluster's base as a target utilisation (0.65 uncalibrated)."""
         return np.asarray(LEVELS)[self.base]
 
-    def _levels(self, picks: np.ndarray) -> np.ndarray:
+    def read_picks(self, picks: np.ndarray) -> np.ndarray:
         """The network's (or a fixed) level picks ``[N, S]`` read relative to each cluster's base."""
         return np.clip(picks + (self.base - self.start)[:, None], 0, N_LEVELS - 1)
 
@@ -247,7 +247,7 @@ class GeneralPolicy:
             self._since += 1
             return self.step_raw(metrics, self._held[0], np.zeros(metrics.n, dtype=np.int64), self._held[1])
         lv, rb, ah = head_logits(self.exported.weights, rows, metrics.n)
-        levels, ahead = self._levels(lv.argmax(axis=2)), None if ah is None else ah.argmax(axis=2)
+        levels, ahead = self.read_picks(lv.argmax(axis=2)), None if ah is None else ah.argmax(axis=2)
         if self.hold > 1:
             self._held, self._since = (levels, ahead), 1
         return self.step_raw(metrics, levels, rb.argmax(axis=1), ahead)
@@ -274,5 +274,5 @@ class FixedSetting(GeneralPolicy):
         self.observe(metrics)
         S = self.traits.n_services
         ahead = np.full((metrics.n, S), self.ahead, dtype=np.int64) if self.history is not None else None
-        return self.step_raw(metrics, self._levels(np.full((metrics.n, S), self.level, dtype=np.int64)),
+        return self.step_raw(metrics, self.read_picks(np.full((metrics.n, S), self.level, dtype=np.int64)),
                              np.zeros(metrics.n, dtype=np.int64), ahead)
