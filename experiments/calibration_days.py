@@ -21,12 +21,12 @@ import json
 import shutil
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks" / "quality")]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks" / "quality"), str(ROOT / "experiments")]
 
+from suite_cases import each_case  # noqa: E402
 from rlscale.policies import calibration as cal  # noqa: E402
 from rlscale.policies import make_policy  # noqa: E402
 from rlscale.rollout import run_policy  # noqa: E402
@@ -65,25 +65,20 @@ def main() -> None:
     ap.add_argument("--margin", action="store_true", help="judge the history with the 1.1x margin")
     ap.add_argument("--out", type=Path, default=None, help="write the raw means here (JSON)")
     args = ap.parse_args()
-    import generalisation as g
-
     days = [float(d) for d in args.days.split(",")]
     seeds = list(range(5000, 5000 + args.seeds))
     work = Path(tempfile.mkdtemp(prefix="rlscale-caldays-"))
     model = short_history_model(work / "general")
-    jobs = [(name, sc, model, days, seeds, args.margin) for name, sc in g.cases(None, work / "cache")]
     res: dict = {}
-    with ProcessPoolExecutor(2) as ex:
-        for name, out in ex.map(one, jobs):
-            res[name] = out
-            h, o = out["hpa"], out["oracle"]
-            room = h["cost_usd"] - o["cost_usd"]
-            line = f"{name:22s}"
-            for d in days:
-                r = out[d]
-                ok = "ok" if cal.non_inferior(r, h) else "OVER"
-                line += f" | {d:g} d: room {(h['cost_usd'] - r['cost_usd']) / room:5.2f} {ok:4s} bases {r['bases']}"
-            print(line, flush=True)
+    for name, out, room in each_case(one, lambda name, sc: (name, sc, model, days, seeds, args.margin), work):
+        res[name] = out
+        h = out["hpa"]
+        line = f"{name:22s}"
+        for d in days:
+            r = out[d]
+            ok = "ok" if cal.non_inferior(r, h) else "OVER"
+            line += f" | {d:g} d: room {(h['cost_usd'] - r['cost_usd']) / room:5.2f} {ok:4s} bases {r['bases']}"
+        print(line, flush=True)
     if args.out:
         args.out.write_text(json.dumps({k: {str(d): v for d, v in o.items()} for k, o in res.items()}, indent=1))
 

@@ -18,12 +18,12 @@ import argparse
 import json
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks" / "quality")]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks" / "quality"), str(ROOT / "experiments")]
 
+from suite_cases import each_case  # noqa: E402
 from rlscale.policies import calibration as cal  # noqa: E402
 from rlscale.policies import make_policy  # noqa: E402
 from rlscale.rollout import run_policy  # noqa: E402
@@ -46,26 +46,21 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10, help="validation seeds 5000..5000+N-1")
     ap.add_argument("--out", type=Path, default=None, help="write the raw means here (JSON)")
     args = ap.parse_args()
-    import generalisation as g
-
     seeds = list(range(5000, 5000 + args.seeds))
     work = Path(tempfile.mkdtemp(prefix="rlscale-offsets-"))
-    jobs = [(name, sc, args.model, seeds) for name, sc in g.cases(None, work / "cache")]
     res: dict = {}
     gains: dict[str, list[float]] = {m: [] for m in args.model}
-    with ProcessPoolExecutor(2) as ex:
-        for name, out in ex.map(one, jobs):
-            res[name] = out
-            h, o = out["hpa"], out["oracle"]
-            room = h["cost_usd"] - o["cost_usd"]
-            line = f"{name:22s}"
-            for m in args.model:
-                net, abl = out[m], out[f"{m} ablation"]
-                rn, ra = (h["cost_usd"] - net["cost_usd"]) / room, (h["cost_usd"] - abl["cost_usd"]) / room
-                gains[m].append(rn - ra)
-                ok = "ok" if cal.non_inferior(net, h) else "OVER"
-                line += f" | {Path(m).name}: room {rn:5.2f} {ok:4s} ablation {ra:5.2f}"
-            print(line, flush=True)
+    for name, out, room in each_case(one, lambda name, sc: (name, sc, args.model, seeds), work):
+        res[name] = out
+        h = out["hpa"]
+        line = f"{name:22s}"
+        for m in args.model:
+            net, abl = out[m], out[f"{m} ablation"]
+            rn, ra = (h["cost_usd"] - net["cost_usd"]) / room, (h["cost_usd"] - abl["cost_usd"]) / room
+            gains[m].append(rn - ra)
+            ok = "ok" if cal.non_inferior(net, h) else "OVER"
+            line += f" | {Path(m).name}: room {rn:5.2f} {ok:4s} ablation {ra:5.2f}"
+        print(line, flush=True)
     for m, gs in gains.items():
         print(f"{m}: network - ablation, mean over {len(gs)} cases: {sum(gs) / len(gs):+.3f}")
     if args.out:
