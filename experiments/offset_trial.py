@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks" / "quality"), str(ROOT / "experiments")]
+from suite_cases import each_case  # the script's folder is on sys.path; this puts the rest there
 
-from suite_cases import each_case  # noqa: E402
-from rlscale.policies import calibration as cal  # noqa: E402
-from rlscale.policies import make_policy  # noqa: E402
-from rlscale.rollout import run_policy  # noqa: E402
+from rlscale.policies import calibration as cal
+from rlscale.policies import make_policy
+from rlscale.rollout import run_policy
 
 
 def one(job: tuple) -> tuple[str, dict]:

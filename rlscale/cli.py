@@ -114,11 +114,6 @@ def _root(
     """Reinforcement-learning autoscaling: simulate, train, evaluate, export and serve policies."""
 
 err_console = Console(stderr=True)
-
-
-def say_command(label: str, *argv: object) -> None:
-    """A command to copy: quoted for the shell and on one line, however narrow the terminal or odd the path."""
-    console.print(f"{label} {shlex.join(str(a) for a in argv)}", soft_wrap=True, markup=False, highlight=False)
 MAX_SEED = 2**31 - 1
 MAX_STEPS = 1_000_000
 """Decision intervals of one episode: a scenario's episode_steps has the same cap (two years of minutes)."""
@@ -243,6 +238,7 @@ def train(
 
         check_target(Path(out), force=force)  # before training, not after
     run_dir = Path(resume) if resume and Path(resume, "config.json").exists() else Path(logdir) / (name or f"ppo-{'general' if cfg.general else cfg.scenario}-s{cfg.seed}")
+    from rlscale.evaluation.demo import say_command
     from rlscale.learn.train import SCORE_MEANING
     from rlscale.learn.train import train as run_training
 
@@ -252,8 +248,8 @@ def train(
     state = "interrupted; checkpoint saved" if outcome.interrupted else "done"
     console.print(f"{state}: {outcome.timesteps} steps in {outcome.wall_s:.0f} s, best score {outcome.best_score:.3f} "
                   f"({SCORE_MEANING})", soft_wrap=True)
-    say_command("resume with:", "rlscale", "train", "--config", config, "--resume", run_dir)
-    say_command("watch with: ", "tensorboard", "--logdir", run_dir / "tb")
+    say_command(console, "resume with:", "rlscale", "train", "--config", config, "--resume", run_dir)
+    say_command(console, "watch with: ", "tensorboard", "--logdir", run_dir / "tb")
     if out and not outcome.interrupted:
         from rlscale.learn.export import export_run
 
@@ -315,8 +311,7 @@ def sweep(
     The best trial has the lowest validation score, the rule that picks a run's best checkpoint.
     See docs/SWEEPS.md.
     """
-    import shlex
-
+    from rlscale.evaluation.demo import say_command
     from rlscale.learn.sweep import run_sweep
 
     command = "rlscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -331,7 +326,7 @@ def sweep(
         err_console.print(f"warning: {len(failed)} trials failed ({', '.join(failed[:3])}{', ...' if len(failed) > 3 else ''}); "
                           f"their errors are in {md}", markup=False, highlight=False)
     if outcome.interrupted:
-        say_command("interrupted; continue with:", "rlscale", "sweep", "--config", config, "--resume",
+        say_command(console, "interrupted; continue with:", "rlscale", "sweep", "--config", config, "--resume",
                     *(("--logdir", logdir) if logdir != "sweeps" else ()))
         return
     if outcome.best is None:
@@ -340,7 +335,7 @@ def sweep(
     ev = (outcome.card or {}).get("evaluation", {})
     console.print(f"best: {outcome.best.trial.name} (validation score {outcome.best.score:.3f}); exported to "
                   f"{outcome.export_dir}: cost vs HPA {ev.get('cost_vs_hpa', float('nan')):.3f} on held-out seeds")
-    say_command("watch with: ", "tensorboard", "--logdir", outcome.sweep_dir / "runs")
+    say_command(console, "watch with: ", "tensorboard", "--logdir", outcome.sweep_dir / "runs")
 
 
 _POLICY, _GUARDS, _API, _AUDIT, _K8S = "Policy and cluster", "Guard rails", "HTTP API", "Audit log and summary", "Kubernetes and KEDA"

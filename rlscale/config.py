@@ -536,7 +536,7 @@ class GeneralSpec(Strict):
     calibration_days: float = Field(default=0.0, ge=0, le=14, description=(
         "days of each service's history replayed to calibrate the policy's base level (DESIGN.md section 15): the "
         "network's start_level then reads as the hottest level as safe as HPA on those days; 0: no calibration"))
-    train_bases: list[int] = Field(default=[], max_length=8, description=(
+    train_bases: list[Annotated[int, Field(ge=0, le=7)]] = Field(default=[], max_length=8, description=(
         "base levels (indices into the target levels) drawn per cluster slot in training, the rule twin at the same "
         "base, so the network learns its picks as offsets from a calibrated base; []: the start level only"))
 
@@ -550,8 +550,6 @@ class GeneralSpec(Strict):
             raise ValueError("constraint.bounds: expected [low, high] with low <= high")
         if self.train_bases and not self.rule_twin:
             raise ValueError("train_bases: needs rule_twin: true (the twin plays the start level at the same base)")
-        if any(not 0 <= b <= 7 for b in self.train_bases):
-            raise ValueError("train_bases: expected indices into the 8 target levels, 0 to 7")
         return self
 
 

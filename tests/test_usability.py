@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -149,8 +150,6 @@ def tiny_train_config(path: Path, **extra: object) -> Path:
 @pytest.mark.slow
 def test_the_commands_train_prints_to_copy_are_one_line_and_quoted_on_a_narrow_terminal(tmp_path: Path) -> None:
     """The resume line broke in two in an 80-column log (rich wraps); a path with a space or a bracket broke the copy."""
-    import shlex
-
     config = tiny_train_config(tmp_path / "ppo tiny.yaml")
     runs = tmp_path / "my runs [a]"
     done = subprocess.run([RLSCALE, "train", "--config", str(config), "--logdir", str(runs), "--timesteps", "512",

@@ -131,8 +131,10 @@ def limited_protocol(limits: HttpLimits, reject: RejectLog) -> type[HttpToolsPro
         return open_by.get(address, 0) > limits.max_connections_per_client
 
     def make_room(address: str | None, now: float, ripe_only: bool, exclude: Any = None) -> bool:
-        """Close the oldest connection waiting for a request head."""
-        idle = waiting(address, now, ripe_only, exclude)
+        """Close the oldest connection waiting for a request head (``waiting``'s)."""
+        return close_oldest(waiting(address, now, ripe_only, exclude), address, now)
+
+    def close_oldest(idle: list[Any], address: str | None, now: float) -> bool:
         if not idle:
             return False
         victim = min(idle, key=lambda c: c._idle_since)
@@ -140,9 +142,8 @@ def limited_protocol(limits: HttpLimits, reject: RejectLog) -> type[HttpToolsPro
                             f"{'from its address ' if address else ''}were at their limit; closed to make room")
         return True
 
-    def ripen_later(loop: Any, address: str | None, now: float, exclude: Any = None) -> None:
-        """Come back to make room when the oldest young connection has had its grace (one timer for all)."""
-        young = waiting(address, now, False, exclude)
+    def ripen_later(loop: Any, young: list[Any], now: float) -> None:
+        """Come back to make room when the oldest of ``young`` has had its grace (one timer for all)."""
         if not young:
             return
         when = max(min(c._idle_since for c in young) + limits.head_grace_s, now) + 1e-3
@@ -159,7 +160,7 @@ def limited_protocol(limits: HttpLimits, reject: RejectLog) -> type[HttpToolsPro
             while is_over(address) and make_room(address, now, ripe_only=True):
                 pass
             if is_over(address):
-                ripen_later(loop, address, now)
+                ripen_later(loop, waiting(address, now, False), now)
 
     class LimitedHttpToolsProtocol(HttpToolsProtocol):
         _head_bytes = 0
@@ -182,13 +183,14 @@ def limited_protocol(limits: HttpLimits, reject: RejectLog) -> type[HttpToolsPro
             for address, limit in ((None, limits.max_connections), (self._address, limits.max_connections_per_client)):
                 if not is_over(address) or make_room(address, now, ripe_only=True, exclude=self):
                     continue
-                if not waiting(address, now, False, exclude=self):
+                young = waiting(address, now, False, exclude=self)
+                if not young:
                     self._refuse(503, f"over {limit} open connections{' from one address' if address else ''}")
                     return
                 if len(live) > hard_cap:
-                    make_room(address, now, ripe_only=False, exclude=self)
+                    close_oldest(young, address, now)
                 else:
-                    ripen_later(self.loop, address, now, exclude=self)
+                    ripen_later(self.loop, young, now)
             self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:

@@ -34,6 +34,12 @@ LABEL_WIDTH = 15
 """Policy labels longer than this get a short name in the table and a line in its legend."""
 
 
+def say_command(console: Console, label: str, *argv: object) -> None:
+    """A command to copy: quoted for the shell and on one line, however narrow the terminal or odd the path."""
+    line = shlex.join(str(a) for a in argv)
+    console.print(f"{label} {line}" if label else line, soft_wrap=True, markup=False, highlight=False)
+
+
 def significant(x: float, digits: int = 3) -> str:
     """``x`` to ``digits`` significant digits without an exponent (0.0194, 52.8, 787, 1440): small costs stay apart."""
     if x != x:
@@ -140,7 +146,7 @@ def run_evaluation(
         console.print(f"oracle floor (proven lower bound on cost): {floor['mean']:.2f} USD, "
                       f"{floor['vs_oracle']['mean']:.3f} of the oracle's cost")
     console.print(f"report: {report}/report.md (with results.json and the plots as PNG)")
-    console.print(f"tensorboard --logdir {shlex.quote(str(logdir))}", soft_wrap=True, markup=False, highlight=False)
+    say_command(console, "", "tensorboard", "--logdir", logdir)
     return result
 
 
