@@ -12,6 +12,7 @@ seed. A trial kept for the record: ``docs/experiments/history-policy.md``.
 
     python experiments/calibration_days.py --days 1,2,3,7
     python experiments/calibration_days.py --days 7 --margin
+    python experiments/calibration_days.py --days 7 --grid 0.65,0.685,0.72,0.75,0.78,0.81,0.84,0.87,0.9
 """
 
 from __future__ import annotations
@@ -42,16 +43,18 @@ def short_history_model(out: Path) -> Path:
 
 
 def one(job: tuple) -> tuple[str, dict]:
-    name, scenario, model, days, seeds, margin = job
+    name, scenario, model, days, seeds, margin, grid = job
     if margin:
         cal.as_safe = cal.non_inferior
+    if grid:
+        cal.CANDIDATES = grid
     out: dict = {}
     for spec in ["hpa", "oracle"]:
         out[spec] = run_policy(scenario, make_policy(spec, scenario), seeds).mean()
     for d in days:
         pol = make_policy(f"ppo:{model}", scenario)
         out[d] = run_policy(scenario, pol, seeds, history_days=d).mean()
-        out[d]["bases"] = [int(b) for b in pol.base]
+        out[d]["bases"] = [float(b) for b in pol.base]
     return name, out
 
 
@@ -60,14 +63,16 @@ def main() -> None:
     ap.add_argument("--days", default="1,2,3,7", help="history cut to this many days, comma-separated")
     ap.add_argument("--seeds", type=int, default=10, help="validation seeds 5000..5000+N-1")
     ap.add_argument("--margin", action="store_true", help="judge the history with the 1.1x margin")
+    ap.add_argument("--grid", default="", help="calibrate over these base levels, comma-separated (default: the shipped ones)")
     ap.add_argument("--out", type=Path, default=None, help="write the raw means here (JSON)")
     args = ap.parse_args()
     days = [float(d) for d in args.days.split(",")]
+    grid = tuple(float(g) for g in args.grid.split(",")) if args.grid else ()
     seeds = list(range(5000, 5000 + args.seeds))
     work = Path(tempfile.mkdtemp(prefix="rlscale-caldays-"))
     model = short_history_model(work / "general")
     res: dict = {}
-    for name, out, room in each_case(one, lambda name, sc: (name, sc, model, days, seeds, args.margin), work):
+    for name, out, room in each_case(one, lambda name, sc: (name, sc, model, days, seeds, args.margin, grid), work):
         res[name] = out
         h = out["hpa"]
         line = f"{name:22s}"

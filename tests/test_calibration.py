@@ -104,7 +104,7 @@ def test_without_a_day_of_history_the_policy_is_the_uncalibrated_one(calibrating
     seeds = [5000, 5001]
     pol = make_policy(f"ppo:{calibrating_model}", sc)
     short = run_policy(sc, pol, seeds, steps=120, history_days=0.5)
-    assert pol.base.tolist() == [3, 3]
+    assert pol.base.tolist() == [0.65, 0.65]
     off = run_policy(sc, make_policy(f"ppo:{calibrating_model}:calibrate=0", sc), seeds, steps=120)
     shipped = run_policy(sc, make_policy(f"ppo:{ROOT / 'models' / 'general'}", sc), seeds, steps=120)
     for k, v in shipped.episodes.items():
@@ -118,7 +118,7 @@ def test_the_base_shifts_every_pick():
 
     sc = load_scenario("web-diurnal")
     section = {"days": 2, "min_days": 1, "start_level": 3}
-    a = run_policy(sc, FixedSetting(sc, 3, calibration=section, base=5), [7, 8], steps=90).episodes
+    a = run_policy(sc, FixedSetting(sc, 3, calibration=section, base=0.78), [7, 8], steps=90).episodes
     b = run_policy(sc, FixedSetting(sc, 5), [7, 8], steps=90).episodes
     c = run_policy(sc, FixedSetting(sc, 3), [7, 8], steps=90).episodes
     for k in a:
@@ -160,7 +160,7 @@ def test_a_served_service_is_recalibrated_daily_once_it_has_the_days(calibrating
     heard = []
     pol.load_history(0, demand[:720], t[719])
     recal = Recalibration(pol, sc, sc.step_s, also=(api,), on_change=heard.append)
-    assert recal.calibrate() is None and pol.base.tolist() == [3]
+    assert recal.calibrate() is None and pol.base.tolist() == [0.65]
     got = [recal.observe(row) for row in demand[720:]]
     assert got[:-1] == [None] * 1439 and got[-1] in LEVELS[3:] and heard == [got[-1]]
     assert api.base.tolist() == pol.base.tolist()

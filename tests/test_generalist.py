@@ -82,8 +82,8 @@ def test_scaling_load_limits_and_prices_together_leaves_decisions_the_same_up_to
         # which at a handful of replicas can cross the 10% hold band that HPA has too
         np.testing.assert_array_equal(la.argmax(axis=2), lb.argmax(axis=2))
         np.testing.assert_array_equal(ra.argmax(axis=1), rb.argmax(axis=1))
-        a = small.step_raw(ma, la.argmax(axis=2), ra.argmax(axis=1)).replicas
-        b = big.step_raw(mb, lb.argmax(axis=2), rb.argmax(axis=1)).replicas
+        a = small.step_raw(ma, small.read_picks(la.argmax(axis=2)), ra.argmax(axis=1)).replicas
+        b = big.step_raw(mb, big.read_picks(lb.argmax(axis=2)), rb.argmax(axis=1)).replicas
         assert (np.abs(b / k - a) <= np.maximum(1.0, TOLERANCE * a) + 1.0).all(), (t, a, b)
 
 
@@ -138,7 +138,7 @@ def test_the_floor_holds_whatever_the_network_says() -> None:
         m.utilisation[:] = m.arrivals_rps / (m.ready * 20.0)
         policy.observe(m)
         rps = float(m.arrivals_rps[0, 0])
-        action = policy.step_raw(m, np.full((1, 1), len(LEVELS) - 1), np.zeros(1, dtype=np.int64))
+        action = policy.step_raw(m, policy.read_picks(np.full((1, 1), len(LEVELS) - 1)), np.zeros(1, dtype=np.int64))
     per_replica = sc.services[0].replica_rps
     # the projected rise over the lead time ((90 s + 30 s) / 60 s = 2 intervals) at U_MAX
     assert action.replicas[0, 0] >= np.ceil(rps * 1.1 ** 2 / per_replica / U_MAX) - 1
@@ -250,7 +250,7 @@ def test_with_train_bases_the_start_pick_reads_as_the_drawn_base_for_the_policy_
             _, reward, _, _ = env.step_wait()
             assert (reward == 0.0).all()
             total += sum(float(eng.sim.desired.sum()) for eng, _, _ in env._slots)
-        assert all(int(pol.base[0]) == (bases[0] if bases else 3) for _, pol, _ in env._slots)
+        assert all(pol.base[0] == LEVELS[bases[0] if bases else 3] for _, pol, _ in env._slots)
         return total
 
     assert replicas([7]) < replicas([])
@@ -369,7 +369,7 @@ def test_repacking_cuts_the_node_cpu_a_rule_pays_for_without_more_violations() -
     class Rule(GeneralPolicy):
         def act(self, m: Metrics):
             self.observe(m)
-            return self.step_raw(m, np.full((m.n, 1), 4), np.zeros(m.n, dtype=np.int64))
+            return self.step_raw(m, self.read_picks(np.full((m.n, 1), 4)), np.zeros(m.n, dtype=np.int64))
 
     def run(repack: bool) -> tuple[float, float, float]:
         r = run_policy(sc, Rule(None, sc, repack=repack), seeds, record=True)
@@ -414,7 +414,8 @@ def test_ppo_options_switch_repacking_off_and_bad_ones_are_one_line(model_dir: P
     for policy in (make_policy(f"ppo:{model_dir}", sc), off):
         for m in steady:
             policy.observe(m)
-        verbs.append(int(policy.step_raw(steady[-1], np.full((1, 1), 3), np.zeros(1, dtype=np.int64)).rebalance[0]))
+        verbs.append(int(policy.step_raw(steady[-1], policy.read_picks(np.full((1, 1), 3)),
+                                          np.zeros(1, dtype=np.int64)).rebalance[0]))
     assert verbs[0] > 0 and verbs[1] == 0  # calm and half empty: only the default repacks
     from rlscale.controller.serve import load_policy
 
@@ -555,7 +556,7 @@ def test_a_hand_made_level_goes_through_the_networks_decoder_unchanged():
     class Third(GeneralPolicy):
         def act(self, m: Metrics):
             self.observe(m)
-            return self.step_raw(m, np.full((m.n, 1), 3), np.zeros(m.n, dtype=np.int64))
+            return self.step_raw(m, self.read_picks(np.full((m.n, 1), 3)), np.zeros(m.n, dtype=np.int64))
 
     net = run_policy(sc, Third(None, sc), seeds)
     for key in ("cost_usd", "slo_violation_rate", "dropped_fraction", "scaling_actions", "rebalances"):

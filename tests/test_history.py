@@ -194,7 +194,7 @@ def test_the_forecast_head_sizes_ahead_of_a_forecast_rise_only_with_history() ->
             if loaded:
                 policy.load_history(0, y[start - 7 * DAY : start, None], end_s=60.0 * (start - 1))
             policy.observe(m)
-            picks[loaded, ahead] = policy.step_raw(m, np.full((1, 1), 3), np.zeros(1, dtype=np.int64),
+            picks[loaded, ahead] = policy.step_raw(m, policy.read_picks(np.full((1, 1), 3)), np.zeros(1, dtype=np.int64),
                                                    np.full((1, 1), ahead)).replicas[0, 0]
     assert picks[False, 2] == picks[False, 0]  # no history: the head changes nothing
     assert picks[True, 2] >= 2.5 * picks[True, 0]  # sized for the rise before it comes

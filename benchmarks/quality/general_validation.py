@@ -37,7 +37,7 @@ def level_shares(model: str, name: str, seeds: list[int], repack: bool) -> np.nd
     def act(m):  # the serving path, recording the network's level choice on the way
         lv, rb = policy_logits(policy.exported.weights, policy.observe(m), m.n)
         picked.append(lv.argmax(axis=2).ravel())
-        return policy.step_raw(m, lv.argmax(axis=2), rb.argmax(axis=1))
+        return policy.step_raw(m, policy.read_picks(lv.argmax(axis=2)), rb.argmax(axis=1))
 
     policy.act = act
     run_policy(sc, policy, seeds)

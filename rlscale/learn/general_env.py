@@ -255,7 +255,7 @@ class GeneralVecEnv(InProcessVecEnv):
         # the rule twin: the same episodes, run by the fixed start-level rule
         twin = run() if self.spec.rule_twin else None
         if self.spec.train_bases:  # a base as calibration would set it: the start level (the twin's) reads as it
-            base = np.full(self.clusters, self.spec.train_bases[int(rng.integers(len(self.spec.train_bases)))])
+            base = np.full(self.clusters, NVEC_LEVELS[self.spec.train_bases[int(rng.integers(len(self.spec.train_bases)))]])
             for pol in [policy, *([twin[1]] if twin else [])]:
                 pol.start = self.spec.start_level
                 pol.settle(base)

@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
-CANDIDATES = (3, 4, 5, 6, 7)
-"""Base levels tried, indices into ``relative.LEVELS`` (65% to 90%)."""
+START_LEVEL = 3
+"""The network's start pick when a card names none: index 3 of ``relative.LEVELS``, 65%."""
+CANDIDATES = (0.65, 0.72, 0.78, 0.84, 0.90)
+"""Base levels tried, as target utilisations."""
 MAX_REPLAY_STEPS = 7 * 1440
 """Intervals of history replayed per candidate at most: a week of minutes (keeps a serve start within seconds)."""
 MIN_VALID_SHARE = 0.5
@@ -84,15 +86,15 @@ def replay_episodes(past: np.ndarray, steps: int, max_episodes: int) -> np.ndarr
     return np.stack(out[::-1]) if out else np.zeros((0, steps + 1, S))
 
 
-def choose(candidates: Sequence[int], runs: Sequence[Mapping[str, np.ndarray]], hpa: Mapping[str, np.ndarray],
-           owners: np.ndarray, n: int, fallback: int) -> np.ndarray:
+def choose(candidates: Sequence[float], runs: Sequence[Mapping[str, np.ndarray]], hpa: Mapping[str, np.ndarray],
+           owners: np.ndarray, n: int, fallback: float) -> np.ndarray:
     """``[n]`` base levels: per owner, the cheapest candidate ``as_safe`` as HPA over that owner's episodes.
 
     ``runs[k]`` and ``hpa`` hold per-episode metrics ``[M]``; ``owners[m]`` says
     which cluster episode ``m`` replays. An owner with no episode, or with no
     candidate within HPA's bounds, gets ``fallback`` (the uncalibrated level).
     """
-    base = np.full(n, fallback, dtype=np.int64)
+    base = np.full(n, float(fallback))
     for i in range(n):
         mine = owners == i
         if not mine.any():
@@ -118,10 +120,10 @@ class CalibrationRequest:
     episodes: np.ndarray  # [M, T + 1, S]
     owners: np.ndarray  # [M] the cluster each episode belongs to
     steps: int
-    candidates: tuple[int, ...]
+    candidates: tuple[float, ...]
     policies: list[Any]
     n: int
-    fallback: int
+    fallback: float
 
     def choose(self, runs: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
         return choose(self.candidates, runs[1:], runs[0], self.owners, self.n, self.fallback)

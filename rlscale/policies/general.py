@@ -36,6 +36,7 @@ from rlscale.policies.relative import (
 from rlscale.spaces import Action, Metrics
 
 N_LEVELS = len(LEVELS)
+_LEVELS = np.asarray(LEVELS)
 NVEC = nvec(False)
 
 
@@ -118,7 +119,7 @@ class GeneralPolicy:
     def __init__(self, exported: ExportedPolicy | None, scenario: Scenario, name: str = "general",
                  source: str = "policy", repack: bool = True, drain: bool = True,
                  history: dict[str, Any] | None = None, calibrate: bool = True,
-                 calibration: dict[str, Any] | None = None, base: int | None = None) -> None:
+                 calibration: dict[str, Any] | None = None, base: float | None = None) -> None:
         if exported is not None:
             check_range(exported.card, scenario, source)
             history = card_history(exported.card)
@@ -128,9 +129,9 @@ class GeneralPolicy:
         """The card's history section; None: the history-free generalist (no history features, no forecast head)."""
         self.calibration = calibration if calibrate and base is None else None
         """The card's calibration section when this policy calibrates its base level on each cluster's history."""
-        self.start = int((calibration or {}).get("start_level", cal.CANDIDATES[0]))
-        self.fixed_base = base
-        """A candidate of a calibration: this base level, whatever the history."""
+        self.start = int((calibration or {}).get("start_level", cal.START_LEVEL))
+        self.fixed_base = None if base is None else float(base)
+        """A candidate of a calibration: this base level (a target utilisation), whatever the history."""
         self.hold = int((history or {}).get("hold_steps", 1))
         """Intervals a pick of the network holds (a decision period); the decoder still runs every interval."""
         self.repack = repack
@@ -154,8 +155,8 @@ class GeneralPolicy:
         self._since = 0
         self.decoder = RelativeDecoder(self.traits, n, history=uses)
         self.nodes.reset(n)
-        self.base = np.full(n, self.start if self.fixed_base is None else self.fixed_base, dtype=np.int64)
-        """``[N]`` each cluster's base level: the network's start level reads as this one (calibration)."""
+        self.base = np.full(n, LEVELS[self.start] if self.fixed_base is None else self.fixed_base)
+        """``[N]`` each cluster's base, a target utilisation: the network's start level reads as it (calibration)."""
         self.past: list[np.ndarray | None] = [None] * n
 
     def load_history(self, i: int, past: np.ndarray, end_s: float) -> None:
@@ -191,25 +192,31 @@ class GeneralPolicy:
         return cal.CalibrationRequest(
             episodes=np.concatenate(episodes), owners=np.asarray(owners), steps=steps, candidates=cal.CANDIDATES,
             policies=[HPAPolicy(sc), *(self.candidate(level) for level in cal.CANDIDATES)], n=self.n,
-            fallback=self.start)
+            fallback=LEVELS[self.start])
 
-    def candidate(self, base: int) -> "GeneralPolicy":
+    def candidate(self, base: float) -> "GeneralPolicy":
         """This policy at a fixed base level, calibrating nothing: what a calibration replays."""
-        return GeneralPolicy(self.exported, self.scenario, name=f"{self.name}@{LEVELS[base]:g}", repack=self.repack,
+        return GeneralPolicy(self.exported, self.scenario, name=f"{self.name}@{base:g}", repack=self.repack,
                              drain=self.drain, history=self.history, base=base, calibration=self.calibration)
 
     def settle(self, base: np.ndarray) -> None:
-        """Take the calibrated base levels ``[N]``."""
-        self.base = np.asarray(base, dtype=np.int64).copy()
+        """Take the calibrated base levels ``[N]`` (target utilisations)."""
+        self.base = np.asarray(base, dtype=np.float64).copy()
 
     @property
     def base_levels(self) -> np.ndarray:
         """``[N]`` each cluster's base as a target utilisation (0.65 uncalibrated)."""
-        return np.asarray(LEVELS)[self.base]
+        return self.base.copy()
 
     def read_picks(self, picks: np.ndarray) -> np.ndarray:
-        """The network's (or a fixed) level picks ``[N, S]`` read relative to each cluster's base."""
-        return np.clip(picks + (self.base - self.start)[:, None], 0, N_LEVELS - 1)
+        """Target utilisations ``[N, S]`` for the network's (or a fixed) level picks, read as offsets from each
+        cluster's base: the start pick is the base itself, the others keep their distance in level steps (a base
+        between two levels shifts them by a fraction of a step, interpolated)."""
+        picks = np.asarray(picks, dtype=np.int64)
+        steps = np.arange(N_LEVELS, dtype=np.float64)
+        at = np.interp(self.base, _LEVELS, steps)  # the base in level steps: a whole step on the grid
+        shifted = np.interp(picks + (at - self.start)[:, None], steps, _LEVELS)
+        return np.where(picks == self.start, self.base[:, None], shifted)
 
     def history_days(self) -> np.ndarray:
         """``[N, S]`` days of history each service has; under ``history.MIN_DAYS`` it runs history-free."""
@@ -236,7 +243,8 @@ class GeneralPolicy:
 
     def step_raw(self, metrics: Metrics, levels: np.ndarray, rebalance: np.ndarray,
                  ahead: np.ndarray | None = None) -> Action:
-        """Decode levels ``[N, S]``, verbs ``[N]`` and (history) ``AHEAD`` picks ``[N, S]`` (after ``observe``)."""
+        """Decode target utilisations ``[N, S]`` (``read_picks``), verbs ``[N]`` and (history) ``AHEAD`` picks
+        ``[N, S]`` (after ``observe``)."""
         return decide(levels, self.verb(metrics, rebalance), self.builder, self.decoder, ahead)
 
     def act(self, metrics: Metrics) -> Action:
@@ -261,14 +269,14 @@ class FixedSetting(GeneralPolicy):
     """
 
     def __init__(self, scenario: Scenario, level: int, ahead: int = 0, history: dict[str, Any] | None = None,
-                 name: str | None = None, calibration: dict[str, Any] | None = None, base: int | None = None) -> None:
+                 name: str | None = None, calibration: dict[str, Any] | None = None, base: float | None = None) -> None:
         self.level, self.ahead = int(level), int(ahead)
         super().__init__(None, scenario, name=name or f"fixed:level={LEVELS[level]:g}:ahead={ahead}", history=history,
                          calibration=calibration, base=base)
 
-    def candidate(self, base: int) -> "GeneralPolicy":
+    def candidate(self, base: float) -> "GeneralPolicy":
         return FixedSetting(self.scenario, self.level, self.ahead, history=self.history, base=base,
-                            calibration=self.calibration, name=f"{self.name}@{LEVELS[base]:g}")
+                            calibration=self.calibration, name=f"{self.name}@{base:g}")
 
     def act(self, metrics: Metrics) -> Action:
         self.observe(metrics)

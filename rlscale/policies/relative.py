@@ -463,7 +463,8 @@ def calm_repack(m: Metrics, obs: RelativeObservation, drain: bool = True) -> np.
     return np.where(whole, REBALANCE_CONSOLIDATE, np.where(one, REBALANCE_DRAIN, REBALANCE_NONE)).astype(np.int64)
 
 
-def decide(level_index: np.ndarray, rebalance: np.ndarray, obs: RelativeObservation, dec: RelativeDecoder,
+def decide(level: np.ndarray, rebalance: np.ndarray, obs: RelativeObservation, dec: RelativeDecoder,
            ahead: np.ndarray | None = None) -> Action:
-    """The typed action for per-service levels ``[N, S]``, a rebalance verb ``[N]`` and (history) ``AHEAD`` ``[N, S]``."""
-    return Action(replicas=dec.replicas(level_index, obs, ahead), rebalance=np.asarray(rebalance, dtype=np.int64))
+    """The typed action for per-service target utilisations ``[N, S]``, a rebalance verb ``[N]`` and (history)
+    ``AHEAD`` ``[N, S]``."""
+    return Action(replicas=dec.replicas_at(level, obs, ahead), rebalance=np.asarray(rebalance, dtype=np.int64))
