@@ -159,7 +159,7 @@ def test_the_margin_floor_is_ninety_two_percent_of_the_projected_demand(history:
     obs, dec = RelativeObservation(traits, 1, history=history), RelativeDecoder(traits, 1, history=history)
     for t in range(20):
         obs.build(steady(1, 1840.0, 100.0, t))
-        out = dec.replicas(np.full((1, 1), len(LEVELS) - 1), obs)  # the hottest level: the floor binds
+        out = dec.replicas_at(np.full((1, 1), LEVELS[-1]), obs)  # the hottest level: the floor binds
     assert out[0, 0] == 100
 
 
@@ -171,9 +171,9 @@ def test_with_history_a_hotter_level_frees_replicas_in_the_interval_it_is_picked
         obs, dec = RelativeObservation(traits, 1, history=history), RelativeDecoder(traits, 1, history=history)
         for t in range(10):
             obs.build(steady(1, 1000.0, 77.0, t))  # 50 replicas of demand, held at 77 (65%)
-            dec.replicas(np.full((1, 1), 3), obs)
+            dec.replicas_at(np.full((1, 1), LEVELS[3]), obs)
         obs.build(steady(1, 1000.0, 77.0, 10))
-        picks[history] = dec.replicas(np.full((1, 1), 6), obs)[0, 0]  # 84%
+        picks[history] = dec.replicas_at(np.full((1, 1), LEVELS[6]), obs)[0, 0]  # 84%
     assert picks[False] == 77  # the proposal window holds the old count for three intervals
     assert picks[True] == 60  # ceil(50 / 0.84)
 

@@ -37,6 +37,7 @@ from rlscale.spaces import Action, Metrics
 
 N_LEVELS = len(LEVELS)
 _LEVELS = np.asarray(LEVELS)
+_STEPS = np.arange(N_LEVELS, dtype=np.float64)
 NVEC = nvec(False)
 
 
@@ -213,9 +214,8 @@ class GeneralPolicy:
         cluster's base: the start pick is the base itself, the others keep their distance in level steps (a base
         between two levels shifts them by a fraction of a step, interpolated)."""
         picks = np.asarray(picks, dtype=np.int64)
-        steps = np.arange(N_LEVELS, dtype=np.float64)
-        at = np.interp(self.base, _LEVELS, steps)  # the base in level steps: a whole step on the grid
-        shifted = np.interp(picks + (at - self.start)[:, None], steps, _LEVELS)
+        at = np.interp(self.base, _LEVELS, _STEPS)  # the base in level steps: a whole step on the grid
+        shifted = np.interp(picks + (at - self.start)[:, None], _STEPS, _LEVELS)
         return np.where(picks == self.start, self.base[:, None], shifted)
 
     def history_days(self) -> np.ndarray:

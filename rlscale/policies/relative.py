@@ -348,7 +348,6 @@ class RelativeDecoder:
         a = traits.arrays()
         self._min = a["min_replicas"].astype(np.int64)
         self._max = a["max_replicas"].astype(np.int64)
-        self._levels = np.asarray(LEVELS)
         self.window = DOWN_WINDOW_STEPS
         self.reset_all(n)
 
@@ -359,14 +358,9 @@ class RelativeDecoder:
         rows = slice(None) if mask is None else np.asarray(mask)
         self.recent[rows] = 0.0
 
-    def replicas(self, level_index: np.ndarray, obs: RelativeObservation, ahead: np.ndarray | None = None) -> np.ndarray:
-        """``[N, S]`` int64 desired replicas for level indices ``[N, S]`` (after ``obs.build`` of this interval);
-        ``ahead`` ``[N, S]`` indexes ``AHEAD`` (the history policy's forecast head)."""
-        idx = np.clip(np.asarray(level_index, dtype=np.int64), 0, len(LEVELS) - 1)
-        return self.replicas_at(self._levels[idx], obs, ahead)
-
     def replicas_at(self, level: np.ndarray, obs: RelativeObservation, ahead: np.ndarray | None = None) -> np.ndarray:
-        """The same for target utilisations ``[N, S]`` in (0, 1] rather than indices into ``LEVELS``.
+        """``[N, S]`` int64 desired replicas for target utilisations ``[N, S]`` in (0, 1] (after ``obs.build`` of
+        this interval); ``ahead`` ``[N, S]`` indexes ``AHEAD`` (the history policy's forecast head).
 
         Hand-made level rules (``experiments/level_rules.py``) go through here, so
         they are judged with exactly the windows, floor and limits the network's
