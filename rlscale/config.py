@@ -539,6 +539,11 @@ class GeneralSpec(Strict):
     train_bases: list[Annotated[int, Field(ge=0, le=7)]] = Field(default=[], max_length=8, description=(
         "base levels (indices into the target levels) drawn per cluster slot in training, the rule twin at the same "
         "base, so the network learns its picks as offsets from a calibrated base; []: the start level only"))
+    train_calibration_days: float = Field(default=0.0, ge=0, le=14, description=(
+        "each cluster slot's base is the rule's calibrated on this many days of its own history, as serving sets it "
+        "(in place of train_bases); 0: off"))
+    base_feature: bool = Field(default=False, description=(
+        "the network reads its base as a feature (needs a trained base and calibration_days): offsets that depend on it"))
 
     @model_validator(mode="after")
     def _twin_options_need_the_twin(self) -> "GeneralSpec":
@@ -550,6 +555,12 @@ class GeneralSpec(Strict):
             raise ValueError("constraint.bounds: expected [low, high] with low <= high")
         if self.train_bases and not self.rule_twin:
             raise ValueError("train_bases: needs rule_twin: true (the twin plays the start level at the same base)")
+        if self.train_calibration_days > 0 and (self.train_bases or not self.rule_twin):
+            raise ValueError("train_calibration_days: needs rule_twin: true and no train_bases (it sets the base)")
+        trained_base = bool(self.train_bases) or self.train_calibration_days > 0
+        if self.base_feature and not (trained_base and self.calibration_days > 0):
+            raise ValueError("base_feature: needs train_bases or train_calibration_days, and calibration_days "
+                             "(a base to see, in training and serving)")
         return self
 
 

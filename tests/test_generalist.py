@@ -25,14 +25,14 @@ from helpers import general_card
 SUITE = Path(__file__).resolve().parents[1] / "envs" / "generalisation"
 
 
-def random_weights(seed: int = 0) -> PolicyWeights:
+def random_weights(seed: int = 0, width: int = N_FEATURES) -> PolicyWeights:
     rng = np.random.default_rng(seed)
-    sizes = [N_FEATURES, 16, 16]
+    sizes = [width, 16, 16]
     layers = tuple((rng.normal(0, 0.5, (o, i)).astype(np.float32), rng.normal(0, 0.1, o).astype(np.float32))
                    for i, o in zip(sizes[:-1], sizes[1:]))
     return PolicyWeights(layers=layers, action_w=rng.normal(0, 1, (len(LEVELS) + 3, 16)).astype(np.float32),
-                         action_b=np.zeros(len(LEVELS) + 3, np.float32), obs_mean=np.zeros(N_FEATURES),
-                         obs_var=np.ones(N_FEATURES), obs_clip=10.0, obs_eps=1e-8, activation="tanh")
+                         action_b=np.zeros(len(LEVELS) + 3, np.float32), obs_mean=np.zeros(width),
+                         obs_var=np.ones(width), obs_clip=10.0, obs_eps=1e-8, activation="tanh")
 
 
 CARD = {"range": card_range(GeneralSpec())}
@@ -256,6 +256,70 @@ def test_with_train_bases_the_start_pick_reads_as_the_drawn_base_for_the_policy_
     assert replicas([7]) < replicas([])
     with pytest.raises(ValueError, match="train_bases"):
         GeneralSpec(train_bases=[4])
+
+
+def test_with_train_calibration_days_each_slot_runs_at_the_rules_calibrated_base_and_the_network_sees_it() -> None:
+    """Calibration in the training loop (issue 24): the slot's base is what ``rollout.calibrate`` gives the start-level
+    rule on the same histories, the twin plays it (reward 0), and the row's last column is that base."""
+    from rlscale.learn.general_env import CALIBRATED_CLUSTERS, GeneralVecEnv
+    from rlscale.policies.calibration import CANDIDATES
+    from rlscale.policies.general import FixedSetting
+    from rlscale.policies.relative import n_features
+    from rlscale.rollout import calibrate
+
+    spec = GeneralSpec(rule_twin=True, episode_steps=40, start_level=3, train_calibration_days=1, calibration_days=7,
+                       base_feature=True)
+    env = GeneralVecEnv(spec, engines=2, clusters=3, seed=7)
+    obs = env.reset()
+    assert obs.shape == (6, n_features(False, True))
+    for k, (eng, pol, _) in enumerate(env._slots):
+        assert pol.base[0] in CANDIDATES and (pol.base == pol.base[0]).all()
+        assert (env._twins[k][1].base == pol.base).all()
+        np.testing.assert_array_equal(obs[k * 3 : k * 3 + 3, -1], np.float32(pol.base[0]))
+        rule = FixedSetting(pol.scenario, 3, calibration={"days": 1, "min_days": 1.0, "start_level": 3})
+        rule.reset(3)
+        eng.give_history(rule)
+        rule.past[CALIBRATED_CLUSTERS:] = []
+        assert calibrate(rule, pol.scenario)
+        assert pol.base[0] == rule.base.min()
+    env.step_async(np.stack([np.full(6, 3), np.zeros(6, dtype=np.int64)], axis=1))
+    _, reward, _, _ = env.step_wait()
+    assert (reward == 0.0).all()
+    again = GeneralVecEnv(spec, engines=2, clusters=3, seed=7)
+    np.testing.assert_array_equal(again.reset(), obs)
+    with pytest.raises(ValueError, match="train_calibration_days"):
+        GeneralSpec(rule_twin=True, train_calibration_days=3, train_bases=[4])
+    with pytest.raises(ValueError, match="base_feature"):
+        GeneralSpec(rule_twin=True, train_bases=[4], base_feature=True)
+
+
+def test_a_card_that_sees_its_base_reads_it_as_the_last_feature_and_shape_checks_it(tmp_path: Path) -> None:
+    """``calibration.sees_base``: the exported network's row ends with the base; a card without it refuses the
+    wider weights, with the file named."""
+    from rlscale.policies.relative import BASE_FEATURE, feature_names
+
+    sc = load_scenario("web-diurnal")
+    width = len(feature_names(False, True))
+    weights = random_weights(width=width)
+    card = general_card(CARD["range"])
+    card["calibration"] = {"days": 7.0, "min_days": 3.0, "start_level": 3, "sees_base": True}
+    card["obs_features"] = feature_names(False, True)
+    assert card["obs_features"][-1] == BASE_FEATURE
+    write_exported(tmp_path / "seer", weights, card)
+    pol = make_policy(f"ppo:{tmp_path / 'seer'}:calibrate=0", sc)
+    pol.reset(2)
+    pol.settle(np.array([0.72, 0.9]))
+    from rlscale.episode import ClusterEpisodes
+
+    eng = ClusterEpisodes(sc, 2)
+    for i in range(2):
+        eng.reset(i)
+    rows = pol.observe(eng.metrics())
+    assert rows.shape == (2 * len(sc.services), width)
+    np.testing.assert_array_equal(rows[:, -1], np.repeat(np.float32([0.72, 0.9]), len(sc.services)))
+    card["calibration"].pop("sees_base")
+    with pytest.raises(Exception, match="obs_features"):
+        write_exported(tmp_path / "blind", weights, card)
 
 
 def test_training_env_is_deterministic_by_seed() -> None:

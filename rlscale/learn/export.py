@@ -156,7 +156,7 @@ def export_run(run: Path, out: Path, *, seeds: int = EXPORT_SEEDS, force: bool =
 
 def general_card(name: str, weights: Any, cfg: TrainConfig, held_out: list[int], training: dict[str, Any]) -> dict[str, Any]:
     """A generalist's card: its kind, features, levels and margin, the range it covers, and held-out results."""
-    from rlscale.policies import history, relative
+    from rlscale.policies import relative
     from rlscale.learn.general_eval import card_memory, card_range, evaluate_general, policy_history
     from rlscale.policies.network import GENERAL_KIND
 
@@ -165,7 +165,7 @@ def general_card(name: str, weights: Any, cfg: TrainConfig, held_out: list[int],
     return {
         "name": name,
         "kind": GENERAL_KIND,
-        "obs_features": list(relative.FEATURES) + (list(history.FEATURES) if policy_history(cfg.general) else []),
+        "obs_features": relative.feature_names(policy_history(cfg.general) is not None, cfg.general.base_feature),
         "action": {"levels": list(relative.LEVELS), "rebalance": ["none", "consolidate", "spread"],
                    "u_max": relative.U_MAX, "tolerance": relative.TOLERANCE, "down_window_steps": relative.DOWN_WINDOW_STEPS},
         "range": card_range(cfg.general),

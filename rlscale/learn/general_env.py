@@ -33,10 +33,12 @@ from rlscale.episode import ClusterEpisodes
 from rlscale.learn.general_eval import EXCESS_FLOOR, policy_history
 from rlscale.learn.traffic import Replay, make_sampler
 from rlscale.learn.sb3_env import InProcessVecEnv
-from rlscale.policies.general import GeneralPolicy
+from rlscale.policies.general import FixedSetting, GeneralPolicy
 from rlscale.policies.relative import CLIP, LEVELS as NVEC_LEVELS, n_features, nvec
 
 REFERENCE_UTILISATION = 0.7
+CALIBRATED_CLUSTERS = 3
+"""``train_calibration_days``: the slot's first clusters whose histories calibrate the base of all its clusters."""
 
 
 def dual_step(weight: float, ours: float, theirs: float, c: ConstraintSpec) -> float:
@@ -169,7 +171,7 @@ class GeneralVecEnv(InProcessVecEnv):
         self.history = policy_history(self.spec)
         self.hold = int(self.history["hold_steps"]) if self.history else 1
         self.heads = len(nvec(self.history is not None))
-        obs = spaces.Box(-CLIP, CLIP, shape=(n_features(self.history is not None),), dtype=np.float32)
+        obs = spaces.Box(-CLIP, CLIP, shape=(n_features(self.history is not None, self.spec.base_feature),), dtype=np.float32)
         super().__init__(engines * clusters, obs, spaces.MultiDiscrete(nvec(self.history is not None)))
         replay = Replay(str(resolve_trace(self.spec.trace)), self.spec.trace_train_days) if self.spec.trace else None
         self._shape = make_sampler(replay)
@@ -232,7 +234,7 @@ class GeneralVecEnv(InProcessVecEnv):
                 return (peak * shape(r, n, step_s, start_s))[:, None]
 
         seeds = [int(rng.integers(0, 2**63 - 1)) for _ in range(self.clusters)]
-        days = 0.0
+        days, calibrating = 0.0, self.spec.train_calibration_days
         if self.history is not None:
             u = rng.random()
             days = (0.0 if u < self.spec.history_none_fraction else
@@ -242,11 +244,11 @@ class GeneralVecEnv(InProcessVecEnv):
         def run() -> tuple[ClusterEpisodes, GeneralPolicy]:
             """The slot's episodes (traffic and simulator noise fixed by ``seeds``) and a fresh policy for them."""
             episodes = ClusterEpisodes(true, self.clusters, episode_steps=self.spec.episode_steps, randomise=named,
-                                       sampler=sampler, history_days=days)
+                                       sampler=sampler, history_days=max(days, calibrating))
             for i in range(self.clusters):
                 episodes.set_rng(i, np.random.default_rng(seeds[i]))
                 episodes.reset(i)
-            pol = GeneralPolicy(None, declared, history=self.history)
+            pol = GeneralPolicy(None, declared, history=self.history, sees_base=self.spec.base_feature)
             pol.reset(self.clusters)
             episodes.give_history(pol)
             return episodes, pol
@@ -254,8 +256,12 @@ class GeneralVecEnv(InProcessVecEnv):
         eng, policy = run()
         # the rule twin: the same episodes, run by the fixed start-level rule
         twin = run() if self.spec.rule_twin else None
+        base = None
         if self.spec.train_bases:  # a base as calibration would set it: the start level (the twin's) reads as it
             base = np.full(self.clusters, NVEC_LEVELS[self.spec.train_bases[int(rng.integers(len(self.spec.train_bases)))]])
+        elif calibrating:
+            base = np.full(self.clusters, self._calibrated_base(declared, eng))
+        if base is not None:
             for pol in [policy, *([twin[1]] if twin else [])]:
                 pol.start = self.spec.start_level
                 pol.settle(base)
@@ -267,6 +273,25 @@ class GeneralVecEnv(InProcessVecEnv):
         self._slots[k] = (eng, policy, ref)
         self._ep_reward[k] = 0.0
         self._ep_len[k] = 0
+
+    def _calibrated_base(self, declared: Scenario, episodes: ClusterEpisodes) -> float:
+        """The start-level rule's base as serving would calibrate it, on the slot's first clusters' histories.
+
+        The coolest of their calibrated bases serves every cluster of the slot
+        (one cluster and one traffic family): calibrating all of them would cost
+        more simulation than the training itself.
+        """
+        from rlscale.rollout import calibrate
+
+        start = self.spec.start_level
+        rule = FixedSetting(declared, start, calibration={
+            "days": self.spec.train_calibration_days, "min_days": 1.0, "start_level": start})
+        rule.reset(episodes.n)
+        episodes.give_history(rule)
+        m = min(CALIBRATED_CLUSTERS, episodes.n)
+        rule.past[m:] = [None] * (episodes.n - m)
+        calibrate(rule, declared)
+        return float(rule.base[:m].min())
 
     def reset(self) -> np.ndarray:
         self._slots: list[Any] = [None] * self.engines_n

@@ -49,7 +49,8 @@ def policy_calibration(spec: GeneralSpec) -> dict[str, Any] | None:
     """The card's ``calibration`` section for a training spec; None for a policy that calibrates nothing."""
     if spec.calibration_days <= 0:
         return None
-    return {"days": spec.calibration_days, "min_days": min(3.0, spec.calibration_days), "start_level": spec.start_level}
+    return {"days": spec.calibration_days, "min_days": min(3.0, spec.calibration_days), "start_level": spec.start_level,
+            **({"sees_base": True} if spec.base_feature else {})}
 
 
 def card_memory(spec: GeneralSpec) -> dict[str, Any]:

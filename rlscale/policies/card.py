@@ -164,6 +164,7 @@ class CalibrationSection(Section):
     days: float = Field(gt=0, le=14, description="days of history replayed (the last ones)")
     min_days: float = Field(default=1.0, ge=0, le=14, description="less history than this: no calibration")
     start_level: int = Field(ge=0, le=7, description="the level the network was biased to: it reads as the calibrated one")
+    sees_base: bool = Field(default=False, description="the network reads its base as the row's last feature")
 
     @model_validator(mode="after")
     def _min_le_days(self) -> "CalibrationSection":
@@ -245,10 +246,10 @@ class GeneralCard(CardBase):
 
     @model_validator(mode="after")
     def _features(self) -> "GeneralCard":
-        from rlscale.policies import history
-        from rlscale.policies.relative import FEATURES
+        from rlscale.policies.relative import feature_names
 
-        if self.obs_features != list(FEATURES) + (list(history.FEATURES) if self.history is not None else []):
+        sees_base = self.calibration is not None and self.calibration.sees_base
+        if self.obs_features != feature_names(self.history is not None, sees_base):
             raise ValueError("obs_features: not this rlscale's generalist features"
                              f"{' with history' if self.history is not None else ''}; export the policy with this version")
         return self

@@ -120,7 +120,8 @@ class GeneralPolicy:
     def __init__(self, exported: ExportedPolicy | None, scenario: Scenario, name: str = "general",
                  source: str = "policy", repack: bool = True, drain: bool = True,
                  history: dict[str, Any] | None = None, calibrate: bool = True,
-                 calibration: dict[str, Any] | None = None, base: float | None = None) -> None:
+                 calibration: dict[str, Any] | None = None, base: float | None = None,
+                 sees_base: bool | None = None) -> None:
         if exported is not None:
             check_range(exported.card, scenario, source)
             history = card_history(exported.card)
@@ -133,6 +134,8 @@ class GeneralPolicy:
         self.start = int((calibration or {}).get("start_level", cal.START_LEVEL))
         self.fixed_base = None if base is None else float(base)
         """A candidate of a calibration: this base level (a target utilisation), whatever the history."""
+        self.sees_base = bool((calibration or {}).get("sees_base", False)) if sees_base is None else sees_base
+        """The network's row ends with the base (``relative.BASE_FEATURE``): its picks may depend on it."""
         self.hold = int((history or {}).get("hold_steps", 1))
         """Intervals a pick of the network holds (a decision period); the decoder still runs every interval."""
         self.repack = repack
@@ -198,7 +201,8 @@ class GeneralPolicy:
     def candidate(self, base: float) -> "GeneralPolicy":
         """This policy at a fixed base level, calibrating nothing: what a calibration replays."""
         return GeneralPolicy(self.exported, self.scenario, name=f"{self.name}@{base:g}", repack=self.repack,
-                             drain=self.drain, history=self.history, base=base, calibration=self.calibration)
+                             drain=self.drain, history=self.history, base=base, calibration=self.calibration,
+                             sees_base=self.sees_base)
 
     def settle(self, base: np.ndarray) -> None:
         """Take the calibrated base levels ``[N]`` (target utilisations)."""
@@ -233,7 +237,11 @@ class GeneralPolicy:
         self.nodes.under_s[mask] = 0.0
 
     def observe(self, metrics: Metrics) -> np.ndarray:
-        return self.builder.build(metrics)
+        rows = self.builder.build(metrics)
+        if not self.sees_base:
+            return rows
+        base = np.repeat(self.base, self.traits.n_services).astype(np.float32)[:, None]
+        return np.hstack([rows, base])
 
     def verb(self, metrics: Metrics, rebalance: np.ndarray) -> np.ndarray:
         """``[N]`` rebalance verbs: the policy's where it asks for one, else calm repacking or the node drain."""

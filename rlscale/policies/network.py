@@ -293,7 +293,8 @@ def load_exported(path: str | Path) -> ExportedPolicy:
         from rlscale.policies.relative import n_features, nvec
 
         history = isinstance(card.get("history"), dict)
-        _check_shapes(npz_path, weights, n_features(history), int(nvec(history).sum()))
+        sees_base = bool((card.get("calibration") or {}).get("sees_base", False))
+        _check_shapes(npz_path, weights, n_features(history, sees_base), int(nvec(history).sum()))
     else:
         assert obs_spec is not None and action_spec is not None
         _check_shapes(npz_path, weights, obs_spec.size, int(action_spec.nvec.sum()))

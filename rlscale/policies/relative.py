@@ -60,9 +60,17 @@ AHEAD = (None, 0, 1)
 quantile q50 or q90 (indices into ``history.QUANTILES``), whichever is higher (DESIGN.md section 15)."""
 
 
-def n_features(history: bool) -> int:
-    """Row width: the history policy's row is the history-free one followed by ``history.FEATURES``."""
-    return N_FEATURES + (hist.N_FEATURES if history else 0)
+BASE_FEATURE = "base"
+"""The last column of a network that sees its calibrated base (``calibration.sees_base``), as a utilisation."""
+
+
+def feature_names(history: bool, sees_base: bool = False) -> list[str]:
+    """A generalist's row: the history-free features, then ``history.FEATURES``, then the base where it sees it."""
+    return [*FEATURES, *(hist.FEATURES if history else ()), *((BASE_FEATURE,) if sees_base else ())]
+
+
+def n_features(history: bool, sees_base: bool = False) -> int:
+    return len(feature_names(history, sees_base))
 
 
 def nvec(history: bool) -> np.ndarray:
