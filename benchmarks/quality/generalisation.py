@@ -93,7 +93,7 @@ def calibrated_setting(sc: Scenario, model: str, seeds: list[int]) -> tuple[dict
     section = card_calibration(card) or {"days": 7.0, "min_days": 1.0, "start_level": 3}
     policy = FixedSetting(sc, int(section["start_level"]), 0, history=card_history(card), calibration=section)
     judged = run_policy(sc, policy, seeds).mean()
-    levels = policy.base_levels.tolist()
+    levels = policy.base.tolist()
     return {"levels": levels, "days": section["days"]}, judged
 
 
@@ -109,7 +109,7 @@ def run_case(name: str, sc: Scenario, model: str, seeds: list[int]) -> dict[str,
     oracle = _episodes("oracle", sc, seeds)
     policy = make_policy(f"ppo:{model}", sc)
     general = run_policy(sc, policy, seeds).mean()
-    general_levels = policy.base_levels.tolist()
+    general_levels = policy.base.tolist()
     uncalibrated = _episodes(f"ppo:{model}:calibrate=0", sc, seeds)
     setting, calibrated = calibrated_setting(sc, model, seeds)
     new_service = _episodes(f"ppo:{model}", sc, seeds, history_days=1.0)

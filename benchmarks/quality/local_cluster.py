@@ -104,7 +104,7 @@ def with_history(policy: Any, sc: Scenario, past: np.ndarray | None) -> float | 
     if getattr(policy, "calibration", None) is None:
         return None
     calibrate(policy, sc)
-    return float(policy.base_levels[0])
+    return float(policy.base[0])
 
 
 def control(cluster: LocalCluster, sc: Scenario, policy: Any, seconds: float, interval: float, audit_path: Path) -> list[dict[str, Any]]:

@@ -180,7 +180,7 @@ class Recalibration:
             return None
         for other in self.also:
             other.settle(self.policy.base)
-        level = float(self.policy.base_levels[0])
+        level = float(self.policy.base[0])
         if self.on_change is not None:
             self.on_change(level)
         return level

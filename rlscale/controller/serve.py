@@ -280,7 +280,7 @@ def served_history(opts: ServeOptions, scenario: Scenario, interval: float, poli
         from rlscale.rollout import calibrate
 
         calibrate(policy, scenario)
-        status["calibrated_level"] = float(policy.base_levels[0])
+        status["calibrated_level"] = float(policy.base[0])
     return status
 
 

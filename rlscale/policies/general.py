@@ -208,11 +208,6 @@ class GeneralPolicy:
         """Take the calibrated base levels ``[N]`` (target utilisations)."""
         self.base = np.asarray(base, dtype=np.float64).copy()
 
-    @property
-    def base_levels(self) -> np.ndarray:
-        """``[N]`` each cluster's base as a target utilisation (0.65 uncalibrated)."""
-        return self.base.copy()
-
     def read_picks(self, picks: np.ndarray) -> np.ndarray:
         """Target utilisations ``[N, S]`` for the network's (or a fixed) level picks, read as offsets from each
         cluster's base: the start pick is the base itself, the others keep their distance in level steps (a base
