@@ -27,7 +27,8 @@ the suite's test seeds 10000+ are not touched):
    more SLO-violating intervals or drops than the ablation; OVER: outside
    HPA's non-inferiority bound, which the ablation itself can be on five seeds).
 
-    python experiments/hotter_periods.py --seeds 10 --out docs/data/hotter_periods.json
+    python experiments/hotter_periods.py --seeds 10
+    python experiments/hotter_periods.py --seeds 10 --history
 
 A trial kept for the record: ``docs/experiments/history-policy.md``.
 """

@@ -21,6 +21,7 @@ below 1000); the generalisation suite is not touched.
 
     python experiments/probe_learning.py --clusters 300 --tau 0.5,0.6,0.7 --out /tmp/probe
     python experiments/offset_trial.py --model models/general --model /tmp/probe/tau0.6
+    python experiments/probe_learning.py --clusters 300 --history --out /tmp/probe-history
 
 A trial kept for the record: ``docs/experiments/history-policy.md``.
 """
@@ -51,7 +52,12 @@ def spec():
     return parse_model(GeneralSpec, yaml.safe_load(CONFIG.read_text())["general"], str(CONFIG))
 
 
-def probe_cluster(job: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def history_section(on: bool) -> dict | None:
+    """The card's ``history`` section of a probe network that reads the history row (``--history``)."""
+    return {"days": 7.0, "min_days": 1.0, "hold_steps": 1} if on else None
+
+
+def probe_cluster(job: tuple[int, int, bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Rows ``[P, F]``, labels ``[P]``, effects ``[3, P]`` (cost, SLO-violating intervals, drops) and the base."""
     from rlscale.episode import ClusterEpisodes
     from rlscale.learn.general_env import resolve_trace, sample_cluster
@@ -59,7 +65,8 @@ def probe_cluster(job: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndar
     from rlscale.policies.general import FixedSetting
     from rlscale.rollout import calibrate
 
-    seed, period = job
+    seed, period, with_history = job
+    history = history_section(with_history)
     sp = spec()
     rng = np.random.default_rng([seed, 24])
     true, declared, peak = sample_cluster(rng, sp)
@@ -70,19 +77,21 @@ def probe_cluster(job: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndar
 
     T = sp.episode_steps
     P = T // period
-    eps = ClusterEpisodes(true, P + 1, episode_steps=T, sampler=sampler, history_days=HISTORY_DAYS)
+    days = max(HISTORY_DAYS, history["days"] if history else 0.0)
+    eps = ClusterEpisodes(true, P + 1, episode_steps=T, sampler=sampler, history_days=days)
     same = int(rng.integers(0, 2**63 - 1))
     for i in range(P + 1):
         eps.set_rng(i, np.random.default_rng(same))
         eps.reset(i)
     start = sp.start_level
-    rule = FixedSetting(declared, start, calibration={"days": HISTORY_DAYS, "min_days": 1.0, "start_level": start})
+    rule = FixedSetting(declared, start, calibration={"days": HISTORY_DAYS, "min_days": 1.0, "start_level": start},
+                        history=history)
     rule.reset(P + 1)
     eps.give_history(rule)
     rule.past[1:] = [None] * P
     calibrate(rule, declared)
     base = float(rule.base[0])
-    probe = Probe(declared, start, base, period, 1, None)
+    probe = Probe(declared, start, base, period, 1, history)
     probe.reset(P + 1)
     totals = np.zeros((3, P + 1))
     for _ in range(T):
@@ -124,17 +133,22 @@ def fit(x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = 40) -> tuple[
     return layers, mu, sd
 
 
-def export(out: Path, layers: list, mu: np.ndarray, sd: np.ndarray, tau: float, training: dict) -> None:
-    """A generalist card whose level head is the start level, or one hotter where the classifier is over ``tau``."""
+def export(out: Path, layers: list, mu: np.ndarray, sd: np.ndarray, tau: float, training: dict,
+           history: dict | None) -> None:
+    """A generalist card whose level head is the start level, or one hotter where the classifier is over ``tau``
+    (with history, its forecast head always sizes for the demand now)."""
     from rlscale.policies.network import PolicyWeights, write_exported
-    from rlscale.policies.relative import LEVELS, feature_names
+    from rlscale.policies.relative import LEVELS, feature_names, nvec
 
     card = json.loads((ROOT / "models" / "general" / "card.json").read_text())
     start = int(card["calibration"]["start_level"])
     (w1, b1), (w2, b2), (w3, b3) = layers
     hidden = w3.shape[1]
-    action_w = np.zeros((len(LEVELS) + 3, hidden), dtype=np.float32)
-    action_b = np.full(len(LEVELS) + 3, -20.0, dtype=np.float32)
+    heads = int(nvec(history is not None).sum())
+    action_w = np.zeros((heads, hidden), dtype=np.float32)
+    action_b = np.full(heads, -20.0, dtype=np.float32)
+    if history is not None:
+        action_b[len(LEVELS) + 3] = 20.0
     action_b[start] = 0.0
     action_w[start + 1] = w3[0]
     action_b[start + 1] = b3[0] - math.log(tau / (1.0 - tau))
@@ -143,10 +157,12 @@ def export(out: Path, layers: list, mu: np.ndarray, sd: np.ndarray, tau: float, 
                             obs_mean=mu.astype(np.float64), obs_var=sd.astype(np.float64),
                             obs_clip=10.0, obs_eps=1e-8, activation="tanh")
     new = {k: card[k] for k in ("action", "range", "calibration", "versions")}
-    new.update(name=f"probe-tau{tau:g}", kind="general", obs_features=feature_names(False), evaluation={},
+    if history is not None:
+        new["history"] = history
+    new.update(name=f"probe-tau{tau:g}", kind="general", obs_features=feature_names(history is not None), evaluation={},
                training={"checkpoint": "supervised on replayed probes", "seed": 0, "timesteps": training["steps"],
                          "command": f"python experiments/probe_learning.py --clusters {training['clusters']} "
-                                    f"--period {training['period']} --tau {tau:g}"})
+                                    f"--period {training['period']} --tau {tau:g}{' --history' if history else ''}"})
     write_exported(out, weights, new)
 
 
@@ -155,9 +171,10 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=300, help="training clusters probed (seeds 0..N-1)")
     ap.add_argument("--period", type=int, default=15, help="intervals a hotter play lasts")
     ap.add_argument("--tau", default="0.5,0.6,0.7", help="thresholds to export, comma-separated")
+    ap.add_argument("--history", action="store_true", help="the row with the history features (7 days)")
     ap.add_argument("--out", type=Path, required=True, help="a folder: one exported generalist per threshold")
     args = ap.parse_args()
-    jobs = [(seed, args.period) for seed in range(args.clusters)]
+    jobs = [(seed, args.period, args.history) for seed in range(args.clusters)]
     xs, ys, ds, bases = [], [], [], []
     with ProcessPoolExecutor(2) as ex:
         for k, (x, y, d, base) in enumerate(ex.map(probe_cluster, jobs, chunksize=4)):
@@ -189,7 +206,8 @@ def main() -> None:
               f"of them free; summed effect: cost {dd[0].sum():+.2f} USD, SLO-violating intervals {dd[1].sum():+.0f}, "
               f"drops {dd[2].sum():+.4f}")
         export(args.out / f"tau{tau:g}", layers, mu, sd, tau,
-                  {"clusters": args.clusters, "period": args.period, "steps": int(len(y) * args.period)})
+                  {"clusters": args.clusters, "period": args.period, "steps": int(len(y) * args.period)},
+               history_section(args.history))
     print(f"exported to {args.out}")
 
 
