@@ -52,9 +52,10 @@ def spec():
     return parse_model(GeneralSpec, yaml.safe_load(CONFIG.read_text())["general"], str(CONFIG))
 
 
-def history_section(on: bool) -> dict | None:
-    """The card's ``history`` section of a probe network that reads the history row (``--history``)."""
-    return {"days": 7.0, "min_days": 1.0, "hold_steps": 1} if on else None
+def history_section(on: bool, hold: int = 1) -> dict | None:
+    """The card's ``history`` section of a probe network that reads the history row (``--history``); ``hold``
+    intervals a pick holds (``--hold``: the probes' period makes the served picks what was labelled)."""
+    return {"days": 7.0, "min_days": 1.0, "hold_steps": hold} if on else None
 
 
 def probe_cluster(job: tuple[int, int, bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -162,7 +163,8 @@ def export(out: Path, layers: list, mu: np.ndarray, sd: np.ndarray, tau: float, 
     new.update(name=f"probe-tau{tau:g}", kind="general", obs_features=feature_names(history is not None), evaluation={},
                training={"checkpoint": "supervised on replayed probes", "seed": 0, "timesteps": training["steps"],
                          "command": f"python experiments/probe_learning.py --clusters {training['clusters']} "
-                                    f"--period {training['period']} --tau {tau:g}{' --history' if history else ''}"})
+                                    f"--period {training['period']} --tau {tau:g}"
+                                    f"{' --history --hold %d' % history['hold_steps'] if history else ''}"})
     write_exported(out, weights, new)
 
 
@@ -172,6 +174,7 @@ def main() -> None:
     ap.add_argument("--period", type=int, default=15, help="intervals a hotter play lasts")
     ap.add_argument("--tau", default="0.5,0.6,0.7", help="thresholds to export, comma-separated")
     ap.add_argument("--history", action="store_true", help="the row with the history features (7 days)")
+    ap.add_argument("--hold", type=int, default=1, help="with --history: intervals an exported pick holds")
     ap.add_argument("--out", type=Path, required=True, help="a folder: one exported generalist per threshold")
     args = ap.parse_args()
     jobs = [(seed, args.period, args.history) for seed in range(args.clusters)]
@@ -207,7 +210,7 @@ def main() -> None:
               f"drops {dd[2].sum():+.4f}")
         export(args.out / f"tau{tau:g}", layers, mu, sd, tau,
                   {"clusters": args.clusters, "period": args.period, "steps": int(len(y) * args.period)},
-               history_section(args.history))
+               history_section(args.history, args.hold))
     print(f"exported to {args.out}")
 
 
