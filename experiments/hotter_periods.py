@@ -143,23 +143,23 @@ def deltas(s: dict) -> dict[str, np.ndarray]:
     return {k: np.asarray(s[k][1:]) - s[k][0] for k in KEYS}
 
 
+def free(d: dict[str, np.ndarray]) -> np.ndarray:
+    """The periods whose hotter play saved money at no extra SLO-violating interval and no extra drop."""
+    return (d["slo_violation_rate"] <= 0) & (d["dropped_fraction"] <= 0) & (d["cost_usd"] < 0)
+
+
 def bounds(out: dict, room: float) -> tuple[float, float, float]:
     """(ablation's room, free periods' extra room, with the slack spent greedily) as shares of the room, seed means."""
     hpa = out["hpa"]
-    ablation = np.mean([s["cost_usd"][0] for s in out["seeds"]])
-    free = []
-    for s in out["seeds"]:
-        d = deltas(s)
-        ok = (d["slo_violation_rate"] <= 0) & (d["dropped_fraction"] <= 0) & (d["cost_usd"] < 0)
-        free.append(-d["cost_usd"][ok].sum())
     # the slack: how far the ablation's seed means sit under the non-inferiority bound
     mean = {k: np.mean([s[k][0] for s in out["seeds"]]) for k in KEYS}
     cap = {k: max(1.1 * hpa[k], hpa[k] + 0.005e-2) - mean[k] for k in KEYS[1:]}
     n = len(out["seeds"])
-    harmful = []
+    saved, harmful = [], []
     for s in out["seeds"]:
         d = deltas(s)
-        ok = (d["slo_violation_rate"] <= 0) & (d["dropped_fraction"] <= 0) & (d["cost_usd"] < 0)
+        ok = free(d)
+        saved.append(-d["cost_usd"][ok].sum())
         for p in np.flatnonzero(~ok & (d["cost_usd"] < 0)):
             harm = max(d["slo_violation_rate"][p] / max(cap["slo_violation_rate"], 1e-9),
                        d["dropped_fraction"][p] / max(cap["dropped_fraction"], 1e-9), 0.0)
@@ -172,8 +172,8 @@ def bounds(out: dict, room: float) -> tuple[float, float, float]:
             for k in KEYS[1:]:
                 used[k] += step[k]
             extra += -d["cost_usd"][p] / n
-    a = (hpa["cost_usd"] - ablation) / room
-    return a, float(np.mean(free)) / room, (float(np.mean(free)) + extra) / room
+    a = (hpa["cost_usd"] - mean["cost_usd"]) / room
+    return a, float(np.mean(saved)) / room, (float(np.mean(saved)) + extra) / room
 
 
 def logistic(x: np.ndarray, y: np.ndarray, iters: int = 2000, l2: float = 1e-2) -> tuple[np.ndarray, float]:
@@ -200,19 +200,19 @@ def auc(score: np.ndarray, y: np.ndarray) -> float:
 def signal(res: dict, rooms: dict, train: set[int]) -> dict:
     """The regression on train seeds, judged on the others: AUC, and per threshold what its picks save and cost."""
     def gather(keep):
-        xs, ys, rows = [], [], []
+        xs, ys, effects, names = [], [], [], []
         for name, out in res.items():
             for s in out["seeds"]:
                 if keep(s["seed"]):
                     d = deltas(s)
-                    y = (d["slo_violation_rate"] <= 0) & (d["dropped_fraction"] <= 0) & (d["cost_usd"] < 0)
                     xs.append(np.asarray(s["rows"]))
-                    ys.append(y)
-                    rows += [(name, s["seed"], p) for p in range(len(y))]
-        return np.concatenate(xs), np.concatenate(ys).astype(float), rows
+                    ys.append(free(d))
+                    effects.append(np.stack([d[k] for k in KEYS], axis=1))
+                    names += [name] * len(d["cost_usd"])
+        return np.concatenate(xs), np.concatenate(ys).astype(float), np.concatenate(effects), names
 
-    xt, yt, _ = gather(lambda s: s in train)
-    xv, yv, rows = gather(lambda s: s not in train)
+    xt, yt, _, _ = gather(lambda s: s in train)
+    xv, yv, effects, names = gather(lambda s: s not in train)
     mu, sd = xt.mean(axis=0), xt.std(axis=0) + 1e-6
     w, b = logistic((xt - mu) / sd, yt)
     pv = 1.0 / (1.0 + np.exp(-((xv - mu) / sd @ w + b)))
@@ -220,13 +220,11 @@ def signal(res: dict, rooms: dict, train: set[int]) -> dict:
                     "model": {"mu": mu.tolist(), "sd": sd.tolist(), "w": w.tolist(), "b": float(b)}}
     for tau in (0.5, 0.7, 0.9):
         picked: dict[str, dict[str, float]] = {}
-        for (name, seed, p), prob in zip(rows, pv):
+        for name, effect, prob in zip(names, effects, pv):
             if prob > tau:
-                s = next(s for s in res[name]["seeds"] if s["seed"] == seed)
-                d = deltas(s)
                 got = picked.setdefault(name, {k: 0.0 for k in KEYS})
-                for k in KEYS:
-                    got[k] += d[k][p]
+                for k, v in zip(KEYS, effect):
+                    got[k] += v
         n_test = {name: sum(1 for s in out["seeds"] if s["seed"] not in train) for name, out in res.items()}
         gain = {name: -got["cost_usd"] / n_test[name] / rooms[name] for name, got in picked.items()}
         worse = sorted(name for name, got in picked.items()

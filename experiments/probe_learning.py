@@ -38,7 +38,7 @@ import numpy as np
 
 from suite_cases import ROOT  # the script's folder is on sys.path; this puts the rest there
 
-from hotter_periods import Probe
+from hotter_periods import KEYS, Probe, free
 
 CONFIG = ROOT / "train" / "general-twin.yaml"
 HISTORY_DAYS = 3.0
@@ -61,21 +61,15 @@ def history_section(on: bool, hold: int = 1) -> dict | None:
 def probe_cluster(job: tuple[int, int, bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Rows ``[P, F]``, labels ``[P]``, effects ``[3, P]`` (cost, SLO-violating intervals, drops) and the base."""
     from rlscale.episode import ClusterEpisodes
-    from rlscale.learn.general_env import resolve_trace, sample_cluster
+    from rlscale.learn.general_env import calibrated_rule_base, peak_sampler, resolve_trace, sample_cluster
     from rlscale.learn.traffic import Replay, make_sampler
-    from rlscale.policies.general import FixedSetting
-    from rlscale.rollout import calibrate
 
     seed, period, with_history = job
     history = history_section(with_history)
     sp = spec()
     rng = np.random.default_rng([seed, 24])
     true, declared, peak = sample_cluster(rng, sp)
-    shape = make_sampler(Replay(str(resolve_trace(sp.trace)), sp.trace_train_days))
-
-    def sampler(r: np.random.Generator, n: int, step_s: float, start_s: float) -> np.ndarray:
-        return (peak * shape(r, n, step_s, start_s))[:, None]
-
+    sampler = peak_sampler(make_sampler(Replay(str(resolve_trace(sp.trace)), sp.trace_train_days)), peak)
     T = sp.episode_steps
     P = T // period
     days = max(HISTORY_DAYS, history["days"] if history else 0.0)
@@ -84,22 +78,15 @@ def probe_cluster(job: tuple[int, int, bool]) -> tuple[np.ndarray, np.ndarray, n
     for i in range(P + 1):
         eps.set_rng(i, np.random.default_rng(same))
         eps.reset(i)
-    start = sp.start_level
-    rule = FixedSetting(declared, start, calibration={"days": HISTORY_DAYS, "min_days": 1.0, "start_level": start},
-                        history=history)
-    rule.reset(P + 1)
-    eps.give_history(rule)
-    rule.past[1:] = [None] * P
-    calibrate(rule, declared)
-    base = float(rule.base[0])
-    probe = Probe(declared, start, base, period, 1, history)
+    base = calibrated_rule_base(declared, eps, sp.start_level, HISTORY_DAYS, 1, history)  # row 0's history
+    probe = Probe(declared, sp.start_level, base, period, 1, history)
     probe.reset(P + 1)
     totals = np.zeros((3, P + 1))
     for _ in range(T):
         _, terms, _ = eps.step_action(probe.act(eps.metrics()))
         totals += np.stack([terms.cost_usd, terms.slo_violation, terms.dropped_fraction])
     d = totals[:, 1:] - totals[:, :1]
-    y = (d[1] <= 0) & (d[2] <= 0) & (d[0] < 0)
+    y = free(dict(zip(KEYS, d)))
     return np.stack(probe.rows[:P]).reshape(P, -1), y, d, base
 
 

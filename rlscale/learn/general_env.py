@@ -139,6 +139,35 @@ def sample_cluster(rng: np.random.Generator, spec: GeneralSpec) -> tuple[Scenari
     return true, declared, peak_replicas * rps
 
 
+def peak_sampler(shape: Any, peak: float) -> Any:
+    """A drawn cluster's traffic: the training shape (``traffic.make_sampler``) scaled to its peak, one service."""
+
+    def sampler(r: np.random.Generator, n: int, step_s: float, start_s: float) -> np.ndarray:
+        return (peak * shape(r, n, step_s, start_s))[:, None]
+
+    return sampler
+
+
+def calibrated_rule_base(declared: Scenario, episodes: ClusterEpisodes, start: int, days: float, clusters: int,
+                         history: dict[str, Any] | None = None) -> float:
+    """The start-level rule's base as serving would calibrate it, on the first ``clusters`` histories of ``episodes``.
+
+    The coolest of their calibrated bases serves every cluster of a training
+    slot (one cluster and one traffic family): calibrating all of them would
+    cost more simulation than the training itself.
+    """
+    from rlscale.rollout import calibrate
+
+    rule = FixedSetting(declared, start, calibration={"days": days, "min_days": 1.0, "start_level": start},
+                        history=history)
+    rule.reset(episodes.n)
+    episodes.give_history(rule)
+    m = min(clusters, episodes.n)
+    rule.past[m:] = [None] * (episodes.n - m)
+    calibrate(rule, declared)
+    return float(rule.base[:m].min())
+
+
 START_PREFERENCE = 4.0
 
 
@@ -228,10 +257,7 @@ class GeneralVecEnv(InProcessVecEnv):
             true = declared = self._named[int(rng.integers(len(self._named)))]
         else:
             true, declared, peak = sample_cluster(rng, self.spec)
-            shape = self._shape
-
-            def sampler(r: np.random.Generator, n: int, step_s: float, start_s: float) -> np.ndarray:
-                return (peak * shape(r, n, step_s, start_s))[:, None]
+            sampler = peak_sampler(self._shape, peak)
 
         seeds = [int(rng.integers(0, 2**63 - 1)) for _ in range(self.clusters)]
         days, calibrating = 0.0, self.spec.train_calibration_days
@@ -260,7 +286,8 @@ class GeneralVecEnv(InProcessVecEnv):
         if self.spec.train_bases:  # a base as calibration would set it: the start level (the twin's) reads as it
             base = np.full(self.clusters, NVEC_LEVELS[self.spec.train_bases[int(rng.integers(len(self.spec.train_bases)))]])
         elif calibrating:
-            base = np.full(self.clusters, self._calibrated_base(declared, eng))
+            base = np.full(self.clusters, calibrated_rule_base(declared, eng, self.spec.start_level, calibrating,
+                                                               CALIBRATED_CLUSTERS))
         if base is not None:
             for pol in [policy, *([twin[1]] if twin else [])]:
                 pol.start = self.spec.start_level
@@ -273,25 +300,6 @@ class GeneralVecEnv(InProcessVecEnv):
         self._slots[k] = (eng, policy, ref)
         self._ep_reward[k] = 0.0
         self._ep_len[k] = 0
-
-    def _calibrated_base(self, declared: Scenario, episodes: ClusterEpisodes) -> float:
-        """The start-level rule's base as serving would calibrate it, on the slot's first clusters' histories.
-
-        The coolest of their calibrated bases serves every cluster of the slot
-        (one cluster and one traffic family): calibrating all of them would cost
-        more simulation than the training itself.
-        """
-        from rlscale.rollout import calibrate
-
-        start = self.spec.start_level
-        rule = FixedSetting(declared, start, calibration={
-            "days": self.spec.train_calibration_days, "min_days": 1.0, "start_level": start})
-        rule.reset(episodes.n)
-        episodes.give_history(rule)
-        m = min(CALIBRATED_CLUSTERS, episodes.n)
-        rule.past[m:] = [None] * (episodes.n - m)
-        calibrate(rule, declared)
-        return float(rule.base[:m].min())
 
     def reset(self) -> np.ndarray:
         self._slots: list[Any] = [None] * self.engines_n
