@@ -13,6 +13,12 @@ seed. A trial kept for the record: ``docs/experiments/history-policy.md``.
     python experiments/calibration_days.py --days 1,2,3,7
     python experiments/calibration_days.py --days 7 --margin
     python experiments/calibration_days.py --days 7 --grid 0.65,0.685,0.72,0.75,0.78,0.81,0.84,0.87,0.9
+    python experiments/calibration_days.py --days 1,7 --short-strict 0.8 --short-cap 1
+
+``--short-strict F`` and ``--short-cap K`` apply only to a history of under
+three days: each candidate's SLO-violating intervals and drops must be at most
+F x HPA's, and the base at most K candidates above the uncalibrated level per
+day of history (whether a new service can be calibrated on its first day).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from suite_cases import ROOT, each_case  # the script's folder is on sys.path; this puts the rest there
 
@@ -42,12 +50,40 @@ def short_history_model(out: Path) -> Path:
     return out
 
 
+def short_rule(strict: float, cap: int) -> None:
+    """Calibrate a history of under three days with SLO and drops at most ``strict`` x HPA's and the base at most
+    ``cap`` candidates per day above the uncalibrated level (0: no cap)."""
+    plain = getattr(cal, "plain_choose", cal.choose)
+    cal.plain_choose = plain
+
+    def choose(candidates, runs, hpa, owners, n, fallback):
+        base = plain(candidates, runs, hpa, owners, n, fallback)
+        days = np.bincount(owners, minlength=n)
+        short = (days > 0) & (days < 3)
+        if not short.any():
+            return base
+        safe = cal.as_safe
+        cal.as_safe = lambda m, h: all(m[k] <= strict * h[k] + 1e-12 for k in ("slo_violation_rate", "dropped_fraction"))
+        try:
+            strict_base = plain(candidates, runs, hpa, owners, n, fallback)
+        finally:
+            cal.as_safe = safe
+        if cap:
+            top = np.asarray(candidates)[np.minimum(days * cap, len(candidates) - 1)]
+            strict_base = np.minimum(strict_base, top)
+        return np.where(short, strict_base, base)
+
+    cal.choose = choose
+
+
 def one(job: tuple) -> tuple[str, dict]:
-    name, scenario, model, days, seeds, margin, grid = job
+    name, scenario, model, days, seeds, margin, grid, strict, cap = job
     if margin:
         cal.as_safe = cal.non_inferior
     if grid:
         cal.CANDIDATES = grid
+    if strict < 1.0 or cap:
+        short_rule(strict, cap)
     out: dict = {}
     for spec in ["hpa", "oracle"]:
         out[spec] = run_policy(scenario, make_policy(spec, scenario), seeds).mean()
@@ -64,6 +100,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10, help="validation seeds 5000..5000+N-1")
     ap.add_argument("--margin", action="store_true", help="judge the history with the 1.1x margin")
     ap.add_argument("--grid", default="", help="calibrate over these base levels, comma-separated (default: the shipped ones)")
+    ap.add_argument("--short-strict", type=float, default=1.0, help="under 3 days: SLO and drops at most F x HPA's")
+    ap.add_argument("--short-cap", type=int, default=0, help="under 3 days: base at most K candidates up per day")
     ap.add_argument("--out", type=Path, default=None, help="write the raw means here (JSON)")
     args = ap.parse_args()
     days = [float(d) for d in args.days.split(",")]
@@ -72,7 +110,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rlscale-caldays-"))
     model = short_history_model(work / "general")
     res: dict = {}
-    for name, out, room in each_case(one, lambda name, sc: (name, sc, model, days, seeds, args.margin, grid), work):
+    for name, out, room in each_case(one, lambda name, sc: (name, sc, model, days, seeds, args.margin, grid,
+                                                             args.short_strict, args.short_cap), work):
         res[name] = out
         h = out["hpa"]
         line = f"{name:22s}"
@@ -80,6 +119,8 @@ def main() -> None:
             r = out[d]
             ok = "ok" if cal.non_inferior(r, h) else "OVER"
             line += f" | {d:g} d: room {(h['cost_usd'] - r['cost_usd']) / room:5.2f} {ok:4s} bases {r['bases']}"
+            if d != days[-1]:
+                line += f" cost/{days[-1]:g} d {r['cost_usd'] / out[days[-1]]['cost_usd']:.3f}"
         print(line, flush=True)
     if args.out:
         args.out.write_text(json.dumps({k: {str(d): v for d, v in o.items()} for k, o in res.items()}, indent=1))

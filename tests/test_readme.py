@@ -193,7 +193,9 @@ def short_tmp() -> Iterator[Path]:
 
 
 @pytest.mark.slow
-def test_every_readme_command_runs_in_a_shortened_form(short_tmp: Path) -> None:
+@pytest.mark.parametrize("local_cluster", [False, True], ids=["simulated", "local-cluster"])
+def test_every_readme_command_runs_in_a_shortened_form(short_tmp: Path, local_cluster: bool) -> None:
+    """In two halves that share nothing (each its own workspace), so two workers run them side by side."""
     cwd = workspace(short_tmp)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "COLUMNS": "100"}
     local_ok = shutil.which("haproxy") is not None and shutil.which("prometheus") is not None
@@ -210,14 +212,16 @@ def test_every_readme_command_runs_in_a_shortened_form(short_tmp: Path) -> None:
                 continue
             if argv[0] == "tensorboard":
                 assert (BIN / "tensorboard").is_file(), "tensorboard is not installed with rlscale"
-                assert (cwd / argv[argv.index("--logdir") + 1]).is_dir(), f"{line}: nothing to show yet"
+                assert local_cluster or (cwd / argv[argv.index("--logdir") + 1]).is_dir(), f"{line}: nothing to show yet"
                 continue
             assert argv[0] == "rlscale", f"README command this test does not know: {line}"
             if needs_own_infrastructure(argv, cwd):
                 check_parses(argv)
                 continue
             assert argv[1] in SHORTER, f"README command without a shortened form in tests/test_readme.py: {line}"
-            if needs_local_cluster(argv) and not local_ok:
+            if needs_local_cluster(argv) != local_cluster:
+                continue
+            if local_cluster and not local_ok:
                 continue  # no HAProxy/Prometheus here; CI installs them (.ci/run)
             short = SHORTER[argv[1]](argv)
             if line.endswith("&"):
@@ -239,8 +243,11 @@ def test_every_readme_command_runs_in_a_shortened_form(short_tmp: Path) -> None:
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=30)
-    assert (cwd / "models" / "my-policy" / "card.json").is_file()
-    assert any(" simulate " in f" {cmd} " for cmd, _ in ran), ran
+    if local_cluster:
+        assert not local_ok or any(" cluster up " in f" {cmd} " for cmd, _ in ran), ran
+    else:
+        assert (cwd / "models" / "my-policy" / "card.json").is_file()
+        assert any(" simulate " in f" {cmd} " for cmd, _ in ran), ran
 
 
 def test_the_makefile_installs_pytorchs_cpu_build_when_asked_as_the_readme_says(tmp_path: Path) -> None:
