@@ -37,6 +37,9 @@ from rlscale.policies import calibration as cal
 from rlscale.policies import make_policy
 from rlscale.rollout import run_policy
 
+PLAIN_CHOOSE = cal.choose
+"""The shipped rule, kept before ``short_rule`` wraps it (a pool worker runs several cases)."""
+
 
 def short_history_model(out: Path) -> Path:
     """``models/general`` with a card that calibrates on as little as one day (re-sealed, as the tests do)."""
@@ -53,11 +56,9 @@ def short_history_model(out: Path) -> Path:
 def short_rule(strict: float, cap: int) -> None:
     """Calibrate a history of under three days with SLO and drops at most ``strict`` x HPA's and the base at most
     ``cap`` candidates per day above the uncalibrated level (0: no cap)."""
-    plain = getattr(cal, "plain_choose", cal.choose)
-    cal.plain_choose = plain
 
     def choose(candidates, runs, hpa, owners, n, fallback):
-        base = plain(candidates, runs, hpa, owners, n, fallback)
+        base = PLAIN_CHOOSE(candidates, runs, hpa, owners, n, fallback)
         days = np.bincount(owners, minlength=n)
         short = (days > 0) & (days < 3)
         if not short.any():
@@ -65,7 +66,7 @@ def short_rule(strict: float, cap: int) -> None:
         safe = cal.as_safe
         cal.as_safe = lambda m, h: all(m[k] <= strict * h[k] + 1e-12 for k in ("slo_violation_rate", "dropped_fraction"))
         try:
-            strict_base = plain(candidates, runs, hpa, owners, n, fallback)
+            strict_base = PLAIN_CHOOSE(candidates, runs, hpa, owners, n, fallback)
         finally:
             cal.as_safe = safe
         if cap:
